@@ -1,0 +1,490 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
+	"google.golang.org/grpc/status"
+
+	"github.com/muster-dev/muster/agent/preset"
+	"github.com/muster-dev/muster/agent/process"
+	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
+)
+
+// ExitError carries the exit code the agent process should end with.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string { return e.Err.Error() }
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// Run runs the agent until the group completes (nil), fails, or a signal
+// stops it. The error says why and, as an *ExitError, with which code the
+// process should exit.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return &ExitError{Code: 2, Err: err}
+	}
+	a, err := newAgent(cfg)
+	if err != nil {
+		return &ExitError{Code: 1, Err: err}
+	}
+	defer a.conn.Close()
+	return a.run(ctx)
+}
+
+type agent struct {
+	cfg    Config
+	log    *slog.Logger
+	conn   *grpc.ClientConn
+	client musterv1.RendezvousClient
+	ref    *musterv1.GroupRef
+	port   int
+
+	gen atomic.Int64 // generation this member has joined; -1 before the first join
+
+	reports chan pendingReport
+	quit    chan struct{} // closed when run returns; stops the reporter
+	last    chan struct{} // done channel of the latest queued report
+}
+
+type pendingReport struct {
+	req  *musterv1.ReportStatusRequest
+	done chan struct{}
+}
+
+func newAgent(cfg Config) (*agent, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	log = log.With("group", cfg.Namespace+"/"+cfg.Group, "member", cfg.MemberID)
+	port := cfg.MasterPort
+	if port == 0 {
+		// Every member picks a port on its own address; the leader's
+		// becomes MASTER_PORT. Picking it here also proves the address is
+		// this host's.
+		l, err := net.Listen("tcp", net.JoinHostPort(cfg.Address, "0"))
+		if err != nil {
+			return nil, fmt.Errorf("--address %s: cannot listen there (is it this host's address?): %w", cfg.Address, err)
+		}
+		port = l.Addr().(*net.TCPAddr).Port
+		l.Close()
+	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	target := cfg.Coordinators[0]
+	if len(cfg.Coordinators) > 1 {
+		// pick_first over every replica: when the current one fails, gRPC
+		// moves to the next reachable address by itself.
+		r := manual.NewBuilderWithScheme("muster")
+		var addrs []resolver.Address
+		for _, c := range cfg.Coordinators {
+			addrs = append(addrs, resolver.Address{Addr: c})
+		}
+		r.InitialState(resolver.State{Addresses: addrs})
+		opts = append(opts, grpc.WithResolvers(r))
+		target = "muster:///coordinators"
+	}
+	conn, err := grpc.NewClient(target, append(opts, cfg.DialOptions...)...)
+	if err != nil {
+		return nil, fmt.Errorf("--coordinator %v: %w", cfg.Coordinators, err)
+	}
+	a := &agent{
+		cfg: cfg, log: log, conn: conn, client: musterv1.NewRendezvousClient(conn),
+		ref:     &musterv1.GroupRef{Namespace: cfg.Namespace, Name: cfg.Group},
+		port:    port,
+		reports: make(chan pendingReport, 64),
+		quit:    make(chan struct{}),
+	}
+	a.gen.Store(-1)
+	return a, nil
+}
+
+// event is what the watch loop hands the main loop.
+type event struct {
+	ev  *musterv1.GroupEvent
+	err error // fatal
+}
+
+func (a *agent) run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+
+	a.log.Info("joining group", "coordinator", fmt.Sprint(a.cfg.Coordinators), "size", a.cfg.Size, "address", a.cfg.Address, "runtime", a.cfg.Runtime)
+	resp, err := a.join(ctx, -1)
+	if err != nil {
+		return err
+	}
+	a.gen.Store(resp.GetGeneration())
+	a.log.Info("joined", "generation", resp.GetGeneration(), "joined", resp.GetJoined(), "size", resp.GetSize())
+
+	var reporterDone sync.WaitGroup
+	reporterDone.Add(1)
+	go func() { defer reporterDone.Done(); a.reporter(ctx) }()
+	defer func() {
+		close(a.quit)
+		cancel()
+		reporterDone.Wait()
+	}()
+
+	events := make(chan event, 16)
+	go a.watchLoop(ctx, events)
+
+	var (
+		proc        *process.Process
+		procDone    <-chan struct{}
+		procGen     int64 = -1
+		launchedGen int64 = -1
+		lastLog     time.Time
+		lastJoined  int32 = -1
+	)
+	stop := func() {
+		if proc != nil {
+			r := proc.Stop(a.cfg.StopGrace)
+			a.log.Info("runtime stopped", "generation", procGen, "result", r.Reason())
+			proc, procDone = nil, nil
+		}
+	}
+	for {
+		select {
+		case e := <-events:
+			if e.err != nil {
+				stop()
+				return e.err
+			}
+			switch ev := e.ev.Event.(type) {
+			case *musterv1.GroupEvent_Progress:
+				p := ev.Progress
+				if p.GetJoined() != lastJoined || time.Since(lastLog) > 10*time.Second {
+					lastJoined, lastLog = p.GetJoined(), time.Now()
+					msg := fmt.Sprintf("group %s: %d/%d joined", a.cfg.Group, p.GetJoined(), p.GetSize())
+					if w := p.GetWaitingFor(); len(w) > 0 {
+						msg += ", waiting for " + joinComma(w)
+					}
+					a.log.Info(msg, "generation", p.GetGeneration())
+				}
+			case *musterv1.GroupEvent_Assignment:
+				as := ev.Assignment
+				if as.GetGeneration() != a.gen.Load() || launchedGen >= as.GetGeneration() {
+					continue
+				}
+				launchedGen = as.GetGeneration()
+				proc, err = a.launch(as)
+				procGen = as.GetGeneration()
+				if err != nil {
+					a.log.Error("runtime failed to start", "err", err)
+					a.report(procGen, musterv1.RuntimeState_RUNTIME_STATE_EXITED, 127, err.Error())
+					continue
+				}
+				procDone = proc.Done()
+				a.report(procGen, musterv1.RuntimeState_RUNTIME_STATE_LAUNCHING, 0, "")
+				go a.watchReady(ctx, proc, as, procGen)
+			case *musterv1.GroupEvent_Restart:
+				r := ev.Restart
+				if r.GetGeneration() <= a.gen.Load() {
+					continue
+				}
+				a.log.Warn("group restarting", "generation", r.GetGeneration(), "reason", r.GetReason())
+				stop()
+				resp, err := a.join(ctx, r.GetGeneration())
+				if err != nil {
+					return err
+				}
+				a.gen.Store(resp.GetGeneration())
+				lastJoined = -1
+				a.log.Info("rejoined", "generation", resp.GetGeneration(), "joined", resp.GetJoined(), "size", resp.GetSize())
+			case *musterv1.GroupEvent_Completed:
+				stop()
+				a.log.Info("group completed: every rank exited 0", "generation", ev.Completed.GetGeneration())
+				a.leave()
+				return nil
+			case *musterv1.GroupEvent_Failed:
+				f := ev.Failed
+				stop()
+				a.leave()
+				return &ExitError{Code: 1, Err: fmt.Errorf("group %s failed in generation %d: %s (member %s); not restarting", a.cfg.Group, f.GetGeneration(), f.GetReason(), f.GetMemberId())}
+			}
+		case <-procDone:
+			r := proc.Result()
+			proc, procDone = nil, nil
+			if r.Code == 0 {
+				a.log.Info("runtime exited 0; waiting for the other ranks", "generation", procGen)
+			} else {
+				a.log.Error("runtime failed; the group will restart", "generation", procGen, "result", r.Reason())
+			}
+			a.report(procGen, musterv1.RuntimeState_RUNTIME_STATE_EXITED, r.Code, r.Reason())
+		case sig := <-sigs:
+			s := sig.(syscall.Signal)
+			code := 128 + int(s)
+			if proc != nil {
+				a.log.Info("forwarding signal to runtime", "signal", s.String())
+				proc.Signal(s)
+				// A second signal, or the grace period, escalates to SIGKILL.
+				select {
+				case <-proc.Done():
+				case <-sigs:
+					proc.Signal(syscall.SIGKILL)
+				case <-time.After(a.cfg.StopGrace):
+					proc.Signal(syscall.SIGKILL)
+				}
+				r := proc.Result()
+				code = r.Code
+				a.report(procGen, musterv1.RuntimeState_RUNTIME_STATE_EXITED, r.Code, "agent received "+s.String()+"; runtime "+r.Reason())
+			} else {
+				a.log.Info("stopping on signal", "signal", s.String())
+			}
+			a.flushReports()
+			a.leave()
+			return &ExitError{Code: code, Err: fmt.Errorf("stopped by %s", s)}
+		case <-ctx.Done():
+			stop()
+			return &ExitError{Code: 1, Err: ctx.Err()}
+		}
+	}
+}
+
+func joinComma(s []string) string {
+	out := ""
+	for i, x := range s {
+		if i > 0 {
+			out += ", "
+		}
+		out += x
+	}
+	return out
+}
+
+func (a *agent) launch(as *musterv1.Assignment) (*process.Process, error) {
+	asg := preset.Assignment{
+		Namespace: a.cfg.Namespace, Group: a.cfg.Group, Member: a.cfg.MemberID,
+		Rank: int(as.GetRank()), WorldSize: int(as.GetWorldSize()), Generation: as.GetGeneration(),
+		LeaderAddr: as.GetLeaderAddress(), Port: int(as.GetMasterPort()), Address: a.cfg.Address,
+	}
+	cmd, err := preset.Build(a.cfg.Runtime, asg, a.cfg.Command)
+	if err != nil {
+		return nil, err
+	}
+	a.log.Info("barrier released; launching runtime", "generation", asg.Generation, "rank", asg.Rank, "world_size", asg.WorldSize,
+		"master_addr", asg.LeaderAddr, "master_port", asg.Port, "command", fmt.Sprint(cmd.Argv))
+	return process.Start(cmd.Argv, cmd.Env, a.cfg.Stdout, a.cfg.Stderr)
+}
+
+// watchReady reports the runtime ready: on the leader with --port, once it
+// accepts connections there; otherwise once it runs.
+func (a *agent) watchReady(ctx context.Context, p *process.Process, as *musterv1.Assignment, gen int64) {
+	if a.cfg.ReadyPort > 0 && as.GetRank() == 0 {
+		addr := net.JoinHostPort(a.cfg.Address, strconv.Itoa(a.cfg.ReadyPort))
+		for {
+			c, err := net.DialTimeout("tcp", addr, time.Second)
+			if err == nil {
+				c.Close()
+				break
+			}
+			select {
+			case <-p.Done():
+				return
+			case <-ctx.Done():
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+	select {
+	case <-p.Done():
+		return
+	default:
+	}
+	a.log.Info("runtime ready", "generation", gen)
+	a.report(gen, musterv1.RuntimeState_RUNTIME_STATE_READY, 0, "")
+}
+
+// report queues a status report; the reporter sends them in order.
+func (a *agent) report(gen int64, state musterv1.RuntimeState, code int, reason string) {
+	p := pendingReport{
+		req: &musterv1.ReportStatusRequest{
+			Group: a.ref, MemberId: a.cfg.MemberID, Generation: gen, State: state, ExitCode: int32(code), Reason: reason,
+		},
+		done: make(chan struct{}),
+	}
+	select {
+	case a.reports <- p:
+		if state == musterv1.RuntimeState_RUNTIME_STATE_EXITED {
+			a.last = p.done
+		}
+	case <-a.quit:
+	}
+}
+
+// reporter sends status reports in order, retrying each until the
+// coordinator takes it or says it is stale.
+func (a *agent) reporter(ctx context.Context) {
+	for {
+		var p pendingReport
+		select {
+		case p = <-a.reports:
+		case <-a.quit:
+			return
+		}
+		a.send(ctx, p.req)
+		close(p.done)
+	}
+}
+
+func (a *agent) send(ctx context.Context, req *musterv1.ReportStatusRequest) {
+	backoff := 100 * time.Millisecond
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		resp, err := a.client.ReportStatus(cctx, req)
+		cancel()
+		switch {
+		case err == nil:
+			if resp.GetStale() {
+				a.log.Debug("status report was for an older generation; dropped", "generation", req.GetGeneration())
+			}
+			return
+		case ctx.Err() != nil || req.GetGeneration() < a.gen.Load():
+			return
+		case !retryable(err):
+			a.log.Warn("status report refused", "state", req.GetState().String(), "err", status.Convert(err).Message())
+			return
+		}
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// flushReports waits, briefly, until the last exit report was sent.
+func (a *agent) flushReports() {
+	if a.last == nil {
+		return
+	}
+	select {
+	case <-a.last:
+	case <-time.After(5 * time.Second):
+	}
+}
+
+func (a *agent) leave() {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if _, err := a.client.Leave(ctx, &musterv1.LeaveRequest{Group: a.ref, MemberId: a.cfg.MemberID}); err != nil {
+		a.log.Warn("leave failed; the coordinator drops this member when its lease expires", "err", status.Convert(err).Message())
+	}
+}
+
+func retryable(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted, codes.Canceled, codes.Unknown, codes.Internal:
+		return true
+	}
+	return false
+}
+
+// join joins generation gen (-1: fresh), retrying while the coordinator is
+// unreachable, for at most JoinTimeout.
+func (a *agent) join(ctx context.Context, gen int64) (*musterv1.JoinResponse, error) {
+	req := &musterv1.JoinRequest{
+		Group: a.ref, MemberId: a.cfg.MemberID, Address: a.cfg.Address, Ordinal: a.cfg.Ordinal,
+		Size: int32(a.cfg.Size), Runtime: a.cfg.Runtime, MasterPort: int32(a.port), Generation: gen,
+	}
+	deadline := time.Now().Add(a.cfg.JoinTimeout)
+	backoff := 200 * time.Millisecond
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		resp, err := a.client.Join(cctx, req)
+		cancel()
+		if err == nil {
+			return resp, nil
+		}
+		if ctx.Err() != nil {
+			return nil, &ExitError{Code: 1, Err: ctx.Err()}
+		}
+		if !retryable(err) {
+			return nil, &ExitError{Code: 1, Err: errors.New(status.Convert(err).Message())}
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, &ExitError{Code: 1, Err: fmt.Errorf("could not reach the coordinator at %v for %s (--join-timeout): %s", a.cfg.Coordinators, a.cfg.JoinTimeout, status.Convert(err).Message())}
+		}
+		a.log.Warn("coordinator unreachable; retrying", "coordinator", fmt.Sprint(a.cfg.Coordinators), "err", status.Convert(err).Message(), "retry_in", backoff, "giving_up_in", left.Round(time.Second))
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return nil, &ExitError{Code: 1, Err: ctx.Err()}
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// watchLoop keeps a Watch stream open, rejoining and reconnecting when it
+// breaks, and hands events (or a fatal error) to the main loop.
+func (a *agent) watchLoop(ctx context.Context, out chan<- event) {
+	send := func(e event) bool {
+		select {
+		case out <- e:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	first := true
+	for ctx.Err() == nil {
+		if !first {
+			// Rejoining is idempotent and brings back a membership whose
+			// lease ran out while the coordinator was out of reach.
+			if _, err := a.join(ctx, a.gen.Load()); err != nil {
+				send(event{err: err})
+				return
+			}
+		}
+		first = false
+		stream, err := a.client.Watch(ctx, &musterv1.WatchRequest{Group: a.ref, MemberId: a.cfg.MemberID, Generation: a.gen.Load()})
+		for err == nil {
+			var ev *musterv1.GroupEvent
+			ev, err = stream.Recv()
+			if err == nil && !send(event{ev: ev}) {
+				return
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		switch status.Code(err) {
+		case codes.InvalidArgument, codes.ResourceExhausted, codes.FailedPrecondition, codes.PermissionDenied, codes.Unauthenticated:
+			send(event{err: &ExitError{Code: 1, Err: errors.New(status.Convert(err).Message())}})
+			return
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			a.log.Warn("lost the coordinator stream; reconnecting", "err", status.Convert(err).Message())
+		}
+		select {
+		case <-time.After(200 * time.Millisecond):
+		case <-ctx.Done():
+			return
+		}
+	}
+}

@@ -1,0 +1,139 @@
+// Package cli parses the agent's command line into an agent.Config.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+
+	"github.com/muster-dev/muster/agent"
+	"github.com/muster-dev/muster/agent/preset"
+)
+
+const usage = `Usage: agent run [flags] -- COMMAND [ARGS...]
+
+Joins a muster group, waits until all --size members are there, then runs
+COMMAND with its rank in the environment (RANK, WORLD_SIZE, MASTER_ADDR,
+MASTER_PORT, NODE_RANK, NNODES, LOCAL_RANK, MUSTER_* ...) and, for presets
+such as torchrun, on its command line. ARGS may use {{.Rank}},
+{{.WorldSize}}, {{.LeaderAddr}} and {{.Port}}.
+
+When any member's runtime fails, every member stops its runtime and starts
+it again with the same rank (MUSTER_GENERATION counts restarts). The agent
+exits 0 when every rank exited 0, and forwards SIGTERM/SIGINT to COMMAND.
+
+In a pod the webhook sets every flag through the environment; on a bare
+host pass them, e.g.:
+
+  agent run --coordinator 127.0.0.1:7070 --group demo --size 2 \
+      --member-id host-a --address 127.0.0.2 -- python3 train.py
+
+Flags (environment variable defaults in brackets):
+`
+
+// Main runs the agent with args; it returns the process exit code.
+func Main(ctx context.Context, args []string, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stderr, "Usage: agent run [flags] -- COMMAND [ARGS...]\n\nRun `agent run --help` for the flags.\n")
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	if args[0] != "run" {
+		fmt.Fprintf(stderr, "agent: unknown command %q; the only command is \"run\" (see agent run --help)\n", args[0])
+		return 2
+	}
+	cfg, logLevel, err := Parse(args[1:], stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "agent: %v\n", err)
+		return 2
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
+	err = agent.Run(ctx, cfg)
+	if err == nil {
+		return 0
+	}
+	var ee *agent.ExitError
+	code := 1
+	if errors.As(err, &ee) {
+		code = ee.Code
+	}
+	cfg.Logger.Error("agent exiting", "exit_code", code, "err", err.Error())
+	return code
+}
+
+// Parse turns `agent run` arguments into a Config.
+func Parse(args []string, stderr io.Writer) (agent.Config, slog.Level, error) {
+	cfg := agent.DefaultConfig()
+	fs := flag.NewFlagSet("agent run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+		fmt.Fprintf(stderr, "\nRuntime presets:\n")
+		for _, n := range preset.Names() {
+			p, _ := preset.Get(n)
+			fmt.Fprintf(stderr, "  %-10s %s\n", n, p.Summary)
+		}
+	}
+	coordinators := strings.Join(cfg.Coordinators, ",")
+	var ordinal, logLevel string
+	fs.StringVar(&coordinators, "coordinator", coordinators, "coordinator address host:port; several, comma-separated, for failover [MUSTER_COORDINATOR]")
+	fs.StringVar(&cfg.Namespace, "namespace", cfg.Namespace, "namespace of the group [MUSTER_NAMESPACE, POD_NAMESPACE]")
+	fs.StringVar(&cfg.Group, "group", cfg.Group, "group name, the same on every member [MUSTER_GROUP]")
+	fs.IntVar(&cfg.Size, "size", envInt("MUSTER_SIZE"), "number of members (world size), the same on every member [MUSTER_SIZE]")
+	fs.StringVar(&cfg.MemberID, "member-id", cfg.MemberID, "this member's stable id [MUSTER_MEMBER_ID, POD_NAME, host name]")
+	fs.StringVar(&cfg.Address, "address", cfg.Address, "this member's IP address, where its runtime listens [MUSTER_ADDRESS, POD_IP]")
+	fs.StringVar(&ordinal, "ordinal", envOrEmpty("MUSTER_ORDINAL"), "rank hint: ranks follow ordinals in numeric order; empty orders by arrival [MUSTER_ORDINAL]")
+	fs.StringVar(&cfg.Runtime, "runtime", cfg.Runtime, "runtime preset: "+strings.Join(preset.Names(), ", ")+" [MUSTER_RUNTIME]")
+	fs.IntVar(&cfg.MasterPort, "master-port", envInt("MUSTER_MASTER_PORT"), "MASTER_PORT if this member leads; 0 picks a free port [MUSTER_MASTER_PORT]")
+	fs.IntVar(&cfg.ReadyPort, "port", envInt("MUSTER_PORT"), "serving port of the runtime: the leader reports ready once it accepts connections there; 0: ready once started [MUSTER_PORT]")
+	fs.DurationVar(&cfg.JoinTimeout, "join-timeout", cfg.JoinTimeout, "give up when the coordinator stays unreachable this long")
+	fs.DurationVar(&cfg.StopGrace, "stop-grace", cfg.StopGrace, "time between SIGTERM and SIGKILL when stopping the runtime")
+	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return cfg, 0, err
+	}
+	cfg.Command = fs.Args()
+	cfg.Coordinators = nil
+	for _, c := range strings.Split(coordinators, ",") {
+		if c = strings.TrimSpace(c); c != "" {
+			cfg.Coordinators = append(cfg.Coordinators, c)
+		}
+	}
+	if ordinal != "" {
+		o, err := strconv.ParseInt(ordinal, 10, 64)
+		if err != nil {
+			return cfg, 0, fmt.Errorf("--ordinal %q is not a whole number", ordinal)
+		}
+		cfg.Ordinal = &o
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		return cfg, 0, fmt.Errorf("--log-level %q: want debug, info, warn or error", logLevel)
+	}
+	return cfg, level, cfg.Validate()
+}
+
+func envOrEmpty(k string) string {
+	return strings.TrimSpace(lookupEnv(k))
+}
+
+// envInt reads an integer default from the environment; a malformed value
+// is left for Validate to report through the flag it feeds.
+func envInt(k string) int {
+	v, err := strconv.Atoi(strings.TrimSpace(lookupEnv(k)))
+	if err != nil {
+		return 0
+	}
+	return v
+}

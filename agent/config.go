@@ -1,0 +1,141 @@
+// Package agent is muster's in-pod (or on-host) agent: it joins the
+// rendezvous, waits at the barrier, launches the runtime with its rank, and
+// restarts it in place whenever the group moves to a new generation.
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/muster-dev/muster/agent/preset"
+	"github.com/muster-dev/muster/coordinator/group"
+)
+
+// Config is the agent's configuration; DefaultConfig fills the defaults.
+type Config struct {
+	// Coordinators are coordinator replica addresses (host:port); the agent
+	// moves to the next one when its replica becomes unreachable.
+	Coordinators []string
+	Namespace    string
+	Group        string
+	Size         int
+	// MemberID is stable across restarts of this member (pod or host name).
+	MemberID string
+	// Address is where this member's runtime listens (pod or host IP).
+	Address string
+	// Ordinal is the rank hint (pod index); nil orders by arrival.
+	Ordinal *int64
+	Runtime string
+	// MasterPort is the port the runtime's rendezvous uses if this member
+	// leads; 0 picks a free port on Address.
+	MasterPort int
+	// ReadyPort, when set, makes the leader report ready only once its
+	// runtime accepts TCP connections on Address:ReadyPort.
+	ReadyPort int
+	// JoinTimeout bounds how long the coordinator may stay unreachable.
+	JoinTimeout time.Duration
+	// StopGrace is the time between SIGTERM and SIGKILL when stopping the
+	// runtime for a restart.
+	StopGrace time.Duration
+	// Command is the runtime command line.
+	Command []string
+
+	Stdout, Stderr io.Writer
+	Logger         *slog.Logger
+	// DialOptions are extra gRPC dial options (credentials, interceptors);
+	// without any the connection is plaintext.
+	DialOptions []grpc.DialOption
+}
+
+// DefaultConfig reads defaults from the environment a pod gets from the
+// webhook (downward API), so that flags are only needed on bare hosts.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	c := Config{
+		Coordinators: splitList(envOr("MUSTER_COORDINATOR", "127.0.0.1:7070")),
+		Namespace:    envOr("MUSTER_NAMESPACE", envOr("POD_NAMESPACE", "default")),
+		Group:        os.Getenv("MUSTER_GROUP"),
+		MemberID:     envOr("MUSTER_MEMBER_ID", envOr("POD_NAME", host)),
+		Address:      envOr("MUSTER_ADDRESS", envOr("POD_IP", "127.0.0.1")),
+		Runtime:      envOr("MUSTER_RUNTIME", "env"),
+		JoinTimeout:  5 * time.Minute,
+		StopGrace:    10 * time.Second,
+		Stdout:       os.Stdout,
+		Stderr:       os.Stderr,
+	}
+	return c
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Validate checks the configuration and names the first bad field.
+func (c *Config) Validate() error {
+	if len(c.Coordinators) == 0 {
+		return errors.New("--coordinator is empty: give the coordinator's host:port")
+	}
+	for _, a := range c.Coordinators {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("--coordinator %q: want host:port: %v", a, err)
+		}
+	}
+	if err := group.ValidateName("--namespace", c.Namespace, group.MaxGroupNameLen); err != nil {
+		return err
+	}
+	if err := group.ValidateName("--group", c.Group, group.MaxGroupNameLen); err != nil {
+		return err
+	}
+	if err := group.ValidateSize(c.Size); err != nil {
+		return fmt.Errorf("--size: %w", err)
+	}
+	if err := group.ValidateName("--member-id", c.MemberID, group.MaxMemberIDLen); err != nil {
+		return err
+	}
+	if err := group.ValidateAddress(c.Address); err != nil {
+		return fmt.Errorf("--address: %w", err)
+	}
+	if c.Ordinal != nil && *c.Ordinal < 0 {
+		return fmt.Errorf("--ordinal %d is negative; ordinals count from 0", *c.Ordinal)
+	}
+	if _, err := preset.Get(c.Runtime); err != nil {
+		return fmt.Errorf("--runtime: %w", err)
+	}
+	if c.MasterPort < 0 || c.MasterPort > 65535 {
+		return fmt.Errorf("--master-port %d is not a TCP port (0 picks a free one)", c.MasterPort)
+	}
+	if c.ReadyPort < 0 || c.ReadyPort > 65535 {
+		return fmt.Errorf("--port %d is not a TCP port", c.ReadyPort)
+	}
+	if c.JoinTimeout <= 0 {
+		return fmt.Errorf("--join-timeout %s must be positive", c.JoinTimeout)
+	}
+	if c.StopGrace < 0 {
+		return fmt.Errorf("--stop-grace %s is negative", c.StopGrace)
+	}
+	if len(c.Command) == 0 {
+		return errors.New("no command: put the runtime's command after --, e.g. agent run --group g --size 2 -- python3 train.py")
+	}
+	return nil
+}

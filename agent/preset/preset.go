@@ -1,0 +1,166 @@
+// Package preset turns a rank assignment into the exact command line and
+// environment a model runtime expects. Adding a runtime is one Register
+// call with its own flags and env; see torchrun.go for the shape.
+package preset
+
+import (
+	"bytes"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"text/template"
+)
+
+// Assignment is what the barrier handed this member, plus its identity.
+type Assignment struct {
+	Namespace  string
+	Group      string
+	Member     string
+	Rank       int
+	WorldSize  int
+	Generation int64
+	// LeaderAddr and Port are rank 0's address and MASTER_PORT.
+	LeaderAddr string
+	Port       int
+	// Address is this member's own address (pod IP).
+	Address string
+}
+
+// Preset describes one runtime.
+type Preset struct {
+	Name string
+	// Summary is one line for --help.
+	Summary string
+	// Args returns the command to run, given the user's (templated) command.
+	Args func(a Assignment, argv []string) ([]string, error)
+	// Env returns variables added on top of the common ones.
+	Env func(a Assignment) map[string]string
+}
+
+var registry = map[string]Preset{}
+
+// Register adds a preset; it panics on a duplicate name (a programming error).
+func Register(p Preset) {
+	if _, dup := registry[p.Name]; dup {
+		panic("preset: duplicate " + p.Name)
+	}
+	registry[p.Name] = p
+}
+
+// Names lists the registered presets, sorted.
+func Names() []string {
+	out := make([]string, 0, len(registry))
+	for n := range registry {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Get returns the preset called name.
+func Get(name string) (Preset, error) {
+	p, ok := registry[name]
+	if !ok {
+		return Preset{}, fmt.Errorf("runtime %q is not a known preset; use one of: %s", name, strings.Join(Names(), ", "))
+	}
+	return p, nil
+}
+
+// Command is a ready-to-start runtime command.
+type Command struct {
+	Argv []string
+	// Env holds KEY=VALUE entries to add to the agent's environment.
+	Env []string
+}
+
+// Build renders argv's templates and applies preset name to a.
+func Build(name string, a Assignment, argv []string) (Command, error) {
+	p, err := Get(name)
+	if err != nil {
+		return Command{}, err
+	}
+	if len(argv) == 0 {
+		return Command{}, fmt.Errorf("runtime %s: no command given: put it after --", name)
+	}
+	rendered, err := Render(a, argv)
+	if err != nil {
+		return Command{}, err
+	}
+	out := rendered
+	if p.Args != nil {
+		if out, err = p.Args(a, rendered); err != nil {
+			return Command{}, fmt.Errorf("runtime %s: %w", name, err)
+		}
+	}
+	env := CommonEnv(a)
+	if p.Env != nil {
+		for k, v := range p.Env(a) {
+			env[k] = v
+		}
+	}
+	keys := make([]string, 0, len(env))
+	for k := range env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	cmd := Command{Argv: out}
+	for _, k := range keys {
+		cmd.Env = append(cmd.Env, k+"="+env[k])
+	}
+	return cmd, nil
+}
+
+// Render expands {{.Rank}}, {{.WorldSize}}, {{.LeaderAddr}}, {{.Port}} (and
+// the other Assignment fields) in each argument.
+func Render(a Assignment, argv []string) ([]string, error) {
+	out := make([]string, len(argv))
+	for i, arg := range argv {
+		if !strings.Contains(arg, "{{") {
+			out[i] = arg
+			continue
+		}
+		t, err := template.New("arg").Option("missingkey=error").Parse(arg)
+		if err != nil {
+			return nil, fmt.Errorf("argument %d %q: bad template: %w", i, arg, err)
+		}
+		var b bytes.Buffer
+		if err := t.Execute(&b, a); err != nil {
+			return nil, fmt.Errorf("argument %d %q: %w (fields: .Rank .WorldSize .LeaderAddr .Port .Generation .Address .Group .Member)", i, arg, err)
+		}
+		out[i] = b.String()
+	}
+	return out, nil
+}
+
+// CommonEnv is what every runtime gets: muster's own names and the
+// de-facto standard ones that launchers read.
+func CommonEnv(a Assignment) map[string]string {
+	rank, world, gen := strconv.Itoa(a.Rank), strconv.Itoa(a.WorldSize), strconv.FormatInt(a.Generation, 10)
+	port := strconv.Itoa(a.Port)
+	return map[string]string{
+		"MUSTER_NAMESPACE":           a.Namespace,
+		"MUSTER_GROUP":               a.Group,
+		"MUSTER_MEMBER_ID":           a.Member,
+		"MUSTER_RANK":                rank,
+		"MUSTER_WORLD_SIZE":          world,
+		"MUSTER_GENERATION":          gen,
+		"MUSTER_LEADER_ADDR":         a.LeaderAddr,
+		"MUSTER_MASTER_PORT":         port,
+		"MUSTER_ADDRESS":             a.Address,
+		"NODE_RANK":                  rank,
+		"GROUP_RANK":                 rank,
+		"NNODES":                     world,
+		"MASTER_ADDR":                a.LeaderAddr,
+		"MASTER_PORT":                port,
+		"TORCHELASTIC_RESTART_COUNT": gen,
+	}
+}
+
+// insertAfter returns argv with flags inserted at index i.
+func insertAfter(argv []string, i int, flags ...string) []string {
+	out := make([]string, 0, len(argv)+len(flags))
+	out = append(out, argv[:i]...)
+	out = append(out, flags...)
+	return append(out, argv[i:]...)
+}

@@ -1,0 +1,37 @@
+package preset
+
+import "strconv"
+
+// The torchrun preset adds the static-rendezvous flags of torchrun
+// (torch.distributed.run): --nnodes, --node-rank, --master-addr and
+// --master-port. With them torchrun uses its static rendezvous, so every
+// node starts at once from muster's barrier instead of its own.
+// Source: https://pytorch.org/docs/stable/elastic/run.html and
+// torch/distributed/run.py. torch 2.x accepts "--node-rank" and
+// "--node_rank" alike, but torch 1.13 (Debian's) knows only the underscored
+// spellings, so those are what we pass: they work on every version.
+//
+// The flags go right after the launcher: after argv[0] ("torchrun", or a
+// wrapper that execs it with "$@"), or after "-m torch.distributed.run".
+// RANK and WORLD_SIZE are not set: torchrun computes them per worker.
+func init() {
+	Register(Preset{
+		Name:    "torchrun",
+		Summary: "torchrun/torch.distributed.run: adds --nnodes --node_rank --master_addr --master_port",
+		Args: func(a Assignment, argv []string) ([]string, error) {
+			at := 1
+			for i := 0; i+1 < len(argv); i++ {
+				if argv[i] == "-m" && argv[i+1] == "torch.distributed.run" {
+					at = i + 2
+					break
+				}
+			}
+			return insertAfter(argv, at,
+				"--nnodes", strconv.Itoa(a.WorldSize),
+				"--node_rank", strconv.Itoa(a.Rank),
+				"--master_addr", a.LeaderAddr,
+				"--master_port", strconv.Itoa(a.Port),
+			), nil
+		},
+	})
+}

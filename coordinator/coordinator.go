@@ -1,0 +1,215 @@
+// Package coordinator wires the rendezvous service together: etcd (embedded
+// or external), the per-group hubs and the gRPC server.
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/muster-dev/muster/coordinator/embedetcd"
+	"github.com/muster-dev/muster/coordinator/hub"
+	"github.com/muster-dev/muster/coordinator/server"
+	"github.com/muster-dev/muster/coordinator/store"
+	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
+)
+
+// Config is the coordinator's configuration; DefaultConfig fills it.
+type Config struct {
+	// Listen is the gRPC address (host:port; port 0 picks one).
+	Listen string
+	// DataDir holds the embedded etcd's data.
+	DataDir string
+	// EtcdEndpoints, when set, selects an external etcd cluster instead of
+	// the embedded one.
+	EtcdEndpoints []string
+	// EtcdClientAddr and EtcdPeerAddr are where the embedded etcd listens,
+	// so that other replicas can share it.
+	EtcdClientAddr string
+	EtcdPeerAddr   string
+	// Prefix is the etcd key prefix for groups.
+	Prefix string
+	// MemberTTL is how long a member outlives its agent's last contact.
+	MemberTTL time.Duration
+	// MaxRestarts is how many restarts a group gets before it fails.
+	MaxRestarts int
+	// ServerOptions are extra gRPC server options (credentials, interceptors).
+	ServerOptions []grpc.ServerOption
+	Logger        *slog.Logger
+}
+
+// DefaultConfig is the configuration for one machine.
+func DefaultConfig() Config {
+	o := server.DefaultOptions()
+	return Config{
+		Listen:         "127.0.0.1:7070",
+		DataDir:        "muster-data",
+		EtcdClientAddr: "127.0.0.1:2379",
+		EtcdPeerAddr:   "127.0.0.1:2380",
+		Prefix:         store.DefaultPrefix,
+		MemberTTL:      o.MemberTTL,
+		MaxRestarts:    o.MaxRestarts,
+	}
+}
+
+// Validate checks the configuration and names the first bad field.
+func (c *Config) Validate() error {
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("--listen %q: want host:port: %w", c.Listen, err)
+	}
+	if len(c.EtcdEndpoints) == 0 && c.DataDir == "" {
+		return errors.New("--data-dir is empty: the embedded etcd needs a directory (or give --etcd-endpoints)")
+	}
+	for _, e := range c.EtcdEndpoints {
+		if strings.TrimSpace(e) == "" {
+			return errors.New("--etcd-endpoints has an empty entry")
+		}
+	}
+	if c.MemberTTL < 2*time.Second {
+		return fmt.Errorf("--member-ttl %s is too short: etcd leases last at least 2s", c.MemberTTL)
+	}
+	if c.MaxRestarts < 0 {
+		return fmt.Errorf("--max-restarts %d is negative", c.MaxRestarts)
+	}
+	if !strings.HasPrefix(c.Prefix, "/") || !strings.HasSuffix(c.Prefix, "/") {
+		return fmt.Errorf("--etcd-prefix %q must start and end with '/'", c.Prefix)
+	}
+	return nil
+}
+
+// Coordinator is a running replica.
+type Coordinator struct {
+	cfg   Config
+	etcd  *embedetcd.Server
+	cli   *clientv3.Client
+	Store *store.Store
+	hubs  *hub.Registry
+	grpc  *grpc.Server
+	lis   net.Listener
+	errc  chan error
+}
+
+// Start starts a replica and returns once it serves.
+func Start(ctx context.Context, cfg Config) (*Coordinator, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	c := &Coordinator{cfg: cfg, errc: make(chan error, 2)}
+	endpoints := cfg.EtcdEndpoints
+	if len(endpoints) == 0 {
+		ec := embedetcd.DefaultConfig(filepath.Join(cfg.DataDir, "etcd"))
+		ec.ClientAddr, ec.PeerAddr = cfg.EtcdClientAddr, cfg.EtcdPeerAddr
+		e, err := embedetcd.Start(ctx, ec)
+		if err != nil {
+			return nil, err
+		}
+		c.etcd = e
+		endpoints = []string{e.ClientURL}
+		log.Info("embedded etcd serving", "client_url", e.ClientURL, "data_dir", ec.Dir)
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
+	}
+	c.cli = cli
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err = cli.Status(sctx, endpoints[0])
+	cancel()
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("reach etcd %v: %w", endpoints, err)
+	}
+	c.Store = store.New(cli, cfg.Prefix)
+	c.hubs = hub.NewRegistry(c.Store, log, 30*time.Second)
+	srv := server.New(c.Store, c.hubs, server.Options{MemberTTL: cfg.MemberTTL, MaxRestarts: cfg.MaxRestarts}, log)
+	opts := append([]grpc.ServerOption{
+		// Agents hold one stream each for hours; ping them so that dead
+		// connections are noticed and their leases released.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+	}, cfg.ServerOptions...)
+	c.grpc = grpc.NewServer(opts...)
+	musterv1.RegisterRendezvousServer(c.grpc, srv)
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	c.lis = lis
+	go func() { c.errc <- c.grpc.Serve(lis) }()
+	if c.etcd != nil {
+		go func() {
+			if err := <-c.etcd.Err(); err != nil {
+				c.errc <- fmt.Errorf("embedded etcd: %w", err)
+			}
+		}()
+	}
+	log.Info("coordinator serving", "listen", lis.Addr().String(), "etcd", strings.Join(endpoints, ","))
+	return c, nil
+}
+
+// Addr is the gRPC address the replica listens on.
+func (c *Coordinator) Addr() string { return c.lis.Addr().String() }
+
+// EtcdURL is the embedded etcd's client URL ("" with an external etcd).
+func (c *Coordinator) EtcdURL() string {
+	if c.etcd == nil {
+		return ""
+	}
+	return c.etcd.ClientURL
+}
+
+// EtcdRevision is the embedded etcd's revision (0 with an external etcd).
+func (c *Coordinator) EtcdRevision() int64 {
+	if c.etcd == nil {
+		return 0
+	}
+	return c.etcd.Revision()
+}
+
+// Err reports a fatal error of the gRPC server or the embedded etcd.
+func (c *Coordinator) Err() <-chan error { return c.errc }
+
+// Close stops serving, then stops the hubs and etcd.
+func (c *Coordinator) Close() {
+	// Stopping the hubs first ends every agent stream with Unavailable, so
+	// agents move to another replica and GracefulStop only waits for unary
+	// calls in flight.
+	if c.hubs != nil {
+		c.hubs.Close()
+	}
+	if c.grpc != nil {
+		done := make(chan struct{})
+		go func() { c.grpc.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(2 * time.Second):
+			c.grpc.Stop()
+		}
+	}
+	if c.cli != nil {
+		c.cli.Close()
+	}
+	if c.etcd != nil {
+		c.etcd.Close()
+	}
+}

@@ -1,0 +1,196 @@
+package group
+
+import (
+	"fmt"
+	"sort"
+)
+
+// AssignRanks chooses the members of a generation and their ranks. Members
+// that had a rank before keep it; the others take the free ranks in order of
+// their ordinal hint (numeric order, hinted members first) and then of
+// arrival (etcd create revision). It returns member ids in rank order, at
+// most size of them; members left over are not part of the generation.
+func AssignRanks(prev map[string]int, joined []Member, size int) []string {
+	out := make([]string, size)
+	taken := make([]bool, size)
+	var rest []Member
+	for _, m := range joined {
+		if r, ok := prev[m.ID]; ok && r >= 0 && r < size && !taken[r] {
+			out[r] = m.ID
+			taken[r] = true
+			continue
+		}
+		rest = append(rest, m)
+	}
+	sort.SliceStable(rest, func(i, j int) bool {
+		a, b := rest[i], rest[j]
+		switch {
+		case a.Ordinal != nil && b.Ordinal != nil && *a.Ordinal != *b.Ordinal:
+			return *a.Ordinal < *b.Ordinal
+		case (a.Ordinal != nil) != (b.Ordinal != nil):
+			return a.Ordinal != nil
+		case a.CreateRev != b.CreateRev:
+			return a.CreateRev < b.CreateRev
+		}
+		return a.ID < b.ID
+	})
+	r := 0
+	for _, m := range rest {
+		for r < size && taken[r] {
+			r++
+		}
+		if r == size {
+			break
+		}
+		out[r] = m.ID
+		taken[r] = true
+	}
+	for i := range out {
+		if !taken[i] {
+			return out[:i]
+		}
+	}
+	return out
+}
+
+// Decision is the next state of a group and why it was chosen.
+type Decision struct {
+	Next   State
+	Reason string
+}
+
+// Decide returns the transition the view calls for, if any: release the
+// barrier, restart a failed generation, complete, or fail for good. It is
+// pure; the caller applies the result with a compare-and-swap on the state's
+// revision, so concurrent replicas deciding the same thing is harmless.
+func Decide(v *View) (Decision, bool) {
+	st := v.State
+	if st == nil || st.Phase.Terminal() {
+		return Decision{}, false
+	}
+	switch st.Phase {
+	case Waiting:
+		joined := v.Joined(st.Generation)
+		if len(joined) < st.Size {
+			return Decision{}, false
+		}
+		return release(st, v, joined), true
+	case Running:
+		return decideRunning(st, v)
+	}
+	return Decision{}, false
+}
+
+func release(st *State, v *View, joined []Member) Decision {
+	next := st.clone()
+	next.Phase = Running
+	next.Assignment = AssignRanks(st.Ranks, joined, st.Size)
+	if next.Ranks == nil {
+		next.Ranks = map[string]int{}
+	}
+	for r, id := range next.Assignment {
+		next.Ranks[id] = r
+	}
+	leader := v.Members[next.Assignment[0]]
+	next.LeaderAddress = leader.Address
+	next.MasterPort = leader.MasterPort
+	return Decision{Next: next, Reason: fmt.Sprintf("barrier released: %d members joined generation %d", st.Size, st.Generation)}
+}
+
+func decideRunning(st *State, v *View) (Decision, bool) {
+	done := 0
+	// Members are checked in rank order so that the reported cause is
+	// deterministic when several fail at once.
+	for _, id := range st.Assignment {
+		m, ok := v.Members[id]
+		switch {
+		case !ok:
+			return Restart(st, id, fmt.Sprintf("member %s was lost (its agent left or its lease expired)", id)), true
+		case m.Generation > st.Generation:
+			// Cannot happen through the API; treat as a restart of the member.
+			return Restart(st, id, fmt.Sprintf("member %s rejoined in generation %d", id, m.Generation)), true
+		case m.Generation < st.Generation:
+			return Restart(st, id, fmt.Sprintf("member %s is still in generation %d", id, m.Generation)), true
+		case m.State == StateExited && m.ExitCode != 0:
+			reason := fmt.Sprintf("member %s (rank %d) exited with code %d", id, st.Ranks[id], m.ExitCode)
+			if m.Reason != "" {
+				reason += ": " + m.Reason
+			}
+			return Restart(st, id, reason), true
+		case m.State == StateExited:
+			done++
+		}
+	}
+	if done == len(st.Assignment) && done > 0 {
+		next := st.clone()
+		next.Phase = Completed
+		return Decision{Next: next, Reason: fmt.Sprintf("every rank of generation %d exited 0", st.Generation)}, true
+	}
+	return Decision{}, false
+}
+
+// Restart moves the group to the next generation because of member's
+// failure, or to Failed once the restart budget is spent. Ranks are kept.
+func Restart(st *State, member, reason string) Decision {
+	next := st.clone()
+	next.LastError, next.LastErrorMember = reason, member
+	if st.Restarts >= st.MaxRestarts {
+		next.Phase = Failed
+		if next.FirstError == "" {
+			next.FirstError, next.FailedMember = reason, member
+		}
+		return Decision{Next: next, Reason: fmt.Sprintf("restart budget of %d spent; group failed: %s", st.MaxRestarts, reason)}
+	}
+	next.Generation++
+	next.Restarts++
+	next.Phase = Waiting
+	next.Assignment = nil
+	next.LeaderAddress, next.MasterPort = "", 0
+	return Decision{Next: next, Reason: fmt.Sprintf("restarting to generation %d: %s", next.Generation, reason)}
+}
+
+func (s *State) clone() State {
+	c := *s
+	if s.Ranks != nil {
+		c.Ranks = make(map[string]int, len(s.Ranks))
+		for k, v := range s.Ranks {
+			c.Ranks[k] = v
+		}
+	}
+	c.Assignment = append([]string(nil), s.Assignment...)
+	return c
+}
+
+// Ready reports whether every rank of the current generation reported its
+// runtime ready.
+func (v *View) Ready() bool {
+	st := v.State
+	if st == nil || st.Phase != Running || len(st.Assignment) == 0 {
+		return false
+	}
+	for _, id := range st.Assignment {
+		m, ok := v.Members[id]
+		if !ok || m.Generation != st.Generation || m.State != StateReady {
+			return false
+		}
+	}
+	return true
+}
+
+// Missing names what the current generation's barrier still waits for:
+// members known from earlier generations that have not joined yet.
+func (v *View) Missing() []string {
+	st := v.State
+	if st == nil {
+		return nil
+	}
+	var out []string
+	for id := range st.Ranks {
+		m, ok := v.Members[id]
+		if !ok || m.Generation != st.Generation {
+			out = append(out, id)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return st.Ranks[out[i]] < st.Ranks[out[j]] })
+	return out
+}

@@ -1,0 +1,175 @@
+// Package group holds the rendezvous state machine of one group: what is
+// stored for it, how ranks are assigned, and which transition comes next.
+// It is plain Go so that tests can drive it without etcd.
+package group
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// Key names a group; group names are scoped by namespace.
+type Key struct {
+	Namespace string
+	Name      string
+}
+
+func (k Key) String() string { return k.Namespace + "/" + k.Name }
+
+// Phase is where the current generation of a group is.
+type Phase string
+
+const (
+	// Waiting: the barrier of the current generation has not released.
+	Waiting Phase = "Waiting"
+	// Running: released; runtimes are launching or serving.
+	Running Phase = "Running"
+	// Completed: every rank's runtime exited 0. Terminal.
+	Completed Phase = "Completed"
+	// Failed: the group stopped restarting. Terminal.
+	Failed Phase = "Failed"
+)
+
+// Terminal reports whether no further transition happens from p.
+func (p Phase) Terminal() bool { return p == Completed || p == Failed }
+
+// RuntimeState is what a member's agent last reported about its runtime.
+type RuntimeState string
+
+const (
+	StateJoined    RuntimeState = ""
+	StateLaunching RuntimeState = "Launching"
+	StateReady     RuntimeState = "Ready"
+	StateExited    RuntimeState = "Exited"
+)
+
+// State is the group's record, one etcd key changed only by
+// compare-and-swap, so every replica agrees on one history.
+type State struct {
+	Size        int    `json:"size"`
+	Runtime     string `json:"runtime"`
+	Generation  int64  `json:"generation"`
+	Phase       Phase  `json:"phase"`
+	Restarts    int    `json:"restarts"`
+	MaxRestarts int    `json:"max_restarts"`
+	// Ranks remembers every member's rank across generations so that a
+	// member that comes back gets the same one.
+	Ranks map[string]int `json:"ranks,omitempty"`
+	// Assignment is the current generation's members in rank order; set
+	// when the barrier releases.
+	Assignment    []string `json:"assignment,omitempty"`
+	LeaderAddress string   `json:"leader_address,omitempty"`
+	MasterPort    int      `json:"master_port,omitempty"`
+	// LastError is the cause of the latest restart; FirstError and
+	// FailedMember the failure that ended the group.
+	LastError       string `json:"last_error,omitempty"`
+	LastErrorMember string `json:"last_error_member,omitempty"`
+	FirstError      string `json:"first_error,omitempty"`
+	FailedMember    string `json:"failed_member,omitempty"`
+}
+
+// NewState is the state of a group created by its first member.
+func NewState(size int, runtime string, maxRestarts int) State {
+	return State{Size: size, Runtime: runtime, Phase: Waiting, MaxRestarts: maxRestarts}
+}
+
+// RankOf returns the member's rank in the current assignment, or -1.
+func (s *State) RankOf(id string) int {
+	for r, m := range s.Assignment {
+		if m == id {
+			return r
+		}
+	}
+	return -1
+}
+
+// Member is one member's record. Its etcd key is bound to a lease, so it
+// disappears when the member's agent does.
+type Member struct {
+	ID         string `json:"id"`
+	Address    string `json:"address"`
+	Ordinal    *int64 `json:"ordinal,omitempty"`
+	MasterPort int    `json:"master_port,omitempty"`
+	// Generation is the last generation the member joined.
+	Generation int64        `json:"generation"`
+	State      RuntimeState `json:"state,omitempty"`
+	ExitCode   int          `json:"exit_code,omitempty"`
+	Reason     string       `json:"reason,omitempty"`
+
+	// Filled from etcd metadata, not stored in the value.
+	CreateRev int64 `json:"-"`
+	ModRev    int64 `json:"-"`
+	Lease     int64 `json:"-"`
+}
+
+// View is a consistent snapshot of one group as read from etcd.
+type View struct {
+	Key      Key
+	State    *State
+	StateRev int64 // mod revision of the state key, for compare-and-swap
+	Members  map[string]Member
+	Rev      int64 // etcd revision the view is current to
+}
+
+// Joined returns the members that joined generation gen.
+func (v *View) Joined(gen int64) []Member {
+	var out []Member
+	for _, m := range v.Members {
+		if m.Generation == gen {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// Limits on names. Group and namespace names come from Kubernetes label
+// values and namespaces (63 characters); member ids are pod names (253).
+const (
+	MaxGroupNameLen  = 63
+	MaxMemberIDLen   = 253
+	MaxSize          = 1 << 16
+	MaxAddressLength = 253
+)
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$`)
+
+// ValidateName checks a group, namespace or member name; field names the
+// input in the error.
+func ValidateName(field, v string, max int) error {
+	switch {
+	case v == "":
+		return fmt.Errorf("%s is empty: give a name", field)
+	case len(v) > max:
+		return fmt.Errorf("%s %q is %d characters long; the limit is %d", field, truncate(v), len(v), max)
+	case !nameRE.MatchString(v):
+		return fmt.Errorf("%s %q is not a valid name: use letters, digits, '.', '_' and '-', starting and ending with a letter or digit", field, v)
+	}
+	return nil
+}
+
+func truncate(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "..."
+	}
+	return s
+}
+
+// ValidateSize checks a group size.
+func ValidateSize(size int) error {
+	if size < 1 || size > MaxSize {
+		return fmt.Errorf("size %d is out of range: a group has between 1 and %d members", size, MaxSize)
+	}
+	return nil
+}
+
+// ValidateAddress checks a member address (an IP or host name, no port).
+func ValidateAddress(addr string) error {
+	if addr == "" {
+		return fmt.Errorf("address is empty: give the IP address the runtime listens on")
+	}
+	if len(addr) > MaxAddressLength || strings.ContainsAny(addr, " /\t\n") {
+		return fmt.Errorf("address %q is not an IP address or host name", truncate(addr))
+	}
+	return nil
+}

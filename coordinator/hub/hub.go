@@ -1,0 +1,336 @@
+// Package hub keeps one live, in-memory view per group in a coordinator
+// replica: a single etcd watch per group, shared by every agent stream that
+// replica serves, and the place where the group's next transition is decided.
+package hub
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/muster-dev/muster/coordinator/group"
+	"github.com/muster-dev/muster/coordinator/store"
+)
+
+// Registry owns the hubs of one replica. A hub lives while someone holds it
+// and for IdleTimeout after, so that a Join followed by a Watch reuses it.
+type Registry struct {
+	store       *store.Store
+	log         *slog.Logger
+	idleTimeout time.Duration
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu   sync.Mutex
+	hubs map[group.Key]*Hub
+}
+
+// NewRegistry returns a registry; Close stops every hub it started.
+func NewRegistry(s *store.Store, log *slog.Logger, idleTimeout time.Duration) *Registry {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Registry{store: s, log: log, idleTimeout: idleTimeout, ctx: ctx, cancel: cancel, hubs: map[group.Key]*Hub{}}
+}
+
+// Close stops every hub and waits for them.
+func (r *Registry) Close() {
+	r.cancel()
+	r.wg.Wait()
+}
+
+// Acquire returns the hub of group k, starting it if needed, once its first
+// view is loaded. Call Release when done.
+func (r *Registry) Acquire(ctx context.Context, k group.Key) (*Hub, error) {
+	r.mu.Lock()
+	h, ok := r.hubs[k]
+	if !ok {
+		h = newHub(r, k)
+		r.hubs[k] = h
+		r.wg.Add(1)
+		go h.run()
+	}
+	h.refs++
+	if h.idle != nil {
+		h.idle.Stop()
+		h.idle = nil
+	}
+	r.mu.Unlock()
+	select {
+	case <-h.loaded:
+		return h, nil
+	case <-ctx.Done():
+		h.Release()
+		return nil, fmt.Errorf("load group %s: %w", k, ctx.Err())
+	}
+}
+
+// Release gives back a hub obtained from Acquire.
+func (h *Hub) Release() {
+	r := h.reg
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h.refs--
+	if h.refs == 0 {
+		h.idle = time.AfterFunc(r.idleTimeout, func() {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			if h.refs == 0 && r.hubs[h.key] == h {
+				delete(r.hubs, h.key)
+				h.cancel()
+			}
+		})
+	}
+}
+
+// Hub is one group's live view inside a replica.
+type Hub struct {
+	reg    *Registry
+	key    group.Key
+	log    *slog.Logger
+	ctx    context.Context
+	cancel context.CancelFunc
+	loaded chan struct{}
+
+	// guarded by reg.mu
+	refs int
+	idle *time.Timer
+
+	mu      sync.Mutex
+	view    *group.View
+	changed chan struct{} // closed and replaced when state or readiness changes
+	ready   bool
+	joined  int      // members joined in the current generation
+	missing []string // what the current barrier waits for, when known
+	rankOf  map[string]int
+	waiters []revWaiter
+}
+
+type revWaiter struct {
+	rev int64
+	ch  chan struct{}
+}
+
+func newHub(r *Registry, k group.Key) *Hub {
+	ctx, cancel := context.WithCancel(r.ctx)
+	return &Hub{
+		reg: r, key: k, ctx: ctx, cancel: cancel,
+		log:     r.log.With("group", k.String()),
+		loaded:  make(chan struct{}),
+		changed: make(chan struct{}),
+		rankOf:  map[string]int{},
+	}
+}
+
+func (h *Hub) run() {
+	defer h.reg.wg.Done()
+	backoff := 50 * time.Millisecond
+	first := true
+	for h.ctx.Err() == nil {
+		v, err := h.reg.store.Load(h.ctx, h.key)
+		if err != nil {
+			if h.ctx.Err() == nil {
+				h.log.Warn("load group failed; retrying", "err", err, "retry_in", backoff)
+			}
+			select {
+			case <-time.After(backoff):
+			case <-h.ctx.Done():
+			}
+			backoff = min(2*backoff, 2*time.Second)
+			continue
+		}
+		backoff = 50 * time.Millisecond
+		h.mu.Lock()
+		h.view = v
+		h.refresh(true)
+		h.mu.Unlock()
+		if first {
+			close(h.loaded)
+			first = false
+		}
+		h.reconcile()
+		h.watch(v.Rev + 1)
+	}
+}
+
+// watch follows the group's keys from rev until the watch breaks (then the
+// caller reloads) or the hub stops.
+func (h *Hub) watch(rev int64) {
+	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(h.ctx))
+	defer cancel()
+	s := h.reg.store
+	wch := s.Client().Watch(ctx, s.GroupPrefix(h.key), clientv3.WithPrefix(), clientv3.WithRev(rev))
+	for wresp := range wch {
+		if err := wresp.Err(); err != nil {
+			h.log.Warn("watch broke; reloading group", "err", err)
+			return
+		}
+		h.mu.Lock()
+		stateChanged := false
+		for _, ev := range wresp.Events {
+			kv := ev.Kv
+			if err := s.Apply(h.view, string(kv.Key), kv.Value, kv.CreateRevision, kv.ModRevision, kv.Lease, ev.Type == clientv3.EventTypeDelete); err != nil {
+				h.log.Error("skipping undecodable key", "key", string(kv.Key), "err", err)
+				continue
+			}
+			if string(kv.Key) == s.GroupPrefix(h.key)+"state" {
+				stateChanged = true
+			}
+		}
+		if wresp.Header.Revision > h.view.Rev {
+			h.view.Rev = wresp.Header.Revision
+		}
+		h.refresh(stateChanged)
+		h.mu.Unlock()
+		h.reconcile()
+	}
+}
+
+// refresh recomputes the derived fields, wakes revision waiters and, when
+// something agents must react to changed, every subscriber. h.mu is held.
+func (h *Hub) refresh(stateChanged bool) {
+	v := h.view
+	if stateChanged {
+		h.rankOf = map[string]int{}
+		if v.State != nil {
+			for r, id := range v.State.Assignment {
+				h.rankOf[id] = r
+			}
+		}
+	}
+	h.joined, h.missing = 0, nil
+	if st := v.State; st != nil {
+		h.joined = len(v.Joined(st.Generation))
+		if st.Phase == group.Waiting {
+			h.missing = missing(v)
+		}
+	}
+	ready := v.Ready()
+	if stateChanged || ready != h.ready {
+		h.ready = ready
+		close(h.changed)
+		h.changed = make(chan struct{})
+	}
+	kept := h.waiters[:0]
+	for _, w := range h.waiters {
+		if v.Rev >= w.rev {
+			close(w.ch)
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	h.waiters = kept
+}
+
+// missing names what the barrier waits for: members of earlier generations
+// that have not rejoined, or, on a first start where every member gave an
+// ordinal, the ordinals not yet seen. At most ten names.
+func missing(v *group.View) []string {
+	out := v.Missing()
+	if len(out) == 0 && len(v.State.Ranks) == 0 {
+		seen := map[int64]bool{}
+		joined := v.Joined(v.State.Generation)
+		for _, m := range joined {
+			if m.Ordinal == nil {
+				return nil
+			}
+			seen[*m.Ordinal] = true
+		}
+		for o := int64(0); o < int64(v.State.Size) && len(out) < 10; o++ {
+			if !seen[o] {
+				out = append(out, fmt.Sprintf("ordinal %d", o))
+			}
+		}
+	}
+	if len(out) > 10 {
+		out = append(out[:10:10], fmt.Sprintf("and %d more", len(out)-10))
+	}
+	return out
+}
+
+// reconcile applies the transition the view calls for. Only the hub's own
+// goroutine calls it, so reading h.view without the lock is safe here.
+func (h *Hub) reconcile() {
+	d, ok := group.Decide(h.view)
+	if !ok {
+		return
+	}
+	swapped, err := h.reg.store.SwapState(h.ctx, h.key, h.view.StateRev, d.Next)
+	switch {
+	case err != nil:
+		if h.ctx.Err() == nil {
+			h.log.Warn("group transition failed; will retry on the next change", "reason", d.Reason, "err", err)
+		}
+	case swapped:
+		h.log.Info(d.Reason, "generation", d.Next.Generation, "phase", string(d.Next.Phase))
+	}
+	// Lost races are fine: another replica made the same decision, and the
+	// watch brings its result.
+}
+
+// Read runs fn with the current view under the hub's lock. fn must not
+// block or keep v.
+func (h *Hub) Read(fn func(v *group.View)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	fn(h.view)
+}
+
+// WaitRev waits until the view includes etcd revision rev.
+func (h *Hub) WaitRev(ctx context.Context, rev int64) error {
+	h.mu.Lock()
+	if h.view.Rev >= rev {
+		h.mu.Unlock()
+		return nil
+	}
+	ch := make(chan struct{})
+	h.waiters = append(h.waiters, revWaiter{rev: rev, ch: ch})
+	h.mu.Unlock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("wait for group %s to reach revision %d: %w", h.key, rev, ctx.Err())
+	case <-h.ctx.Done():
+		return fmt.Errorf("group %s: coordinator shutting down", h.key)
+	}
+}
+
+// Observation is what one member's stream needs to know, read in O(1).
+type Observation struct {
+	State      *group.State // nil before the group exists; do not modify
+	Member     group.Member
+	IsMember   bool
+	Rank       int // -1 when not in the current assignment
+	Joined     int
+	Missing    []string
+	Ready      bool
+	Leader     group.Member
+	Changed    <-chan struct{}
+	Generation int64
+}
+
+// Observe reads the group as member id sees it.
+func (h *Hub) Observe(id string) Observation {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	o := Observation{State: h.view.State, Rank: -1, Joined: h.joined, Missing: h.missing, Ready: h.ready, Changed: h.changed}
+	o.Member, o.IsMember = h.view.Members[id]
+	if st := h.view.State; st != nil {
+		o.Generation = st.Generation
+		if r, ok := h.rankOf[id]; ok {
+			o.Rank = r
+		}
+		if len(st.Assignment) > 0 {
+			o.Leader = h.view.Members[st.Assignment[0]]
+		}
+	}
+	return o
+}
+
+// Done is closed when the hub stops (coordinator shutdown or idle).
+func (h *Hub) Done() <-chan struct{} { return h.ctx.Done() }

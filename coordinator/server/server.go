@@ -1,0 +1,499 @@
+// Package server is the gRPC glue of the rendezvous service: it validates
+// requests, turns them into store writes through the group's hub, and turns
+// the hub's view into each member's event stream.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/muster-dev/muster/coordinator/group"
+	"github.com/muster-dev/muster/coordinator/hub"
+	"github.com/muster-dev/muster/coordinator/store"
+	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
+)
+
+// Options tune the service; zero fields take the defaults of DefaultOptions.
+type Options struct {
+	// MemberTTL is how long a member outlives its agent's last contact.
+	MemberTTL time.Duration
+	// MaxRestarts is the restart budget of a new group.
+	MaxRestarts int
+	// ProgressInterval is how often a waiting member hears the barrier's count.
+	ProgressInterval time.Duration
+}
+
+// DefaultOptions are the defaults for one machine or a LAN.
+func DefaultOptions() Options {
+	return Options{MemberTTL: 5 * time.Second, MaxRestarts: 10, ProgressInterval: time.Second}
+}
+
+// Server implements musterv1.RendezvousServer.
+type Server struct {
+	musterv1.UnimplementedRendezvousServer
+	store *store.Store
+	hubs  *hub.Registry
+	opts  Options
+	log   *slog.Logger
+}
+
+// New returns a Server over s and its hubs.
+func New(s *store.Store, hubs *hub.Registry, opts Options, log *slog.Logger) *Server {
+	d := DefaultOptions()
+	if opts.MemberTTL <= 0 {
+		opts.MemberTTL = d.MemberTTL
+	}
+	if opts.ProgressInterval <= 0 {
+		opts.ProgressInterval = d.ProgressInterval
+	}
+	return &Server{store: s, hubs: hubs, opts: opts, log: log}
+}
+
+var _ musterv1.RendezvousServer = (*Server)(nil)
+
+func groupKey(ref *musterv1.GroupRef) (group.Key, error) {
+	if ref == nil {
+		return group.Key{}, errors.New("group is missing: give the group's name")
+	}
+	k := group.Key{Namespace: ref.GetNamespace(), Name: ref.GetName()}
+	if k.Namespace == "" {
+		k.Namespace = "default"
+	}
+	if err := group.ValidateName("group.namespace", k.Namespace, group.MaxGroupNameLen); err != nil {
+		return k, err
+	}
+	if err := group.ValidateName("group.name", k.Name, group.MaxGroupNameLen); err != nil {
+		return k, err
+	}
+	return k, nil
+}
+
+func invalid(format string, a ...any) error {
+	return status.Errorf(codes.InvalidArgument, format, a...)
+}
+
+// internal maps store errors; a cancelled or timed-out client stays so.
+func internal(err error) error {
+	if s, ok := status.FromError(err); ok && s.Code() != codes.Unknown {
+		return err
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	}
+	return status.Error(codes.Unavailable, err.Error())
+}
+
+// Join implements the rendezvous join; see the proto for its contract.
+func (s *Server) Join(ctx context.Context, req *musterv1.JoinRequest) (*musterv1.JoinResponse, error) {
+	k, err := groupKey(req.GetGroup())
+	if err != nil {
+		return nil, invalid("join: %v", err)
+	}
+	id := req.GetMemberId()
+	what := fmt.Sprintf("join group %q as %q", k.String(), id)
+	if err := group.ValidateName("member_id", id, group.MaxMemberIDLen); err != nil {
+		return nil, invalid("join group %q: %v", k.String(), err)
+	}
+	if err := group.ValidateSize(int(req.GetSize())); err != nil {
+		return nil, invalid("%s: %v", what, err)
+	}
+	if err := group.ValidateAddress(req.GetAddress()); err != nil {
+		return nil, invalid("%s: %v", what, err)
+	}
+	if req.Ordinal != nil && req.GetOrdinal() < 0 {
+		return nil, invalid("%s: ordinal %d is negative; ordinals count from 0", what, req.GetOrdinal())
+	}
+	if p := req.GetMasterPort(); p < 0 || p > 65535 {
+		return nil, invalid("%s: master_port %d is not a TCP port (0-65535)", what, p)
+	}
+	runtime := req.GetRuntime()
+	if runtime == "" {
+		runtime = "env"
+	}
+	h, err := s.hubs.Acquire(ctx, k)
+	if err != nil {
+		return nil, internal(err)
+	}
+	defer h.Release()
+
+	// Each pass reads the hub's view, decides one write and makes it with a
+	// compare-and-swap; a lost race waits for the hub to catch up and reads
+	// again. A handful of passes settles any real contention.
+	for attempt := 0; attempt < 20; attempt++ {
+		p := s.planJoin(h, k, id, req, runtime)
+		if p.err != nil {
+			return nil, p.err
+		}
+		var rev int64
+		switch {
+		case p.create != nil:
+			_, rev, err = s.store.CreateState(ctx, k, *p.create)
+		case p.reset != nil:
+			_, err = s.store.ResetState(ctx, k, p.stateRev, *p.reset)
+			rev = p.viewRev + 1
+			if err == nil {
+				s.log.Info("group was terminal with no live members; starting it afresh", "group", k.String(), "member", id)
+			}
+		case p.restart != nil:
+			var ok bool
+			ok, err = s.store.SwapState(ctx, k, p.stateRev, p.restart.Next)
+			rev = p.viewRev + 1
+			if ok {
+				s.log.Info(p.restart.Reason, "group", k.String(), "generation", p.restart.Next.Generation)
+			}
+		case p.put != nil:
+			lease := clientv3.LeaseID(p.put.Lease)
+			if lease == 0 {
+				if lease, err = s.store.GrantLease(ctx, int64((s.opts.MemberTTL+time.Second-1)/time.Second)); err != nil {
+					return nil, internal(fmt.Errorf("%s: %w", what, err))
+				}
+			}
+			var ok bool
+			ok, rev, err = s.store.PutMember(ctx, k, *p.put, lease, p.memberRev)
+			if err != nil && strings.Contains(err.Error(), "lease not found") {
+				// The old lease expired between the read and the write: the
+				// record is gone too, so the next pass writes a new one.
+				err = nil
+			}
+			if err == nil && ok {
+				return &musterv1.JoinResponse{Generation: p.put.Generation, Joined: int32(p.joined + 1), Size: int32(p.size)}, nil
+			}
+		default:
+			return p.resp, nil
+		}
+		if err != nil {
+			return nil, internal(fmt.Errorf("%s: %w", what, err))
+		}
+		if err := h.WaitRev(ctx, rev); err != nil {
+			return nil, internal(err)
+		}
+	}
+	return nil, status.Errorf(codes.Aborted, "%s: too much contention on the group; retry", what)
+}
+
+type joinPlan struct {
+	err       error
+	resp      *musterv1.JoinResponse
+	create    *group.State
+	reset     *group.State
+	restart   *group.Decision
+	put       *group.Member
+	memberRev int64 // for put: -1 = must not exist, else its mod revision
+	stateRev  int64
+	viewRev   int64
+	joined    int
+	size      int
+}
+
+func (s *Server) planJoin(h *hub.Hub, k group.Key, id string, req *musterv1.JoinRequest, runtime string) joinPlan {
+	var p joinPlan
+	what := fmt.Sprintf("join group %q as %q", k.String(), id)
+	h.Read(func(v *group.View) {
+		p.viewRev, p.stateRev = v.Rev, v.StateRev
+		st := v.State
+		if st == nil {
+			ns := group.NewState(int(req.GetSize()), runtime, s.opts.MaxRestarts)
+			p.create = &ns
+			return
+		}
+		p.size = st.Size
+		if int(req.GetSize()) != st.Size {
+			p.err = invalid("%s: size %d disagrees with group size %d; every member must pass the same size", what, req.GetSize(), st.Size)
+			return
+		}
+		if runtime != st.Runtime {
+			p.err = invalid("%s: runtime %q disagrees with the group's runtime %q; every member must use the same runtime", what, runtime, st.Runtime)
+			return
+		}
+		rec, known := v.Members[id]
+		gen := req.GetGeneration()
+		if st.Phase.Terminal() {
+			if gen >= 0 && known {
+				// A member catching up after the end: its stream reports it.
+				p.resp = &musterv1.JoinResponse{Generation: rec.Generation, Size: int32(st.Size)}
+				return
+			}
+			var others []string
+			for mid := range v.Members {
+				if mid != id {
+					others = append(others, mid)
+				}
+			}
+			if len(others) > 0 {
+				p.err = status.Errorf(codes.FailedPrecondition, "%s: group is %s and %d members (%s) are still attached; wait for them to exit or use another group name", what, strings.ToLower(string(st.Phase)), len(others), strings.Join(limit(others, 5), ", "))
+				return
+			}
+			ns := group.NewState(st.Size, runtime, s.opts.MaxRestarts)
+			p.reset = &ns
+			return
+		}
+		if gen < 0 && st.Phase == group.Running && st.RankOf(id) >= 0 {
+			d := group.Restart(st, id, fmt.Sprintf("member %s restarted (its agent joined afresh)", id))
+			p.restart = &d
+			return
+		}
+		if !known {
+			live := len(v.Members)
+			if live >= st.Size {
+				var ids []string
+				for mid := range v.Members {
+					ids = append(ids, mid)
+				}
+				p.err = status.Errorf(codes.ResourceExhausted, "%s: group is full: %d of %d members are attached (%s) and %q is not one of them; check --size, or the member ids", what, live, st.Size, strings.Join(limit(ids, 5), ", "), id)
+				return
+			}
+		}
+		target := st.Generation
+		if gen >= 0 && gen < st.Generation {
+			// The member has not stopped its old runtime yet: keep it out
+			// of the new barrier; its stream tells it to restart.
+			target = gen
+		}
+		m := group.Member{
+			ID: id, Address: req.GetAddress(), Ordinal: req.Ordinal,
+			MasterPort: int(req.GetMasterPort()), Generation: target,
+		}
+		if known {
+			if rec.Generation == target && rec.Address == m.Address && rec.MasterPort == m.MasterPort {
+				p.resp = &musterv1.JoinResponse{Generation: target, Joined: int32(len(v.Joined(st.Generation))), Size: int32(st.Size)}
+				return
+			}
+			if rec.Generation == target {
+				m.State, m.ExitCode, m.Reason = rec.State, rec.ExitCode, rec.Reason
+			}
+			m.Lease = rec.Lease
+			p.memberRev = rec.ModRev
+		} else {
+			p.memberRev = -1
+		}
+		p.put = &m
+		p.joined = len(v.Joined(st.Generation))
+		if known && rec.Generation == st.Generation {
+			p.joined--
+		}
+	})
+	return p
+}
+
+func limit(ids []string, n int) []string {
+	if len(ids) > n {
+		return append(ids[:n:n], fmt.Sprintf("and %d more", len(ids)-n))
+	}
+	return ids
+}
+
+// ReportStatus records a member's runtime state for its generation.
+func (s *Server) ReportStatus(ctx context.Context, req *musterv1.ReportStatusRequest) (*musterv1.ReportStatusResponse, error) {
+	k, err := groupKey(req.GetGroup())
+	if err != nil {
+		return nil, invalid("report status: %v", err)
+	}
+	id := req.GetMemberId()
+	if err := group.ValidateName("member_id", id, group.MaxMemberIDLen); err != nil {
+		return nil, invalid("report status to group %q: %v", k.String(), err)
+	}
+	what := fmt.Sprintf("report status of %q in group %q", id, k.String())
+	var state group.RuntimeState
+	switch req.GetState() {
+	case musterv1.RuntimeState_RUNTIME_STATE_LAUNCHING:
+		state = group.StateLaunching
+	case musterv1.RuntimeState_RUNTIME_STATE_READY:
+		state = group.StateReady
+	case musterv1.RuntimeState_RUNTIME_STATE_EXITED:
+		state = group.StateExited
+	default:
+		return nil, invalid("%s: state %v is not one of launching, ready, exited", what, req.GetState())
+	}
+	h, err := s.hubs.Acquire(ctx, k)
+	if err != nil {
+		return nil, internal(err)
+	}
+	defer h.Release()
+	for attempt := 0; attempt < 20; attempt++ {
+		var (
+			rec     group.Member
+			known   bool
+			cur     int64
+			hasSt   bool
+			viewRev int64
+		)
+		h.Read(func(v *group.View) {
+			viewRev = v.Rev
+			if v.State != nil {
+				hasSt, cur = true, v.State.Generation
+			}
+			rec, known = v.Members[id]
+		})
+		if !hasSt {
+			return nil, status.Errorf(codes.NotFound, "%s: no such group; join it first", what)
+		}
+		if req.GetGeneration() != cur || (known && rec.Generation != cur) {
+			return &musterv1.ReportStatusResponse{Stale: true, CurrentGeneration: cur}, nil
+		}
+		if !known {
+			return nil, status.Errorf(codes.NotFound, "%s: not a member (its lease expired or it left); join again", what)
+		}
+		m := rec
+		m.State, m.ExitCode, m.Reason = state, int(req.GetExitCode()), truncateReason(req.GetReason())
+		ok, _, err := s.store.PutMember(ctx, k, m, clientv3.LeaseID(rec.Lease), rec.ModRev)
+		if err != nil {
+			return nil, internal(fmt.Errorf("%s: %w", what, err))
+		}
+		if ok {
+			return &musterv1.ReportStatusResponse{CurrentGeneration: cur}, nil
+		}
+		if err := h.WaitRev(ctx, viewRev+1); err != nil {
+			return nil, internal(err)
+		}
+	}
+	return nil, status.Errorf(codes.Aborted, "%s: too much contention; retry", what)
+}
+
+// truncateReason keeps stored reasons small; the tail of stderr is the
+// useful part.
+func truncateReason(s string) string {
+	const max = 2048
+	if len(s) > max {
+		return "..." + s[len(s)-max:]
+	}
+	return s
+}
+
+// Leave removes a member for good.
+func (s *Server) Leave(ctx context.Context, req *musterv1.LeaveRequest) (*musterv1.LeaveResponse, error) {
+	k, err := groupKey(req.GetGroup())
+	if err != nil {
+		return nil, invalid("leave: %v", err)
+	}
+	id := req.GetMemberId()
+	if err := group.ValidateName("member_id", id, group.MaxMemberIDLen); err != nil {
+		return nil, invalid("leave group %q: %v", k.String(), err)
+	}
+	m, ok, err := s.store.GetMember(ctx, k, id)
+	if err != nil {
+		return nil, internal(err)
+	}
+	if ok {
+		if err := s.store.DeleteMember(ctx, k, m); err != nil {
+			return nil, internal(err)
+		}
+		s.log.Info("member left", "group", k.String(), "member", id)
+	}
+	return &musterv1.LeaveResponse{}, nil
+}
+
+// GetGroup returns one group's state.
+func (s *Server) GetGroup(ctx context.Context, req *musterv1.GetGroupRequest) (*musterv1.Group, error) {
+	k, err := groupKey(req.GetGroup())
+	if err != nil {
+		return nil, invalid("get group: %v", err)
+	}
+	v, err := s.store.Load(ctx, k)
+	if err != nil {
+		return nil, internal(err)
+	}
+	if v.State == nil {
+		return nil, status.Errorf(codes.NotFound, "group %q does not exist", k.String())
+	}
+	return toProto(v), nil
+}
+
+// ListGroups returns every group of a namespace, or of all namespaces.
+func (s *Server) ListGroups(ctx context.Context, req *musterv1.ListGroupsRequest) (*musterv1.ListGroupsResponse, error) {
+	ns := req.GetNamespace()
+	if ns != "" {
+		if err := group.ValidateName("namespace", ns, group.MaxGroupNameLen); err != nil {
+			return nil, invalid("list groups: %v", err)
+		}
+	}
+	keys, err := s.store.ListKeys(ctx, ns)
+	if err != nil {
+		return nil, internal(err)
+	}
+	out := &musterv1.ListGroupsResponse{}
+	for _, k := range keys {
+		v, err := s.store.Load(ctx, k)
+		if err != nil {
+			return nil, internal(err)
+		}
+		if v.State != nil {
+			out.Groups = append(out.Groups, toProto(v))
+		}
+	}
+	return out, nil
+}
+
+func toProto(v *group.View) *musterv1.Group {
+	st := v.State
+	g := &musterv1.Group{
+		Ref:  &musterv1.GroupRef{Namespace: v.Key.Namespace, Name: v.Key.Name},
+		Size: int32(st.Size), Runtime: st.Runtime, Generation: st.Generation,
+		Phase: phaseProto(st.Phase), Ready: v.Ready(), Restarts: int32(st.Restarts),
+		LeaderAddress: st.LeaderAddress, MasterPort: int32(st.MasterPort),
+		FirstError: st.FirstError, FailedMember: st.FailedMember,
+	}
+	if st.Phase != group.Failed {
+		g.FirstError, g.FailedMember = st.LastError, st.LastErrorMember
+	}
+	seen := map[string]bool{}
+	add := func(id string, m group.Member, live bool) {
+		seen[id] = true
+		rank := int32(-1)
+		if r, ok := st.Ranks[id]; ok {
+			rank = int32(r)
+		}
+		pm := &musterv1.Member{Id: id, Rank: rank, Live: live}
+		if live {
+			pm.Address, pm.Ordinal, pm.Generation = m.Address, m.Ordinal, m.Generation
+			pm.State, pm.ExitCode, pm.Reason = stateProto(m.State), int32(m.ExitCode), m.Reason
+		}
+		g.Members = append(g.Members, pm)
+	}
+	for _, id := range st.Assignment {
+		m, ok := v.Members[id]
+		add(id, m, ok)
+	}
+	for id, m := range v.Members {
+		if !seen[id] {
+			add(id, m, true)
+		}
+	}
+	return g
+}
+
+func phaseProto(p group.Phase) musterv1.Phase {
+	switch p {
+	case group.Waiting:
+		return musterv1.Phase_PHASE_WAITING
+	case group.Running:
+		return musterv1.Phase_PHASE_RUNNING
+	case group.Completed:
+		return musterv1.Phase_PHASE_COMPLETED
+	case group.Failed:
+		return musterv1.Phase_PHASE_FAILED
+	}
+	return musterv1.Phase_PHASE_UNSPECIFIED
+}
+
+func stateProto(s group.RuntimeState) musterv1.RuntimeState {
+	switch s {
+	case group.StateLaunching:
+		return musterv1.RuntimeState_RUNTIME_STATE_LAUNCHING
+	case group.StateReady:
+		return musterv1.RuntimeState_RUNTIME_STATE_READY
+	case group.StateExited:
+		return musterv1.RuntimeState_RUNTIME_STATE_EXITED
+	}
+	return musterv1.RuntimeState_RUNTIME_STATE_UNSPECIFIED
+}

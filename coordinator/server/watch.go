@@ -1,0 +1,176 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/muster-dev/muster/coordinator/group"
+	"github.com/muster-dev/muster/coordinator/hub"
+	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
+)
+
+// memberGrace is how long a stream waits for a member record it has not
+// seen yet (the hub may lag the Join that wrote it by a watch round-trip).
+const memberGrace = 10 * time.Second
+
+// Watch streams one member's view of the group. While the stream is open
+// this replica keeps the member's lease alive; when the agent goes away the
+// lease runs out after MemberTTL and the group restarts without it.
+func (s *Server) Watch(req *musterv1.WatchRequest, stream musterv1.Rendezvous_WatchServer) error {
+	ctx := stream.Context()
+	k, err := groupKey(req.GetGroup())
+	if err != nil {
+		return invalid("watch: %v", err)
+	}
+	id := req.GetMemberId()
+	if err := group.ValidateName("member_id", id, group.MaxMemberIDLen); err != nil {
+		return invalid("watch group %q: %v", k.String(), err)
+	}
+	h, err := s.hubs.Acquire(ctx, k)
+	if err != nil {
+		return internal(err)
+	}
+	defer h.Release()
+
+	w := &watcher{srv: s, k: k, id: id, stream: stream, sentRestart: -1, sentAssign: -1, lastJoined: -1}
+	defer w.stopKeepAlive()
+	ticker := time.NewTicker(s.opts.ProgressInterval)
+	defer ticker.Stop()
+	start := time.Now()
+	seen := false
+	for {
+		o := h.Observe(id)
+		switch {
+		case o.IsMember:
+			seen = true
+			w.keepAlive(ctx, o.Member.Lease)
+		case o.State != nil && o.State.Phase.Terminal():
+			// Terminal groups are reported even to members already gone.
+		case seen:
+			return status.Errorf(codes.NotFound, "watch group %q as %q: membership lost (the lease expired or the member left); join again", k.String(), id)
+		case time.Since(start) > memberGrace:
+			return status.Errorf(codes.NotFound, "watch group %q as %q: not a member; call Join first", k.String(), id)
+		}
+		done, err := w.step(o)
+		if err != nil || done {
+			return err
+		}
+		select {
+		case <-o.Changed:
+		case <-ticker.C:
+		case <-w.leaseLost:
+			w.leaseLost = nil
+		case <-h.Done():
+			return status.Error(codes.Unavailable, "coordinator replica shutting down; reconnect")
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+type watcher struct {
+	srv         *Server
+	k           group.Key
+	id          string
+	stream      musterv1.Rendezvous_WatchServer
+	sentRestart int64
+	sentAssign  int64
+	lastJoined  int
+	lastGen     int64
+	lastSent    time.Time
+
+	lease     int64
+	stopKA    context.CancelFunc
+	leaseLost chan struct{}
+}
+
+// step sends what the observation calls for; done means the stream ends.
+func (w *watcher) step(o hub.Observation) (done bool, err error) {
+	st := o.State
+	if st == nil {
+		return false, nil
+	}
+	send := func(ev *musterv1.GroupEvent) error {
+		w.lastSent = time.Now()
+		return w.stream.Send(ev)
+	}
+	switch st.Phase {
+	case group.Completed:
+		return true, send(&musterv1.GroupEvent{Event: &musterv1.GroupEvent_Completed{Completed: &musterv1.Completed{Generation: st.Generation}}})
+	case group.Failed:
+		return true, send(&musterv1.GroupEvent{Event: &musterv1.GroupEvent_Failed{Failed: &musterv1.Failed{Generation: st.Generation, Reason: st.FirstError, MemberId: st.FailedMember}}})
+	}
+	if !o.IsMember {
+		return false, nil
+	}
+	gen := o.Member.Generation
+	switch {
+	case st.Generation > gen:
+		if w.sentRestart < st.Generation {
+			w.sentRestart = st.Generation
+			return false, send(&musterv1.GroupEvent{Event: &musterv1.GroupEvent_Restart{Restart: &musterv1.Restart{Generation: st.Generation, Reason: st.LastError}}})
+		}
+	case st.Phase == group.Waiting:
+		// Progress goes out when the count changes, throttled by the
+		// caller's ticker, and at least every few seconds as a heartbeat.
+		if o.Joined != w.lastJoined || gen != w.lastGen || time.Since(w.lastSent) > 5*time.Second {
+			w.lastJoined, w.lastGen = o.Joined, gen
+			return false, send(&musterv1.GroupEvent{Event: &musterv1.GroupEvent_Progress{Progress: &musterv1.Progress{
+				Generation: st.Generation, Joined: int32(o.Joined), Size: int32(st.Size), WaitingFor: o.Missing,
+			}}})
+		}
+	case st.Phase == group.Running:
+		if o.Rank < 0 {
+			return true, status.Errorf(codes.ResourceExhausted, "group %q released generation %d with %d members and %q is not one of them; check --size and the member ids", w.k.String(), st.Generation, st.Size, w.id)
+		}
+		if w.sentAssign < st.Generation {
+			w.sentAssign = st.Generation
+			return false, send(&musterv1.GroupEvent{Event: &musterv1.GroupEvent_Assignment{Assignment: &musterv1.Assignment{
+				Generation: st.Generation, Rank: int32(o.Rank), WorldSize: int32(len(st.Assignment)),
+				LeaderAddress: st.LeaderAddress, MasterPort: int32(st.MasterPort), LeaderMemberId: st.Assignment[0],
+			}}})
+		}
+	}
+	return false, nil
+}
+
+// keepAlive keeps lease alive while the stream lasts, switching when the
+// member's record moves to a new lease.
+func (w *watcher) keepAlive(ctx context.Context, lease int64) {
+	if lease == w.lease || lease == 0 {
+		return
+	}
+	w.stopKeepAlive()
+	w.lease = lease
+	kctx, cancel := context.WithCancel(ctx)
+	w.stopKA = cancel
+	lost := make(chan struct{})
+	w.leaseLost = lost
+	ch, err := w.srv.store.Client().KeepAlive(kctx, clientv3.LeaseID(lease))
+	if err != nil {
+		w.srv.log.Warn("keep member lease alive", "group", w.k.String(), "member", w.id, "err", fmt.Errorf("lease %x: %w", lease, err))
+		close(lost)
+		return
+	}
+	go func() {
+		for range ch {
+		}
+		// The channel closes when the stream ends or the lease is gone;
+		// the watch loop rereads the member then.
+		if kctx.Err() == nil {
+			close(lost)
+		}
+	}()
+}
+
+func (w *watcher) stopKeepAlive() {
+	if w.stopKA != nil {
+		w.stopKA()
+		w.stopKA = nil
+	}
+}

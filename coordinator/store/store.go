@@ -1,0 +1,252 @@
+// Package store keeps groups in etcd: the key layout, reads of a whole group
+// as one consistent view, and the transactions that change it.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync/atomic"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/muster-dev/muster/coordinator/group"
+)
+
+// DefaultPrefix is where muster keeps its keys in etcd.
+const DefaultPrefix = "/muster/v1/groups/"
+
+// Store reads and writes groups in etcd.
+type Store struct {
+	cli    *clientv3.Client
+	prefix string
+	// Writes counts write requests sent to etcd (puts, transactions, lease
+	// grants and revocations), for benchmarks.
+	Writes atomic.Int64
+}
+
+// New returns a Store on cli under prefix ("" for DefaultPrefix).
+func New(cli *clientv3.Client, prefix string) *Store {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	return &Store{cli: cli, prefix: prefix}
+}
+
+// Client returns the etcd client.
+func (s *Store) Client() *clientv3.Client { return s.cli }
+
+// GroupPrefix is the prefix of every key of group k.
+func (s *Store) GroupPrefix(k group.Key) string {
+	return s.prefix + k.Namespace + "/" + k.Name + "/"
+}
+
+func (s *Store) stateKey(k group.Key) string { return s.GroupPrefix(k) + "state" }
+
+func (s *Store) memberKey(k group.Key, id string) string {
+	return s.GroupPrefix(k) + "members/" + id
+}
+
+// Apply folds one key-value (or its deletion, when deleted is true) into v.
+// It is used both for the initial read and for watch events.
+func (s *Store) Apply(v *group.View, key string, value []byte, createRev, modRev, lease int64, deleted bool) error {
+	rest := strings.TrimPrefix(key, s.GroupPrefix(v.Key))
+	switch {
+	case rest == "state":
+		if deleted {
+			v.State, v.StateRev = nil, 0
+			return nil
+		}
+		var st group.State
+		if err := json.Unmarshal(value, &st); err != nil {
+			return fmt.Errorf("decode %s: %w", key, err)
+		}
+		v.State, v.StateRev = &st, modRev
+	case strings.HasPrefix(rest, "members/"):
+		id := strings.TrimPrefix(rest, "members/")
+		if deleted {
+			delete(v.Members, id)
+			return nil
+		}
+		var m group.Member
+		if err := json.Unmarshal(value, &m); err != nil {
+			return fmt.Errorf("decode %s: %w", key, err)
+		}
+		m.CreateRev, m.ModRev, m.Lease = createRev, modRev, lease
+		v.Members[id] = m
+	}
+	return nil
+}
+
+// Load reads group k as one consistent view (a single range read).
+func (s *Store) Load(ctx context.Context, k group.Key) (*group.View, error) {
+	resp, err := s.cli.Get(ctx, s.GroupPrefix(k), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("read group %s: %w", k, err)
+	}
+	v := &group.View{Key: k, Members: map[string]group.Member{}, Rev: resp.Header.Revision}
+	for _, kv := range resp.Kvs {
+		if err := s.Apply(v, string(kv.Key), kv.Value, kv.CreateRevision, kv.ModRevision, kv.Lease, false); err != nil {
+			return nil, err
+		}
+	}
+	return v, nil
+}
+
+// GetMember reads one member's record; ok is false when it does not exist.
+func (s *Store) GetMember(ctx context.Context, k group.Key, id string) (group.Member, bool, error) {
+	resp, err := s.cli.Get(ctx, s.memberKey(k, id))
+	if err != nil {
+		return group.Member{}, false, fmt.Errorf("read member %s of group %s: %w", id, k, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return group.Member{}, false, nil
+	}
+	kv := resp.Kvs[0]
+	var m group.Member
+	if err := json.Unmarshal(kv.Value, &m); err != nil {
+		return group.Member{}, false, fmt.Errorf("decode member %s of group %s: %w", id, k, err)
+	}
+	m.CreateRev, m.ModRev, m.Lease = kv.CreateRevision, kv.ModRevision, kv.Lease
+	return m, true, nil
+}
+
+// CreateState creates the group's state if it does not exist. It returns
+// the state that is there afterwards (the caller's or an earlier one) and
+// its revision.
+func (s *Store) CreateState(ctx context.Context, k group.Key, st group.State) (group.State, int64, error) {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return group.State{}, 0, err
+	}
+	key := s.stateKey(k)
+	s.Writes.Add(1)
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(b))).
+		Else(clientv3.OpGet(key)).
+		Commit()
+	if err != nil {
+		return group.State{}, 0, fmt.Errorf("create group %s: %w", k, err)
+	}
+	if resp.Succeeded {
+		return st, resp.Header.Revision, nil
+	}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return group.State{}, 0, fmt.Errorf("create group %s: state vanished during creation; retry", k)
+	}
+	var cur group.State
+	if err := json.Unmarshal(kvs[0].Value, &cur); err != nil {
+		return group.State{}, 0, fmt.Errorf("decode state of group %s: %w", k, err)
+	}
+	return cur, kvs[0].ModRevision, nil
+}
+
+// SwapState replaces the group's state if it is still at revision rev. It
+// reports whether the swap happened; losing a race is not an error.
+func (s *Store) SwapState(ctx context.Context, k group.Key, rev int64, st group.State) (bool, error) {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return false, err
+	}
+	key := s.stateKey(k)
+	s.Writes.Add(1)
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+		Then(clientv3.OpPut(key, string(b))).
+		Commit()
+	if err != nil {
+		return false, fmt.Errorf("update group %s: %w", k, err)
+	}
+	return resp.Succeeded, nil
+}
+
+// ResetState replaces a terminal group's state with a fresh one and deletes
+// its member records, if the state is still at revision rev.
+func (s *Store) ResetState(ctx context.Context, k group.Key, rev int64, st group.State) (bool, error) {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return false, err
+	}
+	key := s.stateKey(k)
+	s.Writes.Add(1)
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+		Then(clientv3.OpDelete(s.GroupPrefix(k)+"members/", clientv3.WithPrefix()), clientv3.OpPut(key, string(b))).
+		Commit()
+	if err != nil {
+		return false, fmt.Errorf("reset group %s: %w", k, err)
+	}
+	return resp.Succeeded, nil
+}
+
+// GrantLease grants a lease of ttl seconds for a member record.
+func (s *Store) GrantLease(ctx context.Context, ttl int64) (clientv3.LeaseID, error) {
+	s.Writes.Add(1)
+	resp, err := s.cli.Grant(ctx, ttl)
+	if err != nil {
+		return 0, fmt.Errorf("grant member lease: %w", err)
+	}
+	return resp.ID, nil
+}
+
+// PutMember writes a member record bound to lease. When modRev is not
+// zero, the write only happens if the record is still at that revision
+// (ok=false otherwise); when it is -1, only if the record does not exist.
+func (s *Store) PutMember(ctx context.Context, k group.Key, m group.Member, lease clientv3.LeaseID, modRev int64) (ok bool, rev int64, err error) {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return false, 0, err
+	}
+	key := s.memberKey(k, m.ID)
+	txn := s.cli.Txn(ctx)
+	switch {
+	case modRev > 0:
+		txn = txn.If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev))
+	case modRev < 0:
+		txn = txn.If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+	}
+	s.Writes.Add(1)
+	resp, err := txn.Then(clientv3.OpPut(key, string(b), clientv3.WithLease(lease))).Commit()
+	if err != nil {
+		return false, 0, fmt.Errorf("write member %s of group %s: %w", m.ID, k, err)
+	}
+	return resp.Succeeded, resp.Header.Revision, nil
+}
+
+// DeleteMember removes a member record and revokes its lease.
+func (s *Store) DeleteMember(ctx context.Context, k group.Key, m group.Member) error {
+	s.Writes.Add(1)
+	if m.Lease != 0 {
+		if _, err := s.cli.Revoke(ctx, clientv3.LeaseID(m.Lease)); err == nil {
+			return nil
+		}
+	}
+	if _, err := s.cli.Delete(ctx, s.memberKey(k, m.ID)); err != nil {
+		return fmt.Errorf("remove member %s of group %s: %w", m.ID, k, err)
+	}
+	return nil
+}
+
+// ListKeys returns the key of every group (in namespace ns, or all when
+// ns is empty).
+func (s *Store) ListKeys(ctx context.Context, ns string) ([]group.Key, error) {
+	p := s.prefix
+	if ns != "" {
+		p += ns + "/"
+	}
+	resp, err := s.cli.Get(ctx, p, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, fmt.Errorf("list groups: %w", err)
+	}
+	var out []group.Key
+	for _, kv := range resp.Kvs {
+		parts := strings.Split(strings.TrimPrefix(string(kv.Key), s.prefix), "/")
+		if len(parts) == 3 && parts[2] == "state" {
+			out = append(out, group.Key{Namespace: parts[0], Name: parts[1]})
+		}
+	}
+	return out, nil
+}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -97,6 +98,7 @@ type Coordinator struct {
 	grpc  *grpc.Server
 	lis   net.Listener
 	errc  chan error
+	once  sync.Once
 }
 
 // Start starts a replica and returns once it serves.
@@ -189,8 +191,11 @@ func (c *Coordinator) EtcdRevision() int64 {
 // Err reports a fatal error of the gRPC server or the embedded etcd.
 func (c *Coordinator) Err() <-chan error { return c.errc }
 
-// Close stops serving, then stops the hubs and etcd.
-func (c *Coordinator) Close() {
+// Close stops serving, then stops the hubs and etcd. It may be called
+// more than once.
+func (c *Coordinator) Close() { c.once.Do(c.close) }
+
+func (c *Coordinator) close() {
 	// Stopping the hubs first ends every agent stream with Unavailable, so
 	// agents move to another replica and GracefulStop only waits for unary
 	// calls in flight.

@@ -1,0 +1,224 @@
+package group
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func ord(v int64) *int64 { return &v }
+
+func TestAssignRanks(t *testing.T) {
+	tests := []struct {
+		name   string
+		prev   map[string]int
+		joined []Member
+		size   int
+		want   []string
+	}{
+		{
+			name: "ordinals in numeric order, not string order of names",
+			joined: []Member{
+				{ID: "w-10", Ordinal: ord(10), CreateRev: 1},
+				{ID: "w-2", Ordinal: ord(2), CreateRev: 2},
+				{ID: "w-1", Ordinal: ord(1), CreateRev: 3},
+				{ID: "w-0", Ordinal: ord(0), CreateRev: 4},
+			},
+			size: 4,
+			want: []string{"w-0", "w-1", "w-2", "w-10"},
+		},
+		{
+			name: "no hints: order of arrival",
+			joined: []Member{
+				{ID: "c", CreateRev: 7},
+				{ID: "a", CreateRev: 9},
+				{ID: "b", CreateRev: 8},
+			},
+			size: 3,
+			want: []string{"c", "b", "a"},
+		},
+		{
+			name: "hinted members before unhinted ones",
+			joined: []Member{
+				{ID: "late", CreateRev: 1},
+				{ID: "x", Ordinal: ord(5), CreateRev: 2},
+			},
+			size: 2,
+			want: []string{"x", "late"},
+		},
+		{
+			name: "earlier ranks are kept, a newcomer takes the free one",
+			prev: map[string]int{"a": 2, "b": 0, "gone": 1},
+			joined: []Member{
+				{ID: "new", Ordinal: ord(0), CreateRev: 1},
+				{ID: "a", CreateRev: 2},
+				{ID: "b", CreateRev: 3},
+			},
+			size: 3,
+			want: []string{"b", "new", "a"},
+		},
+		{
+			name: "extra members are left out",
+			joined: []Member{
+				{ID: "a", CreateRev: 1}, {ID: "b", CreateRev: 2}, {ID: "c", CreateRev: 3},
+			},
+			size: 2,
+			want: []string{"a", "b"},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := AssignRanks(tc.prev, tc.joined, tc.size)
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("AssignRanks = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func view(st State, members ...Member) *View {
+	v := &View{Key: Key{"default", "g"}, State: &st, Members: map[string]Member{}}
+	for _, m := range members {
+		v.Members[m.ID] = m
+	}
+	return v
+}
+
+func TestDecide(t *testing.T) {
+	running := State{Size: 2, Generation: 3, Phase: Running, MaxRestarts: 5, Restarts: 1,
+		Assignment: []string{"a", "b"}, Ranks: map[string]int{"a": 0, "b": 1}}
+	exhausted := running
+	exhausted.Restarts = 5
+
+	tests := []struct {
+		name      string
+		v         *View
+		wantOK    bool
+		wantPhase Phase
+		wantGen   int64
+		wantWhy   string
+	}{
+		{
+			name:   "waiting with one of two joined: nothing",
+			v:      view(State{Size: 2, Phase: Waiting}, Member{ID: "a"}),
+			wantOK: false,
+		},
+		{
+			name:      "waiting with all joined: release",
+			v:         view(State{Size: 2, Phase: Waiting}, Member{ID: "a", Address: "10.0.0.1", MasterPort: 29500}, Member{ID: "b"}),
+			wantOK:    true,
+			wantPhase: Running,
+			wantWhy:   "barrier released",
+		},
+		{
+			name:   "joined an older generation does not count",
+			v:      view(State{Size: 2, Generation: 1, Phase: Waiting}, Member{ID: "a", Generation: 1}, Member{ID: "b", Generation: 0}),
+			wantOK: false,
+		},
+		{
+			name:      "non-zero exit restarts to the next generation",
+			v:         view(running, Member{ID: "a", Generation: 3}, Member{ID: "b", Generation: 3, State: StateExited, ExitCode: 7}),
+			wantOK:    true,
+			wantPhase: Waiting,
+			wantGen:   4,
+			wantWhy:   "member b (rank 1) exited with code 7",
+		},
+		{
+			name:      "lost member restarts",
+			v:         view(running, Member{ID: "a", Generation: 3}),
+			wantOK:    true,
+			wantPhase: Waiting,
+			wantGen:   4,
+			wantWhy:   "member b was lost",
+		},
+		{
+			name:      "all exited 0 completes",
+			v:         view(running, Member{ID: "a", Generation: 3, State: StateExited}, Member{ID: "b", Generation: 3, State: StateExited}),
+			wantOK:    true,
+			wantPhase: Completed,
+			wantGen:   3,
+		},
+		{
+			name:      "restart budget spent fails and keeps the cause",
+			v:         view(exhausted, Member{ID: "a", Generation: 3, State: StateExited, ExitCode: 1}, Member{ID: "b", Generation: 3}),
+			wantOK:    true,
+			wantPhase: Failed,
+			wantGen:   3,
+			wantWhy:   "member a (rank 0) exited with code 1",
+		},
+		{
+			name:   "terminal groups do not move",
+			v:      view(State{Size: 1, Phase: Completed}),
+			wantOK: false,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d, ok := Decide(tc.v)
+			if ok != tc.wantOK {
+				t.Fatalf("Decide ok = %v, want %v (decision %+v)", ok, tc.wantOK, d)
+			}
+			if !ok {
+				return
+			}
+			if d.Next.Phase != tc.wantPhase || d.Next.Generation != tc.wantGen {
+				t.Fatalf("next = phase %s gen %d, want phase %s gen %d", d.Next.Phase, d.Next.Generation, tc.wantPhase, tc.wantGen)
+			}
+			if !strings.Contains(d.Reason, tc.wantWhy) {
+				t.Fatalf("reason %q does not contain %q", d.Reason, tc.wantWhy)
+			}
+		})
+	}
+}
+
+func TestReleaseSetsLeaderAndKeepsRanks(t *testing.T) {
+	v := view(State{Size: 2, Phase: Waiting, Generation: 2, Ranks: map[string]int{"b": 0, "a": 1}},
+		Member{ID: "a", Generation: 2, Address: "127.0.0.3", MasterPort: 1111},
+		Member{ID: "b", Generation: 2, Address: "127.0.0.2", MasterPort: 2222})
+	d, ok := Decide(v)
+	if !ok {
+		t.Fatal("no decision")
+	}
+	if got := d.Next.Assignment; !reflect.DeepEqual(got, []string{"b", "a"}) {
+		t.Fatalf("assignment %v, want [b a]", got)
+	}
+	if d.Next.LeaderAddress != "127.0.0.2" || d.Next.MasterPort != 2222 {
+		t.Fatalf("leader %s:%d, want 127.0.0.2:2222", d.Next.LeaderAddress, d.Next.MasterPort)
+	}
+	if v.State.Assignment != nil {
+		t.Fatal("Decide modified its input")
+	}
+}
+
+func TestFailedKeepsFirstError(t *testing.T) {
+	st := State{Size: 1, Phase: Running, MaxRestarts: 0, FirstError: "", Assignment: []string{"a"}}
+	d := Restart(&st, "a", "first")
+	if d.Next.Phase != Failed || d.Next.FirstError != "first" || d.Next.FailedMember != "a" {
+		t.Fatalf("got %+v", d.Next)
+	}
+	d2 := Restart(&d.Next, "b", "second")
+	if d2.Next.FirstError != "first" {
+		t.Fatalf("first error overwritten: %q", d2.Next.FirstError)
+	}
+}
+
+func TestValidateName(t *testing.T) {
+	tests := []struct {
+		in, wantErr string
+	}{
+		{"ok-name_1.x", ""},
+		{"", "is empty"},
+		{strings.Repeat("a", 64), "limit is 63"},
+		{"has/slash", "not a valid name"},
+		{"-leading", "not a valid name"},
+	}
+	for _, tc := range tests {
+		err := ValidateName("group", tc.in, MaxGroupNameLen)
+		if tc.wantErr == "" && err != nil {
+			t.Errorf("ValidateName(%q) = %v, want nil", tc.in, err)
+		}
+		if tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), "group")) {
+			t.Errorf("ValidateName(%q) = %v, want an error naming the field and containing %q", tc.in, err, tc.wantErr)
+		}
+	}
+}

@@ -1,0 +1,78 @@
+// Package testcoord starts real coordinator replicas (with a real embedded
+// etcd) for tests and benchmarks in other packages.
+package testcoord
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/muster-dev/muster/coordinator"
+	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
+)
+
+// Config returns a coordinator configuration on loopback with free ports,
+// its data in a test directory, and the shortest member TTL etcd allows, so
+// that lost members are noticed quickly.
+func Config(tb testing.TB) coordinator.Config {
+	tb.Helper()
+	c := coordinator.DefaultConfig()
+	c.Listen = "127.0.0.1:0"
+	c.DataDir = tb.TempDir()
+	c.EtcdClientAddr = FreeAddr(tb)
+	c.EtcdPeerAddr = FreeAddr(tb)
+	c.MemberTTL = 2 * time.Second
+	c.Logger = Logger(tb)
+	return c
+}
+
+// Logger writes to the test log when MUSTER_TEST_LOG is set, else nowhere.
+func Logger(tb testing.TB) *slog.Logger {
+	if os.Getenv("MUSTER_TEST_LOG") == "" {
+		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// Start starts a replica with cfg (Config(tb) when nil mods are given) and
+// stops it when the test ends.
+func Start(tb testing.TB, cfg coordinator.Config) *coordinator.Coordinator {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := coordinator.Start(ctx, cfg)
+	if err != nil {
+		tb.Fatalf("start coordinator: %v", err)
+	}
+	tb.Cleanup(c.Close)
+	return c
+}
+
+// Client dials a replica and closes the connection when the test ends.
+func Client(tb testing.TB, addr string) musterv1.RendezvousClient {
+	tb.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		tb.Fatalf("dial %s: %v", addr, err)
+	}
+	tb.Cleanup(func() { conn.Close() })
+	return musterv1.NewRendezvousClient(conn)
+}
+
+// FreeAddr returns a loopback host:port that was free a moment ago.
+func FreeAddr(tb testing.TB) string {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}

@@ -53,6 +53,8 @@ func TestTorchrunPreset(t *testing.T) {
 	}{
 		{"torchrun binary", []string{"torchrun", "--nproc_per_node", "2", "train.py"},
 			append(append([]string{"torchrun"}, flags...), "--nproc_per_node", "2", "train.py")},
+		{"python wrapper script", []string{"/usr/bin/python3", "e2e/testdata/torchrun.py", "--nproc_per_node", "2", "x.py"},
+			append(append([]string{"/usr/bin/python3", "e2e/testdata/torchrun.py"}, flags...), "--nproc_per_node", "2", "x.py")},
 		{"python -m", []string{"python3", "-u", "-m", "torch.distributed.run", "train.py"},
 			append(append([]string{"python3", "-u", "-m", "torch.distributed.run"}, flags...), "train.py")},
 	}

@@ -1,6 +1,10 @@
 package preset
 
-import "strconv"
+import (
+	"path/filepath"
+	"strconv"
+	"strings"
+)
 
 // The torchrun preset adds the static-rendezvous flags of torchrun
 // (torch.distributed.run): --nnodes, --node-rank, --master-addr and
@@ -11,8 +15,10 @@ import "strconv"
 // "--node_rank" alike, but torch 1.13 (Debian's) knows only the underscored
 // spellings, so those are what we pass: they work on every version.
 //
-// The flags go right after the launcher: after argv[0] ("torchrun", or a
-// wrapper that execs it with "$@"), or after "-m torch.distributed.run".
+// The flags go right after the launcher: after the first argument whose
+// base name starts with "torchrun" ("torchrun", "/usr/bin/torchrun", or
+// "python3 torchrun_wrapper.py"), after "-m torch.distributed.run", or
+// else after argv[0] (a wrapper that execs torchrun with "$@").
 // RANK and WORLD_SIZE are not set: torchrun computes them per worker.
 func init() {
 	Register(Preset{
@@ -20,8 +26,12 @@ func init() {
 		Summary: "torchrun/torch.distributed.run: adds --nnodes --node_rank --master_addr --master_port",
 		Args: func(a Assignment, argv []string) ([]string, error) {
 			at := 1
-			for i := 0; i+1 < len(argv); i++ {
-				if argv[i] == "-m" && argv[i+1] == "torch.distributed.run" {
+			for i := 0; i < len(argv); i++ {
+				if strings.HasPrefix(filepath.Base(argv[i]), "torchrun") {
+					at = i + 1
+					break
+				}
+				if argv[i] == "-m" && i+1 < len(argv) && argv[i+1] == "torch.distributed.run" {
 					at = i + 2
 					break
 				}

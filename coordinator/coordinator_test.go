@@ -85,6 +85,18 @@ func (m *member) next(what string, keep func(*musterv1.GroupEvent) bool) *muster
 				return ev
 			}
 		case err := <-m.errs:
+			// Events sent just before the stream ended are still buffered.
+			for {
+				select {
+				case ev := <-m.events:
+					if keep(ev) {
+						return ev
+					}
+					continue
+				default:
+				}
+				break
+			}
 			m.t.Fatalf("%s: stream ended while waiting for %s: %v", m.id, what, err)
 		case <-deadline:
 			m.t.Fatalf("%s: no %s within %s", m.id, what, wait)

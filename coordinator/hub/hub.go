@@ -100,6 +100,8 @@ type Hub struct {
 	refs int
 	idle *time.Timer
 
+	createMu sync.Mutex
+
 	mu      sync.Mutex
 	view    *group.View
 	changed chan struct{} // closed and replaced when state or readiness changes
@@ -298,6 +300,26 @@ func (h *Hub) WaitRev(ctx context.Context, rev int64) error {
 	case <-h.ctx.Done():
 		return fmt.Errorf("group %s: coordinator shutting down", h.key)
 	}
+}
+
+// CreateOnce runs create (which writes the group's state and returns the
+// revision) unless the view already has a state, and waits until the view
+// includes it. Calls are serialized, so a burst of first joins through one
+// replica sends one creation to etcd.
+func (h *Hub) CreateOnce(ctx context.Context, create func() (int64, error)) error {
+	h.createMu.Lock()
+	defer h.createMu.Unlock()
+	h.mu.Lock()
+	exists := h.view.State != nil
+	h.mu.Unlock()
+	if exists {
+		return nil
+	}
+	rev, err := create()
+	if err != nil {
+		return err
+	}
+	return h.WaitRev(ctx, rev)
 }
 
 // Observation is what one member's stream needs to know, read in O(1).

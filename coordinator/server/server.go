@@ -138,7 +138,15 @@ func (s *Server) Join(ctx context.Context, req *musterv1.JoinRequest) (*musterv1
 		var rev int64
 		switch {
 		case p.create != nil:
-			_, rev, err = s.store.CreateState(ctx, k, *p.create)
+			// Concurrent first joins through this replica create the group
+			// once; the others wait and find it.
+			if err := h.CreateOnce(ctx, func() (int64, error) {
+				_, rev, err := s.store.CreateState(ctx, k, *p.create)
+				return rev, err
+			}); err != nil {
+				return nil, internal(fmt.Errorf("%s: %w", what, err))
+			}
+			continue
 		case p.reset != nil:
 			_, err = s.store.ResetState(ctx, k, p.stateRev, *p.reset)
 			rev = p.viewRev + 1

@@ -21,10 +21,11 @@ build:
 # real distributed program, protoc for `make proto`.
 deps:
 	@if ! $(TORCH_PYTHON) -c 'import torch.distributed' 2>/dev/null || ! command -v protoc >/dev/null; then \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-torch protobuf-compiler; \
+		echo "installing python3-torch and protobuf-compiler (Debian packages)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-torch protobuf-compiler; \
 	fi
 
-test: build
+test: deps build
 	MUSTER_BIN=$(BIN) TORCH_PYTHON=$(TORCH_PYTHON) $(GO) test -count=1 -timeout 20m ./...
 
 bench: build
@@ -43,7 +44,7 @@ proto: $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc
 		--go-grpc_out=proto --go-grpc_opt=paths=source_relative \
 		proto/muster/v1/rendezvous.proto
 
-demo: build
+demo: deps build
 	./e2e/demo.sh
 
 clean:

@@ -67,7 +67,9 @@ func Start(argv, env []string, stdout, stderr io.Writer) (*Process, error) {
 	cmd.Stderr = io.MultiWriter(stderr, tail)
 	// Its own process group, so that stopping it stops whatever it spawned
 	// (torchrun's workers, a shell's children).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: if the agent itself is killed, its runtime does not live
+	// on as an orphan holding GPUs and ports.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start runtime %q: %w", argv[0], err)
 	}

@@ -7,8 +7,10 @@ import (
 
 	"k8s.io/component-base/cli"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app"
+
+	"github.com/muster-dev/muster/scheduler-plugin/gang"
 )
 
 func main() {
-	os.Exit(cli.Run(app.NewSchedulerCommand()))
+	os.Exit(cli.Run(app.NewSchedulerCommand(app.WithPlugin(gang.Name, gang.New))))
 }

@@ -1,0 +1,489 @@
+// Package gang is muster's scheduler plugin: it admits all pods of a group
+// at once, or none. It is thin glue between the scheduling framework and
+// the group logic in this package's members.go and the fit check in
+// scheduler-plugin/fit.
+//
+// How a group is scheduled:
+//  1. PreEnqueue keeps every member out of the queue until all of them
+//     exist and agree on the group's size.
+//  2. QueueSort orders groups first come, first served (by the creation
+//     time of the group's first pod), and keeps a group's members adjacent.
+//  3. PreFilter, for each member, checks on the current snapshot that every
+//     member not yet placed can be placed at once (resources, taints,
+//     node affinity, one topology domain). If not, nothing is reserved, the
+//     group's members already waiting at Permit are released, and the pod
+//     is told why ("group g: 2 of 3 members fit; waiting for capacity").
+//     If so, the pod is pinned to the node the plan gave it.
+//  4. Permit holds members until the last one is reserved, then lets them
+//     all bind together. A timeout, or any member failing, releases every
+//     reservation of the group at once (Unreserve, PostFilter).
+package gang
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/sets"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/klog/v2"
+	fwk "k8s.io/kube-scheduler/framework"
+
+	"github.com/muster-dev/muster/scheduler-plugin/fit"
+	"github.com/muster-dev/muster/scheduler-plugin/group"
+)
+
+// Name is the plugin's name in the scheduler configuration.
+const Name = "MusterGang"
+
+// DefaultPermitTimeout bounds how long reserved members wait at Permit for
+// the rest of their group. The fit check has already shown the whole group
+// fits, so members normally follow each other within milliseconds; the
+// timeout only matters when another scheduler takes the capacity meanwhile.
+const DefaultPermitTimeout = 60 * time.Second
+
+// Gang implements the plugin.
+type Gang struct {
+	handle fwk.Handle
+	pods   corelisters.PodLister
+	log    klog.Logger
+
+	mu sync.Mutex
+	// firstSeen is when each group's first pod was created: the order in
+	// which groups are served.
+	firstSeen map[group.Key]time.Time
+	// waiting holds the groups seen and not yet fully bound.
+	waiting map[group.Key]bool
+	// reported remembers the last warning sent per pod, so that a pod
+	// retried in a loop does not flood the event stream.
+	reported map[string]string
+}
+
+var (
+	_ fwk.QueueSortPlugin   = &Gang{}
+	_ fwk.PreEnqueuePlugin  = &Gang{}
+	_ fwk.PreFilterPlugin   = &Gang{}
+	_ fwk.PostFilterPlugin  = &Gang{}
+	_ fwk.ReservePlugin     = &Gang{}
+	_ fwk.PermitPlugin      = &Gang{}
+	_ fwk.PostBindPlugin    = &Gang{}
+	_ fwk.EnqueueExtensions = &Gang{}
+)
+
+// New builds the plugin. It takes no arguments.
+func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
+	registerMetrics()
+	return &Gang{
+		handle:    h,
+		pods:      h.SharedInformerFactory().Core().V1().Pods().Lister(),
+		log:       klog.FromContext(ctx).WithValues("plugin", Name),
+		firstSeen: map[group.Key]time.Time{},
+		reported:  map[string]string{},
+		waiting:   map[group.Key]bool{},
+	}, nil
+}
+
+// Name returns the plugin's name.
+func (g *Gang) Name() string { return Name }
+
+// Less orders the queue: priority first, then groups by the creation time
+// of their first pod (first come, first served), members of one group
+// together in ordinal order. Pods of no group are ordered by their own
+// creation time among the groups.
+func (g *Gang) Less(a, b fwk.QueuedEntityInfo) bool {
+	if pa, pb := a.GetPriority(), b.GetPriority(); pa != pb {
+		return pa > pb
+	}
+	ka, kb := g.sortKey(a), g.sortKey(b)
+	if !ka.at.Equal(kb.at) {
+		return ka.at.Before(kb.at)
+	}
+	if ka.group != kb.group {
+		return ka.group < kb.group
+	}
+	if ka.ordinal != kb.ordinal {
+		return ka.ordinal < kb.ordinal
+	}
+	return ka.name < kb.name
+}
+
+type sortKey struct {
+	at      time.Time
+	group   string
+	ordinal int
+	name    string
+}
+
+func (g *Gang) sortKey(e fwk.QueuedEntityInfo) sortKey {
+	pi, ok := e.(interface{ GetPodInfo() fwk.PodInfo })
+	if !ok || pi.GetPodInfo() == nil {
+		return sortKey{at: e.GetTimestamp()}
+	}
+	pod := pi.GetPodInfo().GetPod()
+	k := sortKey{at: pod.CreationTimestamp.Time, ordinal: group.Ordinal(pod), name: pod.Namespace + "/" + pod.Name}
+	if key, ok := group.Of(pod); ok {
+		k.group = key.String()
+		k.at = g.groupTime(key, pod.CreationTimestamp.Time)
+	}
+	return k
+}
+
+func (g *Gang) groupTime(k group.Key, created time.Time) time.Time {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	t, ok := g.firstSeen[k]
+	if !ok || created.Before(t) {
+		g.firstSeen[k] = created
+		return created
+	}
+	return t
+}
+
+// PreEnqueue keeps a member out of the queue until its whole group exists.
+func (g *Gang) PreEnqueue(ctx context.Context, pod *v1.Pod) *fwk.Status {
+	key, ok := group.Of(pod)
+	if !ok {
+		return nil
+	}
+	m, err := g.members(key, pod)
+	if err != nil {
+		g.warn(pod, "InvalidGroup", err.Error())
+		invalidMembers.Inc()
+		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, err.Error())
+	}
+	g.markWaiting(key, true)
+	if len(m.active) < m.size {
+		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable,
+			fmt.Sprintf("group %s: %d of %d members exist; waiting for the rest before scheduling any", key.Name, len(m.active), m.size))
+	}
+	return nil
+}
+
+// PreFilter runs the whole-group fit check and pins the pod to its node in
+// the plan.
+func (g *Gang) PreFilter(ctx context.Context, state fwk.CycleState, pod *v1.Pod, nodes []fwk.NodeInfo) (*fwk.PreFilterResult, *fwk.Status) {
+	key, ok := group.Of(pod)
+	if !ok {
+		return nil, fwk.NewStatus(fwk.Skip)
+	}
+	m, err := g.members(key, pod)
+	if err != nil {
+		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, err.Error())
+	}
+	if len(m.active) < m.size {
+		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable,
+			fmt.Sprintf("group %s: %d of %d members exist", key.Name, len(m.active), m.size))
+	}
+	placed, unplaced, domain := g.split(m)
+	need := m.size - len(placed)
+	if need < len(unplaced) {
+		unplaced = unplaced[:max(need, 0)]
+	}
+	if !containsPod(unplaced, pod) {
+		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable,
+			fmt.Sprintf("group %s already has %d members placed (%s=%d); pod %s is beyond the group's size", key.Name, len(placed), group.AnnotationSize, m.size, pod.Name))
+	}
+	var members []fit.Member
+	for _, p := range unplaced {
+		members = append(members, fit.Member{Pod: p, Requests: fit.Requests(p)})
+	}
+	plan := fit.Plan(members, snapshotNodes(nodes), m.topologyKey, domain)
+	admissionAttempts.WithLabelValues(resultLabel(plan.OK)).Inc()
+	if !plan.OK {
+		msg := fmt.Sprintf("group %s: %d of %d members fit; waiting for capacity", key.Name, len(placed)+plan.Fit, m.size)
+		if m.topologyKey != "" {
+			msg += fmt.Sprintf(" (all in one %s domain)", m.topologyKey)
+		}
+		// Nothing held by a group that cannot fit: release members that
+		// were reserved before capacity went away.
+		g.rejectWaiting(key, msg)
+		g.warn(pod, "GroupWaiting", msg)
+		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, msg)
+	}
+	return &fwk.PreFilterResult{NodeNames: sets.New(plan.Placement[pod.Name])}, nil
+}
+
+// PreFilterExtensions is not used: the plan is made per cycle.
+func (g *Gang) PreFilterExtensions() fwk.PreFilterExtensions { return nil }
+
+// PostFilter releases the group when one of its members found no node.
+func (g *Gang) PostFilter(ctx context.Context, state fwk.CycleState, pod *v1.Pod, _ fwk.NodeToStatusReader) (*fwk.PostFilterResult, *fwk.Status) {
+	key, ok := group.Of(pod)
+	if !ok {
+		return nil, fwk.NewStatus(fwk.Unschedulable)
+	}
+	msg := fmt.Sprintf("group %s: member %s did not fit where the group's plan put it; releasing the group", key.Name, pod.Name)
+	g.rejectWaiting(key, msg)
+	return nil, fwk.NewStatus(fwk.Unschedulable, msg)
+}
+
+// Reserve has nothing to do: the scheduler's cache holds the reservation.
+func (g *Gang) Reserve(ctx context.Context, state fwk.CycleState, pod *v1.Pod, nodeName string) *fwk.Status {
+	return nil
+}
+
+// Unreserve releases every other reservation of the group when one member
+// is rejected (permit timeout, a failed bind, a rejected peer).
+func (g *Gang) Unreserve(ctx context.Context, state fwk.CycleState, pod *v1.Pod, nodeName string) {
+	if key, ok := group.Of(pod); ok {
+		g.rejectWaiting(key, fmt.Sprintf("group %s: member %s was rejected; releasing the whole group", key.Name, pod.Name))
+	}
+}
+
+// Permit holds a reserved member until every member is reserved, then
+// lets the whole group bind.
+func (g *Gang) Permit(ctx context.Context, state fwk.CycleState, pod *v1.Pod, nodeName string) (*fwk.Status, time.Duration) {
+	key, ok := group.Of(pod)
+	if !ok {
+		return nil, 0
+	}
+	m, err := g.members(key, pod)
+	if err != nil {
+		return fwk.NewStatus(fwk.Unschedulable, err.Error()), 0
+	}
+	bound, waiting := 0, []fwk.WaitingPod{}
+	unscheduled := map[string]*v1.Pod{}
+	for _, p := range m.active {
+		switch {
+		case p.UID == pod.UID:
+		case p.Spec.NodeName != "":
+			bound++
+		default:
+			if wp := g.handle.GetWaitingPod(p.UID); wp != nil {
+				waiting = append(waiting, wp)
+			} else {
+				unscheduled[p.Namespace+"/"+p.Name] = p
+			}
+		}
+	}
+	if bound+len(waiting)+1 >= m.size {
+		for _, wp := range waiting {
+			wp.Allow(Name)
+		}
+		return nil, 0
+	}
+	// Bring the rest of the group forward: they may sit in the unschedulable
+	// pool from an earlier failed attempt.
+	if len(unscheduled) > 0 {
+		g.handle.Activate(g.log, unscheduled)
+	}
+	timeout, err := group.Timeout(pod, DefaultPermitTimeout)
+	if err != nil {
+		g.warn(pod, "InvalidGroup", err.Error())
+	}
+	return fwk.NewStatus(fwk.Wait, fmt.Sprintf("group %s: %d of %d members reserved; waiting for the rest", key.Name, bound+len(waiting)+1, m.size)), timeout
+}
+
+// PostBind records the group's time to bind once its last member is bound.
+func (g *Gang) PostBind(ctx context.Context, state fwk.CycleState, pod *v1.Pod, nodeName string) {
+	key, ok := group.Of(pod)
+	if !ok {
+		return
+	}
+	m, err := g.members(key, pod)
+	if err != nil {
+		return
+	}
+	bound := 0
+	first := pod.CreationTimestamp.Time
+	for _, p := range m.active {
+		if p.UID == pod.UID || p.Spec.NodeName != "" {
+			bound++
+		}
+		if p.CreationTimestamp.Time.Before(first) {
+			first = p.CreationTimestamp.Time
+		}
+	}
+	if bound == m.size {
+		groupBindDuration.Observe(time.Since(first).Seconds())
+		g.mu.Lock()
+		delete(g.firstSeen, key)
+		g.mu.Unlock()
+		g.markWaiting(key, false)
+		g.log.V(2).Info("group bound", "group", key.String(), "members", m.size, "seconds", time.Since(first).Seconds())
+	}
+}
+
+// EventsToRegister lists what can make a waiting group schedulable.
+func (g *Gang) EventsToRegister(ctx context.Context) ([]fwk.ClusterEventWithHint, error) {
+	return []fwk.ClusterEventWithHint{
+		// A new member, or a fixed annotation, may complete the group.
+		{Event: fwk.ClusterEvent{Resource: fwk.Pod, ActionType: fwk.Add | fwk.Update}},
+		// Capacity frees up when pods go away.
+		{Event: fwk.ClusterEvent{Resource: fwk.Pod, ActionType: fwk.Delete}},
+		// New or changed nodes may add capacity or a fitting domain.
+		{Event: fwk.ClusterEvent{Resource: fwk.Node, ActionType: fwk.Add | fwk.UpdateNodeAllocatable | fwk.UpdateNodeLabel | fwk.UpdateNodeTaint}},
+	}, nil
+}
+
+func (g *Gang) markWaiting(k group.Key, waiting bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if waiting {
+		g.waiting[k] = true
+	} else {
+		delete(g.waiting, k)
+	}
+	groupsWaiting.Set(float64(len(g.waiting)))
+}
+
+// rejectWaiting releases every member of group k waiting at Permit.
+func (g *Gang) rejectWaiting(k group.Key, msg string) {
+	g.handle.IterateOverWaitingPods(func(wp fwk.WaitingPod) {
+		if wk, ok := group.Of(wp.GetPod()); ok && wk == k {
+			wp.Reject(Name, msg)
+		}
+	})
+}
+
+// warn records a warning event on pod, once per distinct message.
+func (g *Gang) warn(pod *v1.Pod, reason, msg string) {
+	g.mu.Lock()
+	key := string(pod.UID)
+	if g.reported[key] == msg {
+		g.mu.Unlock()
+		return
+	}
+	if len(g.reported) > 100000 {
+		g.reported = map[string]string{}
+	}
+	g.reported[key] = msg
+	g.mu.Unlock()
+	g.handle.EventRecorder().Eventf(pod, nil, v1.EventTypeWarning, reason, "Scheduling", "%s", msg)
+}
+
+func resultLabel(ok bool) string {
+	if ok {
+		return "fits"
+	}
+	return "waiting"
+}
+
+func containsPod(pods []*v1.Pod, pod *v1.Pod) bool {
+	for _, p := range pods {
+		if p.UID == pod.UID {
+			return true
+		}
+	}
+	return false
+}
+
+// snapshotNodes turns the scheduler's snapshot into what the fit check
+// needs: each node and what it has left.
+func snapshotNodes(nodes []fwk.NodeInfo) []fit.Node {
+	out := make([]fit.Node, 0, len(nodes))
+	for _, ni := range nodes {
+		n := ni.Node()
+		if n == nil {
+			continue
+		}
+		alloc, req := ni.GetAllocatable(), ni.GetRequested()
+		free := fit.Resources{
+			v1.ResourceCPU:              alloc.GetMilliCPU() - req.GetMilliCPU(),
+			v1.ResourceMemory:           alloc.GetMemory() - req.GetMemory(),
+			v1.ResourceEphemeralStorage: alloc.GetEphemeralStorage() - req.GetEphemeralStorage(),
+			v1.ResourcePods:             int64(alloc.GetAllowedPodNumber() - len(ni.GetPods())),
+		}
+		used := req.GetScalarResources()
+		for name, v := range alloc.GetScalarResources() {
+			free[name] = v - used[name]
+		}
+		out = append(out, fit.Node{Node: n, Free: free})
+	}
+	return out
+}
+
+// groupMembers is a group as the scheduler sees it now.
+type groupMembers struct {
+	size        int
+	topologyKey string
+	active      []*v1.Pod // not terminating, not finished; ordinal order
+}
+
+// members lists the group's pods and checks that they agree on its size.
+func (g *Gang) members(k group.Key, pod *v1.Pod) (groupMembers, error) {
+	var gm groupMembers
+	seen := map[string]bool{}
+	for _, label := range []string{group.LabelGroup, group.LabelPodGroup} {
+		pods, err := g.pods.Pods(k.Namespace).List(labels.SelectorFromSet(labels.Set{label: k.Name}))
+		if err != nil {
+			return gm, fmt.Errorf("list pods of group %s: %w", k, err)
+		}
+		for _, p := range pods {
+			pk, _ := group.Of(p)
+			if pk != k || seen[string(p.UID)] || p.DeletionTimestamp != nil || p.Status.Phase == v1.PodSucceeded || p.Status.Phase == v1.PodFailed {
+				continue
+			}
+			seen[string(p.UID)] = true
+			gm.active = append(gm.active, p)
+		}
+	}
+	if !seen[string(pod.UID)] {
+		// The informer may lag the pod being scheduled.
+		gm.active = append(gm.active, pod)
+	}
+	sort.Slice(gm.active, func(i, j int) bool {
+		a, b := gm.active[i], gm.active[j]
+		if oa, ob := group.Ordinal(a), group.Ordinal(b); oa != ob {
+			return oa < ob
+		}
+		return a.Name < b.Name
+	})
+	size, present, err := group.Size(pod)
+	if err != nil {
+		return gm, fmt.Errorf("pod %s: %w", pod.Name, err)
+	}
+	if !present {
+		return gm, fmt.Errorf("pod %s of group %s has no size: set annotation %s to the number of pods in the group", pod.Name, k.Name, group.AnnotationSize)
+	}
+	for _, p := range gm.active {
+		s, ok, err := group.Size(p)
+		if err == nil && ok && s != size {
+			return gm, fmt.Errorf("members of group %s disagree on %s: %d (pod %s) vs %d (pod %s); give every member the same size", k.Name, group.AnnotationSize, size, pod.Name, s, p.Name)
+		}
+	}
+	gm.size = size
+	gm.topologyKey = group.TopologyKey(pod)
+	return gm, nil
+}
+
+// split separates members already placed (bound, or reserved and waiting
+// at Permit) from those still to place, and finds the topology domain the
+// placed ones fixed.
+func (g *Gang) split(m groupMembers) (placed, unplaced []*v1.Pod, domain string) {
+	nodeOf := map[string]string{}
+	for _, p := range m.active {
+		node := p.Spec.NodeName
+		if node == "" {
+			if wp := g.handle.GetWaitingPod(p.UID); wp != nil {
+				node = wp.GetPod().Spec.NodeName
+				if node == "" {
+					node = "?"
+				}
+			}
+		}
+		if node == "" {
+			unplaced = append(unplaced, p)
+			continue
+		}
+		placed = append(placed, p)
+		nodeOf[p.Name] = node
+	}
+	if m.topologyKey == "" {
+		return placed, unplaced, ""
+	}
+	lister := g.handle.SnapshotSharedLister().NodeInfos()
+	for _, n := range nodeOf {
+		if ni, err := lister.Get(n); err == nil && ni.Node() != nil {
+			if v, ok := ni.Node().Labels[m.topologyKey]; ok {
+				return placed, unplaced, v
+			}
+		}
+	}
+	return placed, unplaced, ""
+}

@@ -1,0 +1,44 @@
+package gang
+
+import (
+	"sync"
+
+	"k8s.io/component-base/metrics"
+	"k8s.io/component-base/metrics/legacyregistry"
+)
+
+// Metrics are served on the scheduler's own /metrics endpoint.
+var (
+	groupBindDuration = metrics.NewHistogram(&metrics.HistogramOpts{
+		Subsystem:      "muster",
+		Name:           "group_bind_duration_seconds",
+		Help:           "Time from a group's first pod being created to its last member being bound.",
+		Buckets:        metrics.ExponentialBuckets(0.01, 2, 16),
+		StabilityLevel: metrics.ALPHA,
+	})
+	groupsWaiting = metrics.NewGauge(&metrics.GaugeOpts{
+		Subsystem:      "muster",
+		Name:           "groups_waiting",
+		Help:           "Groups seen by the scheduler and not yet fully bound (missing members, or waiting for capacity).",
+		StabilityLevel: metrics.ALPHA,
+	})
+	invalidMembers = metrics.NewCounter(&metrics.CounterOpts{
+		Subsystem:      "muster",
+		Name:           "invalid_group_members_total",
+		Help:           "Pods kept unschedulable because their muster annotations are invalid.",
+		StabilityLevel: metrics.ALPHA,
+	})
+	admissionAttempts = metrics.NewCounterVec(&metrics.CounterOpts{
+		Subsystem:      "muster",
+		Name:           "group_admission_attempts_total",
+		Help:           "Whole-group fit checks, by result (fits, waiting).",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"result"})
+	metricsOnce sync.Once
+)
+
+func registerMetrics() {
+	metricsOnce.Do(func() {
+		legacyregistry.MustRegister(groupBindDuration, groupsWaiting, invalidMembers, admissionAttempts)
+	})
+}

@@ -34,6 +34,11 @@ import (
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 
+	spv1alpha1 "sigs.k8s.io/scheduler-plugins/apis/scheduling/v1alpha1"
+	spclientset "sigs.k8s.io/scheduler-plugins/pkg/generated/clientset/versioned"
+	spinformers "sigs.k8s.io/scheduler-plugins/pkg/generated/informers/externalversions"
+	splisters "sigs.k8s.io/scheduler-plugins/pkg/generated/listers/scheduling/v1alpha1"
+
 	"github.com/muster-dev/muster/scheduler-plugin/fit"
 	"github.com/muster-dev/muster/scheduler-plugin/group"
 )
@@ -51,7 +56,10 @@ const DefaultPermitTimeout = 60 * time.Second
 type Gang struct {
 	handle fwk.Handle
 	pods   corelisters.PodLister
-	log    klog.Logger
+	// podGroups lists scheduler-plugins PodGroups (size = minMember); nil
+	// when their CRD is not installed.
+	podGroups splisters.PodGroupLister
+	log       klog.Logger
 
 	mu sync.Mutex
 	// firstSeen is when each group's first pod was created: the order in
@@ -78,14 +86,46 @@ var (
 // New builds the plugin. It takes no arguments.
 func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
 	registerMetrics()
-	return &Gang{
+	g := &Gang{
 		handle:    h,
 		pods:      h.SharedInformerFactory().Core().V1().Pods().Lister(),
 		log:       klog.FromContext(ctx).WithValues("plugin", Name),
 		firstSeen: map[group.Key]time.Time{},
 		reported:  map[string]string{},
 		waiting:   map[group.Key]bool{},
-	}, nil
+	}
+	if err := g.watchPodGroups(ctx); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// watchPodGroups starts a PodGroup informer when scheduler-plugins' CRD is
+// installed, so that groups sized by a PodGroup's minMember work as LWS,
+// Kubeflow and Kueue users expect. Without the CRD, sizes come from the
+// muster.dev/size annotation only.
+func (g *Gang) watchPodGroups(ctx context.Context) error {
+	if g.handle.KubeConfig() == nil {
+		return nil
+	}
+	gv := spv1alpha1.SchemeGroupVersion.String()
+	if _, err := g.handle.ClientSet().Discovery().ServerResourcesForGroupVersion(gv); err != nil {
+		g.log.Info("PodGroup CRD not installed; group sizes come from the muster.dev/size annotation", "group_version", gv)
+		return nil
+	}
+	cs, err := spclientset.NewForConfig(g.handle.KubeConfig())
+	if err != nil {
+		return fmt.Errorf("%s: PodGroup client: %w", Name, err)
+	}
+	f := spinformers.NewSharedInformerFactory(cs, 0)
+	g.podGroups = f.Scheduling().V1alpha1().PodGroups().Lister()
+	f.Start(ctx.Done())
+	for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("%s: sync %v informer", Name, typ)
+		}
+	}
+	return nil
 }
 
 // Name returns the plugin's name.
@@ -311,14 +351,21 @@ func (g *Gang) PostBind(ctx context.Context, state fwk.CycleState, pod *v1.Pod, 
 
 // EventsToRegister lists what can make a waiting group schedulable.
 func (g *Gang) EventsToRegister(ctx context.Context) ([]fwk.ClusterEventWithHint, error) {
-	return []fwk.ClusterEventWithHint{
+	events := []fwk.ClusterEventWithHint{
 		// A new member, or a fixed annotation, may complete the group.
 		{Event: fwk.ClusterEvent{Resource: fwk.Pod, ActionType: fwk.Add | fwk.Update}},
 		// Capacity frees up when pods go away.
 		{Event: fwk.ClusterEvent{Resource: fwk.Pod, ActionType: fwk.Delete}},
 		// New or changed nodes may add capacity or a fitting domain.
 		{Event: fwk.ClusterEvent{Resource: fwk.Node, ActionType: fwk.Add | fwk.UpdateNodeAllocatable | fwk.UpdateNodeLabel | fwk.UpdateNodeTaint}},
-	}, nil
+	}
+	if g.podGroups != nil {
+		// A PodGroup appearing or changing minMember sizes its group.
+		events = append(events, fwk.ClusterEventWithHint{Event: fwk.ClusterEvent{
+			Resource: fwk.EventResource("podgroups." + spv1alpha1.SchemeGroupVersion.Version + "." + spv1alpha1.SchemeGroupVersion.Group), ActionType: fwk.Add | fwk.Update,
+		}})
+	}
+	return events, nil
 }
 
 func (g *Gang) markWaiting(k group.Key, waiting bool) {
@@ -438,8 +485,13 @@ func (g *Gang) members(k group.Key, pod *v1.Pod) (groupMembers, error) {
 	if err != nil {
 		return gm, fmt.Errorf("pod %s: %w", pod.Name, err)
 	}
+	if !present && g.podGroups != nil {
+		if pg, err := g.podGroups.PodGroups(k.Namespace).Get(k.Name); err == nil && pg.Spec.MinMember >= 1 {
+			size, present = int(pg.Spec.MinMember), true
+		}
+	}
 	if !present {
-		return gm, fmt.Errorf("pod %s of group %s has no size: set annotation %s to the number of pods in the group", pod.Name, k.Name, group.AnnotationSize)
+		return gm, fmt.Errorf("pod %s of group %s has no size: set annotation %s to the number of pods in the group (or create a PodGroup %s with minMember)", pod.Name, k.Name, group.AnnotationSize, k.Name)
 	}
 	for _, p := range gm.active {
 		s, ok, err := group.Size(p)

@@ -1,0 +1,73 @@
+package group
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+func podWith(labels, annotations map[string]string) *v1.Pod {
+	return &v1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "p", Labels: labels, Annotations: annotations}}
+}
+
+func TestOf(t *testing.T) {
+	tests := []struct {
+		labels map[string]string
+		want   string
+		ok     bool
+	}{
+		{map[string]string{LabelGroup: "g"}, "g", true},
+		{map[string]string{LabelPodGroup: "lws-0"}, "lws-0", true},
+		{map[string]string{LabelGroup: "mine", LabelPodGroup: "theirs"}, "mine", true},
+		{nil, "", false},
+	}
+	for _, tc := range tests {
+		k, ok := Of(podWith(tc.labels, nil))
+		if ok != tc.ok || k.Name != tc.want || (ok && k.Namespace != "ns") {
+			t.Errorf("Of(%v) = %v, %v; want %q, %v", tc.labels, k, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestSize(t *testing.T) {
+	tests := []struct {
+		ann     map[string]string
+		size    int
+		present bool
+		err     string
+	}{
+		{map[string]string{AnnotationSize: "8"}, 8, true, ""},
+		{map[string]string{AnnotationSize: " 3 "}, 3, true, ""},
+		{nil, 0, false, ""},
+		{map[string]string{AnnotationSize: "eight"}, 0, true, `muster.dev/size="eight" is not a positive whole number`},
+		{map[string]string{AnnotationSize: "0"}, 0, true, "set it to the number of pods"},
+		{map[string]string{AnnotationSize: "-2"}, 0, true, "not a positive whole number"},
+	}
+	for _, tc := range tests {
+		n, present, err := Size(podWith(nil, tc.ann))
+		if n != tc.size || present != tc.present || (tc.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("Size(%v) = %d, %v, %v; want %d, %v, error containing %q", tc.ann, n, present, err, tc.size, tc.present, tc.err)
+		}
+	}
+}
+
+func TestTimeoutAndOrdinal(t *testing.T) {
+	if d, err := Timeout(podWith(nil, map[string]string{AnnotationTimeout: "90s"}), time.Minute); err != nil || d != 90*time.Second {
+		t.Errorf("Timeout 90s = %v, %v", d, err)
+	}
+	if d, err := Timeout(podWith(nil, map[string]string{AnnotationTimeout: "soon"}), time.Minute); err == nil || d != time.Minute || !strings.Contains(err.Error(), AnnotationTimeout) {
+		t.Errorf("Timeout soon = %v, %v; want the default and an error naming the annotation", d, err)
+	}
+	if o := Ordinal(podWith(map[string]string{"apps.kubernetes.io/pod-index": "12"}, nil)); o != 12 {
+		t.Errorf("Ordinal = %d, want 12", o)
+	}
+	if o := Ordinal(podWith(nil, map[string]string{"batch.kubernetes.io/job-completion-index": "3"})); o != 3 {
+		t.Errorf("Ordinal from job annotation = %d, want 3", o)
+	}
+	if o := Ordinal(podWith(nil, nil)); o != -1 {
+		t.Errorf("Ordinal of plain pod = %d, want -1", o)
+	}
+}

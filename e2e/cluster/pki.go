@@ -66,13 +66,13 @@ func newPKI(dir string, serviceIP net.IP) (*pki, error) {
 
 	loopback := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
 	certs := []struct {
-		name       string
-		cn         string
-		org        []string
-		usage      x509.ExtKeyUsage
-		dns        []string
-		ips        []net.IP
-		cert, key  *string
+		name      string
+		cn        string
+		org       []string
+		usage     x509.ExtKeyUsage
+		dns       []string
+		ips       []net.IP
+		cert, key *string
 	}{
 		{
 			name: "apiserver", cn: "kube-apiserver", usage: x509.ExtKeyUsageServerAuth,

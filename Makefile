@@ -116,11 +116,11 @@ cluster: kube-bins
 	echo "  $(BIN)/kubectl get nodes"; \
 	echo "  make cluster-down"
 
-# cluster-down stops the cluster and checks that none of its processes (all
-# of them name CLUSTER_DIR on their command line) is left.
+# cluster-down stops the cluster and checks that none of its processes (each
+# names a file under CLUSTER_DIR on its command line) is left.
 cluster-down:
 	@if [ -x $(BIN)/cluster ]; then $(BIN)/cluster down --dir $(CLUSTER_DIR); \
 	else echo "no $(BIN)/cluster: nothing started here"; fi
-	@left=$$(ps -eo pid=,args= | grep -F -- '$(CLUSTER_DIR)' | grep -v -e grep -e 'cluster down'); \
+	@left=$$(ps -eo pid=,args= | grep -F -e '$(CLUSTER_DIR)/kubeconfig' -e '$(CLUSTER_DIR)/cluster/' -e 'up --dir $(CLUSTER_DIR)' | grep -v grep); \
 	if [ -n "$$left" ]; then echo "left running:"; echo "$$left"; exit 1; fi; \
 	echo "no cluster process left"

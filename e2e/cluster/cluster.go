@@ -75,7 +75,8 @@ type Config struct {
 	// from it but nothing routes there (no kube-proxy): it only has to be
 	// valid, and its first address is a SAN of the apiserver's cert.
 	ServiceCIDR string
-	// Nodes adds the nodes; nil means no nodes.
+	// Nodes adds the nodes; nil means no nodes. If it has a method
+	// Validate() error, Start calls it before starting anything.
 	Nodes NodeBackend
 	// Logger receives progress; nil means slog's default logger.
 	Logger *slog.Logger
@@ -105,6 +106,29 @@ func DefaultConfig(dir, binDir string) Config {
 		Nodes:         &KwokNodes{Shape: DefaultNodeShape(), Bin: filepath.Join(binDir, "kwok")},
 		StopGrace:     10 * time.Second,
 	}
+}
+
+// validate catches what would otherwise fail only after the control plane
+// is up: missing binaries and a node backend's bad settings.
+func (cfg Config) validate() error {
+	for _, b := range []struct{ name, path string }{
+		{"kube-apiserver", cfg.Binaries.APIServer},
+		{"kube-controller-manager", cfg.Binaries.ControllerManager},
+		{"scheduler", cfg.Binaries.Scheduler},
+	} {
+		if b.path == "" && b.name == "scheduler" {
+			continue
+		}
+		if _, err := os.Stat(b.path); err != nil {
+			return fmt.Errorf("%s binary: %w (make kube-bins builds it)", b.name, err)
+		}
+	}
+	if v, ok := cfg.Nodes.(interface{ Validate() error }); ok {
+		if err := v.Validate(); err != nil {
+			return fmt.Errorf("nodes: %w", err)
+		}
+	}
+	return nil
 }
 
 // Cluster is a running control plane.
@@ -186,6 +210,9 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 }
 
 func (c *Cluster) start(ctx context.Context) error {
+	if err := c.cfg.validate(); err != nil {
+		return err
+	}
 	if err := c.prepareDir(); err != nil {
 		return err
 	}

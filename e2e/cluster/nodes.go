@@ -188,6 +188,17 @@ type KwokNodes struct {
 	names []string
 }
 
+// Validate checks the shape and the binary before anything starts.
+func (k *KwokNodes) Validate() error {
+	if _, err := k.Shape.Nodes(); err != nil {
+		return err
+	}
+	if _, err := os.Stat(k.Bin); err != nil {
+		return fmt.Errorf("kwok binary: %w (make kube-bins installs it)", err)
+	}
+	return nil
+}
+
 // NodeNames lists the nodes of Shape.
 func (k *KwokNodes) NodeNames() []string { return k.names }
 

@@ -143,11 +143,25 @@ func config(bins, dir string) cluster.Config {
 // the test ends (without waiting: kwok pods go at once, kcm does the rest).
 func Namespace(t testing.TB, c *cluster.Cluster) string {
 	t.Helper()
-	name := strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
+	// A DNS label: lower case, digits and '-', at most 63 characters with
+	// the 5 that GenerateName appends.
+	name := strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
+			return r
+		case r >= 'A' && r <= 'Z':
+			return r - 'A' + 'a'
+		}
+		return '-'
+	}, t.Name())
 	if len(name) > 40 {
 		name = name[:40]
 	}
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: strings.Trim(name, "-") + "-"}}
+	name = strings.Trim(name, "-")
+	if name == "" {
+		name = "test"
+	}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: name + "-"}}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	created, err := c.Clientset().CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{})

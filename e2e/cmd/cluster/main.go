@@ -99,7 +99,11 @@ func up(args []string) error {
 	defer os.Remove(pidFile(absDir))
 	defer os.Remove(readyFile(absDir))
 
-	cfg := cluster.DefaultConfig(absDir, *binDir)
+	absBin, err := filepath.Abs(*binDir)
+	if err != nil {
+		return err
+	}
+	cfg := cluster.DefaultConfig(absDir, absBin)
 	cfg.Logger = log
 	cfg.StartTimeout = *timeout
 	cfg.SchedulerConfig = *schedConfig

@@ -30,6 +30,7 @@ type pki struct {
 	apiserverCert, apiserverKey string // kube-apiserver's serving cert
 	servingCert, servingKey     string // kcm's and the scheduler's serving cert
 	adminCert, adminKey         string // client cert in system:masters, for the kubeconfig
+	proxyCert, proxyKey         string // the apiserver's front-proxy client cert
 	saKey                       string // service-account token signing key
 
 	ca    *x509.Certificate
@@ -38,6 +39,10 @@ type pki struct {
 
 // clusterName names the cluster, its CA and the kubeconfig context.
 const clusterName = "muster"
+
+// frontProxyClient is the only name the apiserver accepts request headers
+// (X-Remote-User ...) from.
+const frontProxyClient = "front-proxy-client"
 
 // newPKI writes a CA and the certificates signed by it into dir.
 // serviceIP is the first address of --service-cluster-ip-range: in-cluster
@@ -88,6 +93,14 @@ func newPKI(dir string, serviceIP net.IP) (*pki, error) {
 			// bootstrap RBAC policy, and it bypasses authorization entirely.
 			name: "admin", cn: "kubernetes-admin", org: []string{"system:masters"}, usage: x509.ExtKeyUsageClientAuth,
 			cert: &p.adminCert, key: &p.adminKey,
+		},
+		{
+			// The apiserver's client cert toward aggregated API servers.
+			// Configuring the front proxy also fills the requestheader CA in
+			// kube-system/extension-apiserver-authentication, without which
+			// kcm and the scheduler log an error about it every few seconds.
+			name: "front-proxy-client", cn: frontProxyClient, usage: x509.ExtKeyUsageClientAuth,
+			cert: &p.proxyCert, key: &p.proxyKey,
 		},
 	}
 	for _, c := range certs {

@@ -1,0 +1,384 @@
+package gang_test
+
+// Integration tests: muster's scheduler (bin/scheduler) against a real
+// kube-apiserver and kube-controller-manager, with kwok nodes
+// (4 nodes x 8 nvidia.com/gpu, racks a and b), from e2e/cluster.
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+)
+
+const gpu = v1.ResourceName("nvidia.com/gpu")
+
+type groupSpec struct {
+	name        string
+	members     int
+	gpus        int64
+	size        string // muster.dev/size; "" means members
+	topologyKey string
+	sizeOf      func(i int) string // per-member size, for disagreement tests
+	noSize      bool
+	podGroupLbl bool // use scheduling.x-k8s.io/pod-group instead of muster.dev/group
+}
+
+func newNamespace(t *testing.T, cs kubernetes.Interface) string {
+	t.Helper()
+	name := strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))
+	if len(name) > 50 {
+		name = name[:50]
+	}
+	name = strings.Trim(name, "-") + fmt.Sprintf("-%d", time.Now().UnixNano()%100000)
+	_, err := cs.CoreV1().Namespaces().Create(context.Background(), &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create namespace %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		// Free the nodes for the next test at once: one delete-collection.
+		_ = cs.CoreV1().Pods(name).DeleteCollection(context.Background(), metav1.DeleteOptions{GracePeriodSeconds: new(int64)}, metav1.ListOptions{})
+		_ = cs.CoreV1().Namespaces().Delete(context.Background(), name, metav1.DeleteOptions{})
+		waitNoPods(t, cs, name)
+	})
+	return name
+}
+
+func waitNoPods(t *testing.T, cs kubernetes.Interface, ns string) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		return err == nil && len(pods.Items) == 0, nil
+	})
+	if err != nil {
+		t.Errorf("pods of %s still present after a minute", ns)
+	}
+}
+
+func createGroup(t *testing.T, cs kubernetes.Interface, ns string, g groupSpec) {
+	t.Helper()
+	for i := 0; i < g.members; i++ {
+		labels := map[string]string{"muster.dev/group": g.name, "apps.kubernetes.io/pod-index": fmt.Sprint(i)}
+		if g.podGroupLbl {
+			labels = map[string]string{"scheduling.x-k8s.io/pod-group": g.name, "apps.kubernetes.io/pod-index": fmt.Sprint(i)}
+		}
+		ann := map[string]string{}
+		switch {
+		case g.sizeOf != nil:
+			ann["muster.dev/size"] = g.sizeOf(i)
+		case g.noSize:
+		case g.size != "":
+			ann["muster.dev/size"] = g.size
+		default:
+			ann["muster.dev/size"] = fmt.Sprint(g.members)
+		}
+		if g.topologyKey != "" {
+			ann["muster.dev/topology-key"] = g.topologyKey
+		}
+		pod := &v1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%d", g.name, i), Namespace: ns, Labels: labels, Annotations: ann},
+			Spec: v1.PodSpec{
+				SchedulerName: "muster-scheduler",
+				Containers: []v1.Container{{
+					Name: "model", Image: "model", Command: []string{"serve"},
+					Resources: v1.ResourceRequirements{
+						Requests: v1.ResourceList{gpu: *resource.NewQuantity(g.gpus, resource.DecimalSI), v1.ResourceCPU: resource.MustParse("1")},
+						Limits:   v1.ResourceList{gpu: *resource.NewQuantity(g.gpus, resource.DecimalSI)},
+					},
+				}},
+				// kwok nodes carry this taint; the pods tolerate it.
+				Tolerations: []v1.Toleration{{Key: "kwok.x-k8s.io/node", Operator: v1.TolerationOpExists, Effect: v1.TaintEffectNoSchedule}},
+			},
+		}
+		if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("create pod %s: %v", pod.Name, err)
+		}
+	}
+}
+
+// boundNodes returns each member's node ("" while unbound).
+func boundNodes(t *testing.T, cs kubernetes.Interface, ns, group string) map[string]string {
+	t.Helper()
+	pods, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatalf("list pods: %v", err)
+	}
+	out := map[string]string{}
+	for _, p := range pods.Items {
+		if p.Labels["muster.dev/group"] == group || p.Labels["scheduling.x-k8s.io/pod-group"] == group {
+			out[p.Name] = p.Spec.NodeName
+		}
+	}
+	return out
+}
+
+func countBound(m map[string]string) int {
+	n := 0
+	for _, node := range m {
+		if node != "" {
+			n++
+		}
+	}
+	return n
+}
+
+func waitBound(t *testing.T, cs kubernetes.Interface, ns, group string, n int, timeout time.Duration) map[string]string {
+	t.Helper()
+	var last map[string]string
+	err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		last = boundNodes(t, cs, ns, group)
+		return countBound(last) == n && len(last) == n, nil
+	})
+	if err != nil {
+		t.Fatalf("group %s: %d of %d members bound after %s: %v", group, countBound(last), n, timeout, last)
+	}
+	return last
+}
+
+// waitEvent waits for an event on a pod of the namespace whose message
+// contains want.
+func waitEvent(t *testing.T, cs kubernetes.Interface, ns, want string) {
+	t.Helper()
+	var msgs []string
+	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		evs, err := cs.EventsV1().Events(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil
+		}
+		msgs = msgs[:0]
+		for _, e := range evs.Items {
+			msgs = append(msgs, e.Note)
+			if strings.Contains(e.Note, want) {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("no event containing %q in %s; events: %q", want, ns, msgs)
+	}
+}
+
+// assertStaysUnbound checks, for the given time, that no member of the
+// group is bound. It is the "nothing held" half of all-or-nothing.
+func assertStaysUnbound(t *testing.T, cs kubernetes.Interface, ns, group string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if b := boundNodes(t, cs, ns, group); countBound(b) > 0 {
+			t.Fatalf("group %s that cannot fit has members bound: %v", group, b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestGroupOfThreeIsBoundTogether(t *testing.T) {
+	cs := client(t)
+	ns := newNamespace(t, cs)
+	start := time.Now()
+	createGroup(t, cs, ns, groupSpec{name: "ga", members: 3, gpus: 4})
+	nodes := waitBound(t, cs, ns, "ga", 3, time.Minute)
+	t.Logf("group of 3 bound in %s: %v", time.Since(start).Round(time.Millisecond), nodes)
+}
+
+func TestGroupOfEightFillsTheCluster(t *testing.T) {
+	cs := client(t)
+	ns := newNamespace(t, cs)
+	start := time.Now()
+	// 8 x 4 GPUs = all 32 GPUs of the four nodes: only a whole-group plan
+	// that packs two members per node gets every one of them placed.
+	createGroup(t, cs, ns, groupSpec{name: "g8", members: 8, gpus: 4})
+	nodes := waitBound(t, cs, ns, "g8", 8, time.Minute)
+	perNode := map[string]int{}
+	for _, n := range nodes {
+		perNode[n]++
+	}
+	t.Logf("group of 8 bound in %s; members per node %v", time.Since(start).Round(time.Millisecond), perNode)
+}
+
+func TestGroupThatCannotFitHoldsNothingAndIsAdmittedWhenRoomFrees(t *testing.T) {
+	cs := client(t)
+	ns := newNamespace(t, cs)
+	// a takes 3 of the 4 nodes; b needs 2 whole nodes and must hold none.
+	createGroup(t, cs, ns, groupSpec{name: "a", members: 3, gpus: 8})
+	waitBound(t, cs, ns, "a", 3, time.Minute)
+	createGroup(t, cs, ns, groupSpec{name: "b", members: 2, gpus: 8})
+	waitEvent(t, cs, ns, "group b: 1 of 2 members fit; waiting for capacity")
+	assertStaysUnbound(t, cs, ns, "b", 2*time.Second)
+	// a finishes: b is admitted as a whole.
+	start := time.Now()
+	if err := cs.CoreV1().Pods(ns).DeleteCollection(context.Background(), metav1.DeleteOptions{GracePeriodSeconds: new(int64)}, metav1.ListOptions{LabelSelector: "muster.dev/group=a"}); err != nil {
+		t.Fatal(err)
+	}
+	waitBound(t, cs, ns, "b", 2, time.Minute)
+	t.Logf("waiting group admitted %s after room freed", time.Since(start).Round(time.Millisecond))
+}
+
+func TestGroupLargerThanTheClusterHoldsNothing(t *testing.T) {
+	cs := client(t)
+	ns := newNamespace(t, cs)
+	createGroup(t, cs, ns, groupSpec{name: "huge", members: 5, gpus: 8})
+	waitEvent(t, cs, ns, "group huge: 4 of 5 members fit; waiting for capacity")
+	assertStaysUnbound(t, cs, ns, "huge", 2*time.Second)
+	// And it does not block a group that fits.
+	createGroup(t, cs, ns, groupSpec{name: "small", members: 2, gpus: 2})
+	waitBound(t, cs, ns, "small", 2, time.Minute)
+}
+
+func TestMembersAreNotScheduledUntilAllExist(t *testing.T) {
+	cs := client(t)
+	ns := newNamespace(t, cs)
+	createGroup(t, cs, ns, groupSpec{name: "late", members: 2, gpus: 1, size: "3"})
+	assertStaysUnbound(t, cs, ns, "late", 2*time.Second)
+	// The third member arrives: all three bind.
+	p := &v1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "late-2", Namespace: ns, Labels: map[string]string{"muster.dev/group": "late", "apps.kubernetes.io/pod-index": "2"}, Annotations: map[string]string{"muster.dev/size": "3"}},
+		Spec: v1.PodSpec{SchedulerName: "muster-scheduler", Containers: []v1.Container{{Name: "c", Image: "x", Command: []string{"x"}}},
+			Tolerations: []v1.Toleration{{Key: "kwok.x-k8s.io/node", Operator: v1.TolerationOpExists, Effect: v1.TaintEffectNoSchedule}}},
+	}
+	if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitBound(t, cs, ns, "late", 3, time.Minute)
+}
+
+func TestTopologyKeepsTheGroupInOneRack(t *testing.T) {
+	cs := client(t)
+	ns := newNamespace(t, cs)
+	createGroup(t, cs, ns, groupSpec{name: "rack", members: 4, gpus: 4, topologyKey: "topology.muster.dev/rack"})
+	nodes := waitBound(t, cs, ns, "rack", 4, time.Minute)
+	racks := map[string]bool{}
+	for _, n := range nodes {
+		racks[rackOf(n)] = true
+	}
+	if len(racks) != 1 {
+		t.Fatalf("group spread over racks %v: %v", racks, nodes)
+	}
+	// Three whole nodes never fit in one rack of two nodes.
+	createGroup(t, cs, ns, groupSpec{name: "toobig", members: 3, gpus: 8, topologyKey: "topology.muster.dev/rack"})
+	waitEvent(t, cs, ns, "group toobig: 2 of 3 members fit; waiting for capacity (all in one topology.muster.dev/rack domain)")
+	assertStaysUnbound(t, cs, ns, "toobig", time.Second)
+}
+
+// rackOf follows the local cluster's layout: node-0, node-1 in rack-a,
+// node-2, node-3 in rack-b.
+func rackOf(node string) string {
+	switch node {
+	case "node-0", "node-1":
+		return "rack-a"
+	}
+	return "rack-b"
+}
+
+func TestBadInputStaysPendingWithAnEventAndHarmsNoOne(t *testing.T) {
+	cs := client(t)
+	ns := newNamespace(t, cs)
+	createGroup(t, cs, ns, groupSpec{name: "typo", members: 2, gpus: 1, size: "two"})
+	createGroup(t, cs, ns, groupSpec{name: "split", members: 2, gpus: 1, sizeOf: func(i int) string { return fmt.Sprint(2 + i) }})
+	createGroup(t, cs, ns, groupSpec{name: "nosize", members: 1, gpus: 1, noSize: true})
+	createGroup(t, cs, ns, groupSpec{name: "fine", members: 2, gpus: 1})
+	waitBound(t, cs, ns, "fine", 2, time.Minute)
+	waitEvent(t, cs, ns, `muster.dev/size="two" is not a positive whole number`)
+	waitEvent(t, cs, ns, "members of group split disagree on muster.dev/size")
+	waitEvent(t, cs, ns, "has no size: set annotation muster.dev/size")
+	for _, g := range []string{"typo", "split", "nosize"} {
+		if b := boundNodes(t, cs, ns, g); countBound(b) > 0 {
+			t.Errorf("invalid group %s got bound: %v", g, b)
+		}
+	}
+}
+
+func TestSixGroupsCompetingForRoomForThreeAllRunWithoutPartialHolds(t *testing.T) {
+	cs := client(t)
+	ns := newNamespace(t, cs)
+	// 5 members x 2 GPUs = 10 GPUs a group; 32 GPUs hold three groups.
+	const groups, members = 6, 5
+	hold := 1500 * time.Millisecond
+	start := time.Now()
+	for i := 0; i < groups; i++ {
+		createGroup(t, cs, ns, groupSpec{name: fmt.Sprintf("c%d", i), members: members, gpus: 2})
+	}
+	var (
+		mu       sync.Mutex
+		partial  = map[string]time.Time{} // group -> first seen partially bound
+		violated []string
+		done     = map[string]time.Duration{}
+		deleted  = map[string]bool{}
+		maxHeld  int
+	)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	boundAt := map[string]time.Time{}
+	for len(done) < groups {
+		if ctx.Err() != nil {
+			t.Fatalf("only %d of %d groups ran within 3 minutes: %v", len(done), groups, done)
+		}
+		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		bound := map[string]int{}
+		total := map[string]int{}
+		for _, p := range pods.Items {
+			g := p.Labels["muster.dev/group"]
+			total[g]++
+			if p.Spec.NodeName != "" {
+				bound[g]++
+			}
+		}
+		held := 0
+		now := time.Now()
+		mu.Lock()
+		for g, n := range total {
+			switch {
+			case bound[g] == members:
+				delete(partial, g)
+				held++
+				if _, ok := boundAt[g]; !ok {
+					boundAt[g] = now
+					done[g] = now.Sub(start)
+				}
+			case bound[g] > 0:
+				// Binding a group is one API call per member; a group seen
+				// partially bound for over a second is holding capacity
+				// without running, which must never happen.
+				if t0, ok := partial[g]; !ok {
+					partial[g] = now
+				} else if now.Sub(t0) > time.Second {
+					violated = append(violated, fmt.Sprintf("%s: %d of %d bound for %s", g, bound[g], n, now.Sub(t0)))
+				}
+			default:
+				delete(partial, g)
+			}
+		}
+		if held > maxHeld {
+			maxHeld = held
+		}
+		mu.Unlock()
+		// Groups finish after a fixed hold: delete them, freeing room.
+		for g, at := range boundAt {
+			if !deleted[g] && now.Sub(at) > hold {
+				deleted[g] = true
+				if err := cs.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}, metav1.ListOptions{LabelSelector: "muster.dev/group=" + g}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if len(violated) > 0 {
+		t.Fatalf("partial holds: %v", violated)
+	}
+	if maxHeld > 3 {
+		t.Fatalf("%d groups bound at once on room for 3", maxHeld)
+	}
+	t.Logf("6 competing groups all ran in %s (at most %d at once); bound after %v", time.Since(start).Round(time.Millisecond), maxHeld, done)
+}

@@ -1,0 +1,17 @@
+package gang_test
+
+import (
+	"testing"
+
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/muster-dev/muster/e2e/cluster/clustertest"
+)
+
+func TestMain(m *testing.M) { clustertest.Main(m) }
+
+// client is the shared local control plane's clientset.
+func client(t *testing.T) kubernetes.Interface {
+	t.Helper()
+	return clustertest.Shared(t).Clientset()
+}

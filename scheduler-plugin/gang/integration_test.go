@@ -7,16 +7,22 @@ package gang_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/yaml"
+
+	"github.com/muster-dev/muster/e2e/cluster/clustertest"
 )
 
 const gpu = v1.ResourceName("nvidia.com/gpu")
@@ -381,4 +387,39 @@ func TestSixGroupsCompetingForRoomForThreeAllRunWithoutPartialHolds(t *testing.T
 		t.Fatalf("%d groups bound at once on room for 3", maxHeld)
 	}
 	t.Logf("6 competing groups all ran in %s (at most %d at once); bound after %v", time.Since(start).Round(time.Millisecond), maxHeld, done)
+}
+
+func TestStatefulSetExampleIsScheduledAsOneGroupInOneRack(t *testing.T) {
+	cs := client(t)
+	ns := newNamespace(t, cs)
+	root, err := clustertest.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(root, "deploy", "examples", "statefulset-gang.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sts appsv1.StatefulSet
+	if err := yaml.UnmarshalStrict(b, &sts); err != nil {
+		t.Fatalf("deploy/examples/statefulset-gang.yaml: %v", err)
+	}
+	start := time.Now()
+	if _, err := cs.AppsV1().StatefulSets(ns).Create(context.Background(), &sts, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The StatefulSet controller (kube-controller-manager) creates the pods
+	// with their pod-index labels; the scheduler binds all four together.
+	nodes := waitBound(t, cs, ns, "mixtral", 4, time.Minute)
+	racks := map[string]bool{}
+	for _, n := range nodes {
+		racks[rackOf(n)] = true
+	}
+	if len(racks) != 1 {
+		t.Fatalf("StatefulSet group spread over racks: %v", nodes)
+	}
+	t.Logf("StatefulSet of 4 created and bound in one rack in %s: %v", time.Since(start).Round(time.Millisecond), nodes)
+	if err := cs.AppsV1().StatefulSets(ns).Delete(context.Background(), sts.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }

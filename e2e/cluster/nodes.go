@@ -182,7 +182,9 @@ type KwokNodes struct {
 	// PodCIDR is where kwok draws pod IPs from. Default 127.128.0.0/9:
 	// loopback, so no fake pod address can ever lead traffic off this
 	// machine (kwok's own default is 10.0.0.0/24), and clear of the
-	// 127.0.0.x addresses that real local processes use.
+	// 127.0.0.x addresses that real local processes use. The price: the
+	// apiserver refuses loopback addresses in EndpointSlices, so a Service
+	// selecting kwok pods gets no endpoints (kcm logs why).
 	PodCIDR string
 
 	names []string

@@ -16,6 +16,7 @@ all: build
 build:
 	$(GO) build -o $(BIN)/coordinator ./coordinator/cmd/coordinator
 	$(GO) build -o $(BIN)/agent ./agent/cmd/agent
+	$(GO) build -ldflags '$(KUBE_LDFLAGS)' -o $(BIN)/scheduler ./scheduler-plugin/cmd/scheduler
 
 # deps installs what the tests need on a Debian machine (root): torch for the
 # real distributed program, protoc for `make proto`.
@@ -97,7 +98,7 @@ cluster: kube-bins
 		echo "a cluster is already running in $(CLUSTER_DIR) (pid $$(cat $(CLUSTER_DIR)/cluster.pid)): make cluster-down first"; exit 1; fi
 	@rm -f $(CLUSTER_DIR)/cluster.ready; \
 	setsid $(BIN)/cluster up --dir $(CLUSTER_DIR) --bin-dir $(BIN) \
-		--scheduler-config $(CURDIR)/deploy/scheduler/config.yaml \
+		--scheduler-config $(CURDIR)/deploy/scheduler/config.yaml --crd-dir $(CURDIR)/deploy/crds \
 		--nodes $(NODES) --gpus $(GPUS) --rack-size $(RACK_SIZE) \
 		--cpu $(NODE_CPU) --memory $(NODE_MEMORY) --pods $(NODE_PODS) \
 		</dev/null >$(CLUSTER_DIR)/logs/cluster.log 2>&1 & \

@@ -38,6 +38,9 @@ import (
 	"sync"
 	"time"
 
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apiextensionsclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -75,6 +78,10 @@ type Config struct {
 	// from it but nothing routes there (no kube-proxy): it only has to be
 	// valid, and its first address is a SAN of the apiserver's cert.
 	ServiceCIDR string
+	// CRDs are files of CustomResourceDefinitions to install once the
+	// apiserver is ready and before the scheduler starts (muster's:
+	// deploy/crds/), so plugins that look for them at start find them.
+	CRDs []string
 	// Nodes adds the nodes; nil means no nodes. If it has a method
 	// Validate() error, Start calls it before starting anything.
 	Nodes NodeBackend
@@ -295,6 +302,9 @@ func (c *Cluster) start(ctx context.Context) error {
 		return err
 	}
 	if err := c.waitFor(ctx, "kube-apiserver /readyz", c.apiserverReady); err != nil {
+		return err
+	}
+	if err := c.installCRDs(ctx); err != nil {
 		return err
 	}
 
@@ -808,4 +818,45 @@ func lastLines(s string, n int) string {
 		lines = lines[:n]
 	}
 	return strings.Join(lines, "; ")
+}
+
+// installCRDs creates the configured CustomResourceDefinitions and waits
+// until each is established (served).
+func (c *Cluster) installCRDs(ctx context.Context) error {
+	if len(c.cfg.CRDs) == 0 {
+		return nil
+	}
+	ax, err := apiextensionsclient.NewForConfig(c.restConfig)
+	if err != nil {
+		return fmt.Errorf("apiextensions client: %w", err)
+	}
+	for _, f := range c.cfg.CRDs {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("read CRD: %w", err)
+		}
+		var crd apiextensionsv1.CustomResourceDefinition
+		if err := yaml.Unmarshal(b, &crd); err != nil {
+			return fmt.Errorf("decode CRD %s: %w", f, err)
+		}
+		if _, err := ax.ApiextensionsV1().CustomResourceDefinitions().Create(ctx, &crd, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create CRD %s from %s: %w", crd.Name, f, err)
+		}
+		name := crd.Name
+		if err := c.waitFor(ctx, "CRD "+name+" established", func(ctx context.Context) (bool, string, error) {
+			got, err := ax.ApiextensionsV1().CustomResourceDefinitions().Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error(), nil
+			}
+			for _, cond := range got.Status.Conditions {
+				if cond.Type == apiextensionsv1.Established && cond.Status == apiextensionsv1.ConditionTrue {
+					return true, "", nil
+				}
+			}
+			return false, "not established yet", nil
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
 }

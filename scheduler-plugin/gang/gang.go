@@ -56,10 +56,14 @@ const DefaultPermitTimeout = 60 * time.Second
 type Gang struct {
 	handle fwk.Handle
 	pods   corelisters.PodLister
+	log    klog.Logger
+	stop   <-chan struct{}
+
+	pgMu sync.Mutex
 	// podGroups lists scheduler-plugins PodGroups (size = minMember); nil
-	// when their CRD is not installed.
+	// while their CRD is not installed.
 	podGroups splisters.PodGroupLister
-	log       klog.Logger
+	pgTried   time.Time
 
 	mu sync.Mutex
 	// firstSeen is when each group's first pod was created: the order in
@@ -93,6 +97,7 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 		firstSeen: map[group.Key]time.Time{},
 		reported:  map[string]string{},
 		waiting:   map[group.Key]bool{},
+		stop:      ctx.Done(),
 	}
 	if err := g.watchPodGroups(ctx); err != nil {
 		return nil, err
@@ -103,14 +108,19 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 // watchPodGroups starts a PodGroup informer when scheduler-plugins' CRD is
 // installed, so that groups sized by a PodGroup's minMember work as LWS,
 // Kubeflow and Kueue users expect. Without the CRD, sizes come from the
-// muster.dev/size annotation only.
+// muster.dev/size annotation; the check is repeated (at most every 2s)
+// when a pod without that annotation shows up, so a CRD installed after
+// the scheduler started is picked up.
 func (g *Gang) watchPodGroups(ctx context.Context) error {
-	if g.handle.KubeConfig() == nil {
+	g.pgMu.Lock()
+	defer g.pgMu.Unlock()
+	if g.podGroups != nil || g.handle.KubeConfig() == nil || time.Since(g.pgTried) < 2*time.Second {
 		return nil
 	}
+	g.pgTried = time.Now()
 	gv := spv1alpha1.SchemeGroupVersion.String()
 	if _, err := g.handle.ClientSet().Discovery().ServerResourcesForGroupVersion(gv); err != nil {
-		g.log.Info("PodGroup CRD not installed; group sizes come from the muster.dev/size annotation", "group_version", gv)
+		g.log.V(2).Info("PodGroup CRD not installed; group sizes come from the muster.dev/size annotation", "group_version", gv)
 		return nil
 	}
 	cs, err := spclientset.NewForConfig(g.handle.KubeConfig())
@@ -118,14 +128,24 @@ func (g *Gang) watchPodGroups(ctx context.Context) error {
 		return fmt.Errorf("%s: PodGroup client: %w", Name, err)
 	}
 	f := spinformers.NewSharedInformerFactory(cs, 0)
-	g.podGroups = f.Scheduling().V1alpha1().PodGroups().Lister()
-	f.Start(ctx.Done())
-	for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
+	lister := f.Scheduling().V1alpha1().PodGroups().Lister()
+	f.Start(g.stop)
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for typ, ok := range f.WaitForCacheSync(sctx.Done()) {
 		if !ok {
 			return fmt.Errorf("%s: sync %v informer", Name, typ)
 		}
 	}
+	g.podGroups = lister
+	g.log.Info("sizing groups from scheduler-plugins PodGroups too", "group_version", gv)
 	return nil
+}
+
+func (g *Gang) podGroupLister() splisters.PodGroupLister {
+	g.pgMu.Lock()
+	defer g.pgMu.Unlock()
+	return g.podGroups
 }
 
 // Name returns the plugin's name.
@@ -359,7 +379,7 @@ func (g *Gang) EventsToRegister(ctx context.Context) ([]fwk.ClusterEventWithHint
 		// New or changed nodes may add capacity or a fitting domain.
 		{Event: fwk.ClusterEvent{Resource: fwk.Node, ActionType: fwk.Add | fwk.UpdateNodeAllocatable | fwk.UpdateNodeLabel | fwk.UpdateNodeTaint}},
 	}
-	if g.podGroups != nil {
+	if g.podGroupLister() != nil {
 		// A PodGroup appearing or changing minMember sizes its group.
 		events = append(events, fwk.ClusterEventWithHint{Event: fwk.ClusterEvent{
 			Resource: fwk.EventResource("podgroups." + spv1alpha1.SchemeGroupVersion.Version + "." + spv1alpha1.SchemeGroupVersion.Group), ActionType: fwk.Add | fwk.Update,
@@ -485,9 +505,14 @@ func (g *Gang) members(k group.Key, pod *v1.Pod) (groupMembers, error) {
 	if err != nil {
 		return gm, fmt.Errorf("pod %s: %w", pod.Name, err)
 	}
-	if !present && g.podGroups != nil {
-		if pg, err := g.podGroups.PodGroups(k.Namespace).Get(k.Name); err == nil && pg.Spec.MinMember >= 1 {
-			size, present = int(pg.Spec.MinMember), true
+	if !present {
+		if err := g.watchPodGroups(context.Background()); err != nil {
+			g.log.Error(err, "watch PodGroups")
+		}
+		if l := g.podGroupLister(); l != nil {
+			if pg, err := l.PodGroups(k.Namespace).Get(k.Name); err == nil && pg.Spec.MinMember >= 1 {
+				size, present = int(pg.Spec.MinMember), true
+			}
 		}
 	}
 	if !present {

@@ -19,7 +19,13 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apiextensionsclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	spv1alpha1 "sigs.k8s.io/scheduler-plugins/apis/scheduling/v1alpha1"
+	spclientset "sigs.k8s.io/scheduler-plugins/pkg/generated/clientset/versioned"
 	"sigs.k8s.io/yaml"
 
 	"github.com/muster-dev/muster/e2e/cluster/clustertest"
@@ -421,5 +427,74 @@ func TestStatefulSetExampleIsScheduledAsOneGroupInOneRack(t *testing.T) {
 	t.Logf("StatefulSet of 4 created and bound in one rack in %s: %v", time.Since(start).Round(time.Millisecond), nodes)
 	if err := cs.AppsV1().StatefulSets(ns).Delete(context.Background(), sts.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestPodGroupMinMemberSizesAGroupLabelledTheSchedulerPluginsWay(t *testing.T) {
+	c := clustertest.Shared(t)
+	cs := client(t)
+	installPodGroupCRD(t, c.RESTConfig())
+	ns := newNamespace(t, cs)
+	sp, err := spclientset.NewForConfig(c.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pg := &spv1alpha1.PodGroup{ObjectMeta: metav1.ObjectMeta{Name: "lws-0", Namespace: ns}, Spec: spv1alpha1.PodGroupSpec{MinMember: 3}}
+	if _, err := sp.SchedulingV1alpha1().PodGroups(ns).Create(context.Background(), pg, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create PodGroup: %v", err)
+	}
+	// Two of three members, labelled as LeaderWorkerSet labels them and with
+	// no muster.dev/size: the PodGroup's minMember (3) holds them back.
+	createGroup(t, cs, ns, groupSpec{name: "lws-0", members: 2, gpus: 2, noSize: true, podGroupLbl: true})
+	assertStaysUnbound(t, cs, ns, "lws-0", 2*time.Second)
+	third := &v1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "lws-0-2", Namespace: ns, Labels: map[string]string{"scheduling.x-k8s.io/pod-group": "lws-0", "apps.kubernetes.io/pod-index": "2"}},
+		Spec: v1.PodSpec{SchedulerName: "muster-scheduler", Containers: []v1.Container{{Name: "c", Image: "x", Command: []string{"x"}}},
+			Tolerations: []v1.Toleration{{Key: "kwok.x-k8s.io/node", Operator: v1.TolerationOpExists, Effect: v1.TaintEffectNoSchedule}}},
+	}
+	if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), third, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitBound(t, cs, ns, "lws-0", 3, time.Minute)
+}
+
+// installPodGroupCRD applies scheduler-plugins' PodGroup CRD from deploy/crds
+// and waits until it is served.
+func installPodGroupCRD(t *testing.T, cfg *rest.Config) {
+	t.Helper()
+	root, err := clustertest.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(root, "deploy", "crds", "scheduling.x-k8s.io_podgroups.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var crd apiextensionsv1.CustomResourceDefinition
+	if err := yaml.Unmarshal(b, &crd); err != nil {
+		t.Fatalf("decode PodGroup CRD: %v", err)
+	}
+	ax, err := apiextensionsclient.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := ax.ApiextensionsV1().CustomResourceDefinitions().Create(ctx, &crd, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatalf("create PodGroup CRD: %v", err)
+	}
+	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		got, err := ax.ApiextensionsV1().CustomResourceDefinitions().Get(ctx, crd.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		for _, c := range got.Status.Conditions {
+			if c.Type == apiextensionsv1.Established && c.Status == apiextensionsv1.ConditionTrue {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("PodGroup CRD not established: %v", err)
 	}
 }

@@ -135,6 +135,7 @@ func config(bins, dir string) cluster.Config {
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("cluster", filepath.Base(dir))
 	if root, err := RepoRoot(); err == nil {
 		cfg.SchedulerConfig = filepath.Join(root, "deploy", "scheduler", "config.yaml")
+		cfg.CRDs, _ = filepath.Glob(filepath.Join(root, "deploy", "crds", "*.yaml"))
 	}
 	return cfg
 }

@@ -71,6 +71,7 @@ func up(args []string) error {
 	binDir := fs.String("bin-dir", "bin", "directory with kube-apiserver, kube-controller-manager, scheduler and kwok")
 	schedConfig := fs.String("scheduler-config", "deploy/scheduler/config.yaml", "KubeSchedulerConfiguration template (clientConnection.kubeconfig is filled in); empty: default-scheduler only")
 	noScheduler := fs.Bool("no-scheduler", false, "run no scheduler")
+	crdDir := fs.String("crd-dir", "deploy/crds", "install every *.yaml CustomResourceDefinition in this directory before the scheduler starts; empty: none")
 	nodes := fs.Int("nodes", def.Count, "number of kwok nodes")
 	gpus := fs.Int64("gpus", def.GPUs, "nvidia.com/gpu per node")
 	cpu := fs.String("cpu", def.CPU, "cpu per node")
@@ -107,6 +108,11 @@ func up(args []string) error {
 	cfg.Logger = log
 	cfg.StartTimeout = *timeout
 	cfg.SchedulerConfig = *schedConfig
+	if *crdDir != "" {
+		if cfg.CRDs, err = filepath.Glob(filepath.Join(*crdDir, "*.yaml")); err != nil {
+			return fmt.Errorf("--crd-dir %q: %w", *crdDir, err)
+		}
+	}
 	if *noScheduler {
 		cfg.Binaries.Scheduler = ""
 	}

@@ -148,6 +148,7 @@ type Cluster struct {
 	pki        *pki
 	etcd       *embedetcd.Server
 	apiserver  string // https://127.0.0.1:port
+	scheduler  string // https://127.0.0.1:port of the scheduler's secure port; "" without one
 	kubeconfig string
 	restConfig *rest.Config
 	clientset  *kubernetes.Clientset
@@ -354,6 +355,7 @@ func (c *Cluster) start(ctx context.Context) error {
 			"--tls-cert-file=" + p.servingCert,
 			"--tls-private-key-file=" + p.servingKey,
 		}
+		c.scheduler = "https://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(schedPort))
 		if gates != "" {
 			schedArgs = append(schedArgs, "--feature-gates="+gates)
 		}
@@ -584,6 +586,11 @@ func (c *Cluster) Kubeconfig() string { return c.kubeconfig }
 
 // RESTConfig is a copy of the admin client configuration (500 QPS).
 func (c *Cluster) RESTConfig() *rest.Config { return rest.CopyConfig(c.restConfig) }
+
+// SchedulerURL is the scheduler's secure endpoint (/metrics, /readyz),
+// reachable with the admin credentials of RESTConfig; "" without a
+// scheduler.
+func (c *Cluster) SchedulerURL() string { return c.scheduler }
 
 // Clientset is an admin clientset.
 func (c *Cluster) Clientset() *kubernetes.Clientset { return c.clientset }

@@ -7,6 +7,7 @@ package gang_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -496,5 +497,36 @@ func installPodGroupCRD(t *testing.T, cfg *rest.Config) {
 	})
 	if err != nil {
 		t.Fatalf("PodGroup CRD not established: %v", err)
+	}
+}
+
+func TestSchedulerExportsGroupMetrics(t *testing.T) {
+	c := clustertest.Shared(t)
+	cs := client(t)
+	ns := newNamespace(t, cs)
+	createGroup(t, cs, ns, groupSpec{name: "metered", members: 2, gpus: 1})
+	waitBound(t, cs, ns, "metered", 2, time.Minute)
+	hc, err := rest.HTTPClientFor(c.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body string
+	err = wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		resp, err := hc.Get(c.SchedulerURL() + "/metrics")
+		if err != nil {
+			return false, nil
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		body = string(b)
+		return resp.StatusCode == 200 && strings.Contains(body, "muster_group_bind_duration_seconds_count"), nil
+	})
+	if err != nil {
+		t.Fatalf("scheduler /metrics has no muster_group_bind_duration_seconds: %v\n%.2000s", err, body)
+	}
+	for _, want := range []string{"muster_group_bind_duration_seconds_count", "muster_groups_waiting", `muster_group_admission_attempts_total{result="fits"}`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("scheduler /metrics lacks %s", want)
+		}
 	}
 }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/muster-dev/muster/agent/preset"
 	"github.com/muster-dev/muster/agent/process"
+	"github.com/muster-dev/muster/agent/proxy"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
 )
 
@@ -148,6 +149,39 @@ func (a *agent) run(ctx context.Context) error {
 		reporterDone.Wait()
 	}()
 
+	var (
+		endpoint *proxy.Proxy
+		srv      *proxy.Server
+	)
+	// drain stops the endpoint, letting requests in flight finish (up to
+	// the stop grace period) while the runtime still runs.
+	drain := func() {
+		if srv == nil {
+			return
+		}
+		dctx, cancel := context.WithTimeout(context.Background(), a.cfg.StopGrace)
+		defer cancel()
+		if err := srv.Shutdown(dctx); err != nil {
+			a.log.Warn("endpoint drain cut short", "err", err)
+		}
+		srv = nil
+	}
+	defer drain()
+	if a.cfg.EndpointPort > 0 {
+		endpoint = proxy.New(a.log)
+		var err error
+		if srv, err = proxy.Listen(net.JoinHostPort(a.cfg.Address, strconv.Itoa(a.cfg.EndpointPort)), endpoint); err != nil {
+			return &ExitError{Code: 1, Err: err}
+		}
+		a.log.Info("serving the group's endpoint", "addr", srv.Addr())
+	}
+	setEndpoint := func(t proxy.Target) {
+		if endpoint != nil {
+			endpoint.Set(t)
+		}
+	}
+	var target proxy.Target
+
 	events := make(chan event, 16)
 	go a.watchLoop(ctx, events)
 
@@ -190,6 +224,13 @@ func (a *agent) run(ctx context.Context) error {
 					continue
 				}
 				launchedGen = as.GetGeneration()
+				target = proxy.Target{Generation: as.GetGeneration(), Rank: int(as.GetRank())}
+				if as.GetRank() == 0 {
+					target.Upstream = net.JoinHostPort(a.cfg.Address, strconv.Itoa(a.cfg.ReadyPort))
+				} else {
+					target.Upstream = net.JoinHostPort(as.GetLeaderAddress(), strconv.Itoa(a.cfg.EndpointPort))
+				}
+				setEndpoint(target)
 				proc, err = a.launch(as)
 				procGen = as.GetGeneration()
 				if err != nil {
@@ -200,11 +241,22 @@ func (a *agent) run(ctx context.Context) error {
 				procDone = proc.Done()
 				a.report(procGen, musterv1.RuntimeState_RUNTIME_STATE_LAUNCHING, 0, "")
 				go a.watchReady(ctx, proc, as, procGen)
+			case *musterv1.GroupEvent_Readiness:
+				r := ev.Readiness
+				if r.GetGeneration() == target.Generation && launchedGen == r.GetGeneration() {
+					target.Ready = r.GetReady()
+					setEndpoint(target)
+					if r.GetReady() {
+						a.log.Info("group ready: every rank's runtime is ready", "generation", r.GetGeneration())
+					}
+				}
 			case *musterv1.GroupEvent_Restart:
 				r := ev.Restart
 				if r.GetGeneration() <= a.gen.Load() {
 					continue
 				}
+				target.Ready = false
+				setEndpoint(target)
 				a.log.Warn("group restarting", "generation", r.GetGeneration(), "reason", r.GetReason())
 				stop()
 				resp, err := a.join(ctx, r.GetGeneration())
@@ -237,6 +289,8 @@ func (a *agent) run(ctx context.Context) error {
 		case sig := <-sigs:
 			s := sig.(syscall.Signal)
 			code := 128 + int(s)
+			// Requests in flight finish before the runtime is told to stop.
+			drain()
 			if proc != nil {
 				a.log.Info("forwarding signal to runtime", "signal", s.String())
 				proc.Signal(s)

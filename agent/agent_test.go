@@ -5,6 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -253,4 +256,71 @@ func TestRanksFollowOrdinalsNotArrival(t *testing.T) {
 	if want := []string{"2", "1", "0"}; strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Fatalf("ranks by member %v, want %v (ordinals 100, 90, 80)", got, want)
 	}
+}
+
+func TestEveryMemberServesTheGroupEndpointOnceAllRanksAreReady(t *testing.T) {
+	co := testcoord.Start(t, testcoord.Config(t))
+	runtimePort, endpointPort := freePort(t), freePort(t)
+	// The leader's runtime is a small HTTP server that comes up after a
+	// delay; the worker's runtime just runs.
+	server := fmt.Sprintf(`import http.server, os, time
+if os.environ["RANK"] != "0":
+    time.sleep(600)
+time.sleep(1)
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("served by rank 0 of " + os.environ["WORLD_SIZE"]).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.HTTPServer((os.environ["MUSTER_ADDRESS"], %d), H).serve_forever()`, runtimePort)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	errs := make(chan error, 2)
+	for i := 0; i < 2; i++ {
+		c := agentConfig(t, co.Addr(), "endpoint", 2, i, "python3", "-c", server)
+		c.ReadyPort, c.EndpointPort = runtimePort, endpointPort
+		go func() { errs <- agent.Run(ctx, c) }()
+	}
+	urls := []string{fmt.Sprintf("http://127.0.0.2:%d/v1", endpointPort), fmt.Sprintf("http://127.0.0.3:%d/v1", endpointPort)}
+	saw503 := false
+	for _, u := range urls {
+		deadline := time.Now().Add(45 * time.Second)
+		for {
+			resp, err := http.Get(u)
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") != "" {
+					saw503 = true
+				}
+				if resp.StatusCode == 200 {
+					if string(b) != "served by rank 0 of 2" {
+						t.Fatalf("%s answered %q", u, b)
+					}
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never answered 200 (last error %v)", u, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if !saw503 {
+		t.Error("the endpoint never answered 503 while the group was forming")
+	}
+	cancel()
+	for i := 0; i < 2; i++ {
+		<-errs
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }

@@ -40,6 +40,10 @@ type Config struct {
 	// ReadyPort, when set, makes the leader report ready only once its
 	// runtime accepts TCP connections on Address:ReadyPort.
 	ReadyPort int
+	// EndpointPort, when set, makes the agent serve the group's endpoint on
+	// Address:EndpointPort: the leader proxies to its runtime's ReadyPort,
+	// the others to the leader's endpoint.
+	EndpointPort int
 	// JoinTimeout bounds how long the coordinator may stay unreachable.
 	JoinTimeout time.Duration
 	// StopGrace is the time between SIGTERM and SIGKILL when stopping the
@@ -127,6 +131,15 @@ func (c *Config) Validate() error {
 	}
 	if c.ReadyPort < 0 || c.ReadyPort > 65535 {
 		return fmt.Errorf("--port %d is not a TCP port", c.ReadyPort)
+	}
+	if c.EndpointPort < 0 || c.EndpointPort > 65535 {
+		return fmt.Errorf("--endpoint-port %d is not a TCP port", c.EndpointPort)
+	}
+	if c.EndpointPort > 0 && c.ReadyPort == 0 {
+		return fmt.Errorf("--endpoint-port %d needs --port, the runtime's serving port the endpoint forwards to", c.EndpointPort)
+	}
+	if c.EndpointPort > 0 && c.EndpointPort == c.ReadyPort {
+		return fmt.Errorf("--endpoint-port and --port are both %d: the agent's endpoint and the runtime need different ports", c.EndpointPort)
 	}
 	if c.JoinTimeout <= 0 {
 		return fmt.Errorf("--join-timeout %s must be positive", c.JoinTimeout)

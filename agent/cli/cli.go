@@ -39,14 +39,17 @@ Flags (environment variable defaults in brackets):
 // Main runs the agent with args; it returns the process exit code.
 func Main(ctx context.Context, args []string, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(stderr, "Usage: agent run [flags] -- COMMAND [ARGS...]\n\nRun `agent run --help` for the flags.\n")
+		fmt.Fprint(stderr, "Usage: agent run [flags] -- COMMAND [ARGS...]\n       agent install DEST   (copy this binary to DEST; the webhook's init container uses it)\n\nRun `agent run --help` for the flags.\n")
 		if len(args) == 0 {
 			return 2
 		}
 		return 0
 	}
+	if args[0] == "install" {
+		return install(args[1:], stderr)
+	}
 	if args[0] != "run" {
-		fmt.Fprintf(stderr, "agent: unknown command %q; the only command is \"run\" (see agent run --help)\n", args[0])
+		fmt.Fprintf(stderr, "agent: unknown command %q; use \"run\" (see agent run --help) or \"install DEST\"\n", args[0])
 		return 2
 	}
 	cfg, logLevel, err := Parse(args[1:], stderr)
@@ -97,6 +100,7 @@ func Parse(args []string, stderr io.Writer) (agent.Config, slog.Level, error) {
 	fs.StringVar(&cfg.Runtime, "runtime", cfg.Runtime, "runtime preset: "+strings.Join(preset.Names(), ", ")+" [MUSTER_RUNTIME]")
 	fs.IntVar(&cfg.MasterPort, "master-port", envInt("MUSTER_MASTER_PORT"), "MASTER_PORT if this member leads; 0 picks a free port [MUSTER_MASTER_PORT]")
 	fs.IntVar(&cfg.ReadyPort, "port", envInt("MUSTER_PORT"), "serving port of the runtime: the leader reports ready once it accepts connections there; 0: ready once started [MUSTER_PORT]")
+	fs.IntVar(&cfg.EndpointPort, "endpoint-port", envInt("MUSTER_ENDPOINT_PORT"), "serve the group's endpoint here: the leader proxies to --port, other ranks to the leader; 503 until every rank is ready; 0: no endpoint [MUSTER_ENDPOINT_PORT]")
 	fs.DurationVar(&cfg.JoinTimeout, "join-timeout", cfg.JoinTimeout, "give up when the coordinator stays unreachable this long")
 	fs.DurationVar(&cfg.StopGrace, "stop-grace", cfg.StopGrace, "time between SIGTERM and SIGKILL when stopping the runtime")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

@@ -37,7 +37,7 @@ func (s *Server) Watch(req *musterv1.WatchRequest, stream musterv1.Rendezvous_Wa
 	}
 	defer h.Release()
 
-	w := &watcher{srv: s, k: k, id: id, stream: stream, sentRestart: -1, sentAssign: -1, lastJoined: -1}
+	w := &watcher{srv: s, k: k, id: id, stream: stream, sentRestart: -1, sentAssign: -1, lastJoined: -1, sentReady: -1}
 	defer w.stopKeepAlive()
 	ticker := time.NewTicker(s.opts.ProgressInterval)
 	defer ticker.Stop()
@@ -83,6 +83,9 @@ type watcher struct {
 	lastJoined  int
 	lastGen     int64
 	lastSent    time.Time
+	// sentReady is the readiness last reported, as generation*2+ready, so
+	// that a new generation's first report always goes out.
+	sentReady int64
 
 	lease     int64
 	stopKA    context.CancelFunc
@@ -130,10 +133,20 @@ func (w *watcher) step(o hub.Observation) (done bool, err error) {
 		}
 		if w.sentAssign < st.Generation {
 			w.sentAssign = st.Generation
-			return false, send(&musterv1.GroupEvent{Event: &musterv1.GroupEvent_Assignment{Assignment: &musterv1.Assignment{
+			if err := send(&musterv1.GroupEvent{Event: &musterv1.GroupEvent_Assignment{Assignment: &musterv1.Assignment{
 				Generation: st.Generation, Rank: int32(o.Rank), WorldSize: int32(len(st.Assignment)),
 				LeaderAddress: st.LeaderAddress, MasterPort: int32(st.MasterPort), LeaderMemberId: st.Assignment[0],
-			}}})
+			}}}); err != nil {
+				return false, err
+			}
+		}
+		ready := st.Generation * 2
+		if o.Ready {
+			ready++
+		}
+		if w.sentReady != ready {
+			w.sentReady = ready
+			return false, send(&musterv1.GroupEvent{Event: &musterv1.GroupEvent_Readiness{Readiness: &musterv1.Readiness{Generation: st.Generation, Ready: o.Ready}}})
 		}
 	}
 	return false, nil

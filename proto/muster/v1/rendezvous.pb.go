@@ -428,6 +428,7 @@ type GroupEvent struct {
 	//	*GroupEvent_Restart
 	//	*GroupEvent_Failed
 	//	*GroupEvent_Completed
+	//	*GroupEvent_Readiness
 	Event         isGroupEvent_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -515,6 +516,15 @@ func (x *GroupEvent) GetCompleted() *Completed {
 	return nil
 }
 
+func (x *GroupEvent) GetReadiness() *Readiness {
+	if x != nil {
+		if x, ok := x.Event.(*GroupEvent_Readiness); ok {
+			return x.Readiness
+		}
+	}
+	return nil
+}
+
 type isGroupEvent_Event interface {
 	isGroupEvent_Event()
 }
@@ -539,6 +549,10 @@ type GroupEvent_Completed struct {
 	Completed *Completed `protobuf:"bytes,5,opt,name=completed,proto3,oneof"`
 }
 
+type GroupEvent_Readiness struct {
+	Readiness *Readiness `protobuf:"bytes,6,opt,name=readiness,proto3,oneof"`
+}
+
 func (*GroupEvent_Progress) isGroupEvent_Event() {}
 
 func (*GroupEvent_Assignment) isGroupEvent_Event() {}
@@ -548,6 +562,8 @@ func (*GroupEvent_Restart) isGroupEvent_Event() {}
 func (*GroupEvent_Failed) isGroupEvent_Event() {}
 
 func (*GroupEvent_Completed) isGroupEvent_Event() {}
+
+func (*GroupEvent_Readiness) isGroupEvent_Event() {}
 
 // Progress reports the barrier while members are still missing.
 type Progress struct {
@@ -706,6 +722,61 @@ func (x *Assignment) GetLeaderMemberId() string {
 	return ""
 }
 
+// Readiness reports whether every rank of the generation has reported its
+// runtime ready; it is sent when that changes. The group's endpoint serves
+// only while it is true.
+type Readiness struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Generation    int64                  `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	Ready         bool                   `protobuf:"varint,2,opt,name=ready,proto3" json:"ready,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Readiness) Reset() {
+	*x = Readiness{}
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Readiness) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Readiness) ProtoMessage() {}
+
+func (x *Readiness) ProtoReflect() protoreflect.Message {
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Readiness.ProtoReflect.Descriptor instead.
+func (*Readiness) Descriptor() ([]byte, []int) {
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Readiness) GetGeneration() int64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *Readiness) GetReady() bool {
+	if x != nil {
+		return x.Ready
+	}
+	return false
+}
+
 // Restart tells the member to stop its runtime and join the new generation.
 type Restart struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -717,7 +788,7 @@ type Restart struct {
 
 func (x *Restart) Reset() {
 	*x = Restart{}
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[7]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -729,7 +800,7 @@ func (x *Restart) String() string {
 func (*Restart) ProtoMessage() {}
 
 func (x *Restart) ProtoReflect() protoreflect.Message {
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[7]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -742,7 +813,7 @@ func (x *Restart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Restart.ProtoReflect.Descriptor instead.
 func (*Restart) Descriptor() ([]byte, []int) {
-	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{7}
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Restart) GetGeneration() int64 {
@@ -771,7 +842,7 @@ type Failed struct {
 
 func (x *Failed) Reset() {
 	*x = Failed{}
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[8]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -783,7 +854,7 @@ func (x *Failed) String() string {
 func (*Failed) ProtoMessage() {}
 
 func (x *Failed) ProtoReflect() protoreflect.Message {
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[8]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -796,7 +867,7 @@ func (x *Failed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Failed.ProtoReflect.Descriptor instead.
 func (*Failed) Descriptor() ([]byte, []int) {
-	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{8}
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Failed) GetGeneration() int64 {
@@ -830,7 +901,7 @@ type Completed struct {
 
 func (x *Completed) Reset() {
 	*x = Completed{}
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[9]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -842,7 +913,7 @@ func (x *Completed) String() string {
 func (*Completed) ProtoMessage() {}
 
 func (x *Completed) ProtoReflect() protoreflect.Message {
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[9]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -855,7 +926,7 @@ func (x *Completed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Completed.ProtoReflect.Descriptor instead.
 func (*Completed) Descriptor() ([]byte, []int) {
-	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{9}
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Completed) GetGeneration() int64 {
@@ -879,7 +950,7 @@ type ReportStatusRequest struct {
 
 func (x *ReportStatusRequest) Reset() {
 	*x = ReportStatusRequest{}
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[10]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -891,7 +962,7 @@ func (x *ReportStatusRequest) String() string {
 func (*ReportStatusRequest) ProtoMessage() {}
 
 func (x *ReportStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[10]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -904,7 +975,7 @@ func (x *ReportStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStatusRequest.ProtoReflect.Descriptor instead.
 func (*ReportStatusRequest) Descriptor() ([]byte, []int) {
-	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{10}
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ReportStatusRequest) GetGroup() *GroupRef {
@@ -960,7 +1031,7 @@ type ReportStatusResponse struct {
 
 func (x *ReportStatusResponse) Reset() {
 	*x = ReportStatusResponse{}
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[11]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -972,7 +1043,7 @@ func (x *ReportStatusResponse) String() string {
 func (*ReportStatusResponse) ProtoMessage() {}
 
 func (x *ReportStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[11]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -985,7 +1056,7 @@ func (x *ReportStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReportStatusResponse) Descriptor() ([]byte, []int) {
-	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{11}
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ReportStatusResponse) GetStale() bool {
@@ -1012,7 +1083,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[12]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1024,7 +1095,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[12]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1037,7 +1108,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{12}
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LeaveRequest) GetGroup() *GroupRef {
@@ -1062,7 +1133,7 @@ type LeaveResponse struct {
 
 func (x *LeaveResponse) Reset() {
 	*x = LeaveResponse{}
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[13]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1074,7 +1145,7 @@ func (x *LeaveResponse) String() string {
 func (*LeaveResponse) ProtoMessage() {}
 
 func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[13]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1087,7 +1158,7 @@ func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
 func (*LeaveResponse) Descriptor() ([]byte, []int) {
-	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{13}
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{14}
 }
 
 type GetGroupRequest struct {
@@ -1099,7 +1170,7 @@ type GetGroupRequest struct {
 
 func (x *GetGroupRequest) Reset() {
 	*x = GetGroupRequest{}
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[14]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1111,7 +1182,7 @@ func (x *GetGroupRequest) String() string {
 func (*GetGroupRequest) ProtoMessage() {}
 
 func (x *GetGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[14]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1124,7 +1195,7 @@ func (x *GetGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGroupRequest.ProtoReflect.Descriptor instead.
 func (*GetGroupRequest) Descriptor() ([]byte, []int) {
-	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{14}
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetGroupRequest) GetGroup() *GroupRef {
@@ -1144,7 +1215,7 @@ type ListGroupsRequest struct {
 
 func (x *ListGroupsRequest) Reset() {
 	*x = ListGroupsRequest{}
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[15]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1156,7 +1227,7 @@ func (x *ListGroupsRequest) String() string {
 func (*ListGroupsRequest) ProtoMessage() {}
 
 func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[15]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1169,7 +1240,7 @@ func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{15}
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListGroupsRequest) GetNamespace() string {
@@ -1188,7 +1259,7 @@ type ListGroupsResponse struct {
 
 func (x *ListGroupsResponse) Reset() {
 	*x = ListGroupsResponse{}
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[16]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1200,7 +1271,7 @@ func (x *ListGroupsResponse) String() string {
 func (*ListGroupsResponse) ProtoMessage() {}
 
 func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[16]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1213,7 +1284,7 @@ func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
 func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{16}
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListGroupsResponse) GetGroups() []*Group {
@@ -1247,7 +1318,7 @@ type Group struct {
 
 func (x *Group) Reset() {
 	*x = Group{}
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[17]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1259,7 +1330,7 @@ func (x *Group) String() string {
 func (*Group) ProtoMessage() {}
 
 func (x *Group) ProtoReflect() protoreflect.Message {
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[17]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1272,7 +1343,7 @@ func (x *Group) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Group.ProtoReflect.Descriptor instead.
 func (*Group) Descriptor() ([]byte, []int) {
-	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{17}
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Group) GetRef() *GroupRef {
@@ -1379,7 +1450,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[18]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1391,7 +1462,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[18]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1404,7 +1475,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{18}
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Member) GetId() string {
@@ -1503,7 +1574,7 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	"\tmember_id\x18\x02 \x01(\tR\bmemberId\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x03 \x01(\x03R\n" +
-	"generation\"\x94\x02\n" +
+	"generation\"\xca\x02\n" +
 	"\n" +
 	"GroupEvent\x121\n" +
 	"\bprogress\x18\x01 \x01(\v2\x13.muster.v1.ProgressH\x00R\bprogress\x127\n" +
@@ -1512,7 +1583,8 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	"assignment\x12.\n" +
 	"\arestart\x18\x03 \x01(\v2\x12.muster.v1.RestartH\x00R\arestart\x12+\n" +
 	"\x06failed\x18\x04 \x01(\v2\x11.muster.v1.FailedH\x00R\x06failed\x124\n" +
-	"\tcompleted\x18\x05 \x01(\v2\x14.muster.v1.CompletedH\x00R\tcompletedB\a\n" +
+	"\tcompleted\x18\x05 \x01(\v2\x14.muster.v1.CompletedH\x00R\tcompleted\x124\n" +
+	"\treadiness\x18\x06 \x01(\v2\x14.muster.v1.ReadinessH\x00R\treadinessB\a\n" +
 	"\x05event\"w\n" +
 	"\bProgress\x12\x1e\n" +
 	"\n" +
@@ -1534,6 +1606,11 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	"\vmaster_port\x18\x05 \x01(\x05R\n" +
 	"masterPort\x12(\n" +
 	"\x10leader_member_id\x18\x06 \x01(\tR\x0eleaderMemberId\"A\n" +
+	"\tReadiness\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x03R\n" +
+	"generation\x12\x14\n" +
+	"\x05ready\x18\x02 \x01(\bR\x05ready\"A\n" +
 	"\aRestart\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x03R\n" +
@@ -1637,7 +1714,7 @@ func file_muster_v1_rendezvous_proto_rawDescGZIP() []byte {
 }
 
 var file_muster_v1_rendezvous_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_muster_v1_rendezvous_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_muster_v1_rendezvous_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_muster_v1_rendezvous_proto_goTypes = []any{
 	(RuntimeState)(0),            // 0: muster.v1.RuntimeState
 	(Phase)(0),                   // 1: muster.v1.Phase
@@ -1648,53 +1725,55 @@ var file_muster_v1_rendezvous_proto_goTypes = []any{
 	(*GroupEvent)(nil),           // 6: muster.v1.GroupEvent
 	(*Progress)(nil),             // 7: muster.v1.Progress
 	(*Assignment)(nil),           // 8: muster.v1.Assignment
-	(*Restart)(nil),              // 9: muster.v1.Restart
-	(*Failed)(nil),               // 10: muster.v1.Failed
-	(*Completed)(nil),            // 11: muster.v1.Completed
-	(*ReportStatusRequest)(nil),  // 12: muster.v1.ReportStatusRequest
-	(*ReportStatusResponse)(nil), // 13: muster.v1.ReportStatusResponse
-	(*LeaveRequest)(nil),         // 14: muster.v1.LeaveRequest
-	(*LeaveResponse)(nil),        // 15: muster.v1.LeaveResponse
-	(*GetGroupRequest)(nil),      // 16: muster.v1.GetGroupRequest
-	(*ListGroupsRequest)(nil),    // 17: muster.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),   // 18: muster.v1.ListGroupsResponse
-	(*Group)(nil),                // 19: muster.v1.Group
-	(*Member)(nil),               // 20: muster.v1.Member
+	(*Readiness)(nil),            // 9: muster.v1.Readiness
+	(*Restart)(nil),              // 10: muster.v1.Restart
+	(*Failed)(nil),               // 11: muster.v1.Failed
+	(*Completed)(nil),            // 12: muster.v1.Completed
+	(*ReportStatusRequest)(nil),  // 13: muster.v1.ReportStatusRequest
+	(*ReportStatusResponse)(nil), // 14: muster.v1.ReportStatusResponse
+	(*LeaveRequest)(nil),         // 15: muster.v1.LeaveRequest
+	(*LeaveResponse)(nil),        // 16: muster.v1.LeaveResponse
+	(*GetGroupRequest)(nil),      // 17: muster.v1.GetGroupRequest
+	(*ListGroupsRequest)(nil),    // 18: muster.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),   // 19: muster.v1.ListGroupsResponse
+	(*Group)(nil),                // 20: muster.v1.Group
+	(*Member)(nil),               // 21: muster.v1.Member
 }
 var file_muster_v1_rendezvous_proto_depIdxs = []int32{
 	2,  // 0: muster.v1.JoinRequest.group:type_name -> muster.v1.GroupRef
 	2,  // 1: muster.v1.WatchRequest.group:type_name -> muster.v1.GroupRef
 	7,  // 2: muster.v1.GroupEvent.progress:type_name -> muster.v1.Progress
 	8,  // 3: muster.v1.GroupEvent.assignment:type_name -> muster.v1.Assignment
-	9,  // 4: muster.v1.GroupEvent.restart:type_name -> muster.v1.Restart
-	10, // 5: muster.v1.GroupEvent.failed:type_name -> muster.v1.Failed
-	11, // 6: muster.v1.GroupEvent.completed:type_name -> muster.v1.Completed
-	2,  // 7: muster.v1.ReportStatusRequest.group:type_name -> muster.v1.GroupRef
-	0,  // 8: muster.v1.ReportStatusRequest.state:type_name -> muster.v1.RuntimeState
-	2,  // 9: muster.v1.LeaveRequest.group:type_name -> muster.v1.GroupRef
-	2,  // 10: muster.v1.GetGroupRequest.group:type_name -> muster.v1.GroupRef
-	19, // 11: muster.v1.ListGroupsResponse.groups:type_name -> muster.v1.Group
-	2,  // 12: muster.v1.Group.ref:type_name -> muster.v1.GroupRef
-	1,  // 13: muster.v1.Group.phase:type_name -> muster.v1.Phase
-	20, // 14: muster.v1.Group.members:type_name -> muster.v1.Member
-	0,  // 15: muster.v1.Member.state:type_name -> muster.v1.RuntimeState
-	3,  // 16: muster.v1.Rendezvous.Join:input_type -> muster.v1.JoinRequest
-	5,  // 17: muster.v1.Rendezvous.Watch:input_type -> muster.v1.WatchRequest
-	12, // 18: muster.v1.Rendezvous.ReportStatus:input_type -> muster.v1.ReportStatusRequest
-	14, // 19: muster.v1.Rendezvous.Leave:input_type -> muster.v1.LeaveRequest
-	16, // 20: muster.v1.Rendezvous.GetGroup:input_type -> muster.v1.GetGroupRequest
-	17, // 21: muster.v1.Rendezvous.ListGroups:input_type -> muster.v1.ListGroupsRequest
-	4,  // 22: muster.v1.Rendezvous.Join:output_type -> muster.v1.JoinResponse
-	6,  // 23: muster.v1.Rendezvous.Watch:output_type -> muster.v1.GroupEvent
-	13, // 24: muster.v1.Rendezvous.ReportStatus:output_type -> muster.v1.ReportStatusResponse
-	15, // 25: muster.v1.Rendezvous.Leave:output_type -> muster.v1.LeaveResponse
-	19, // 26: muster.v1.Rendezvous.GetGroup:output_type -> muster.v1.Group
-	18, // 27: muster.v1.Rendezvous.ListGroups:output_type -> muster.v1.ListGroupsResponse
-	22, // [22:28] is the sub-list for method output_type
-	16, // [16:22] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	10, // 4: muster.v1.GroupEvent.restart:type_name -> muster.v1.Restart
+	11, // 5: muster.v1.GroupEvent.failed:type_name -> muster.v1.Failed
+	12, // 6: muster.v1.GroupEvent.completed:type_name -> muster.v1.Completed
+	9,  // 7: muster.v1.GroupEvent.readiness:type_name -> muster.v1.Readiness
+	2,  // 8: muster.v1.ReportStatusRequest.group:type_name -> muster.v1.GroupRef
+	0,  // 9: muster.v1.ReportStatusRequest.state:type_name -> muster.v1.RuntimeState
+	2,  // 10: muster.v1.LeaveRequest.group:type_name -> muster.v1.GroupRef
+	2,  // 11: muster.v1.GetGroupRequest.group:type_name -> muster.v1.GroupRef
+	20, // 12: muster.v1.ListGroupsResponse.groups:type_name -> muster.v1.Group
+	2,  // 13: muster.v1.Group.ref:type_name -> muster.v1.GroupRef
+	1,  // 14: muster.v1.Group.phase:type_name -> muster.v1.Phase
+	21, // 15: muster.v1.Group.members:type_name -> muster.v1.Member
+	0,  // 16: muster.v1.Member.state:type_name -> muster.v1.RuntimeState
+	3,  // 17: muster.v1.Rendezvous.Join:input_type -> muster.v1.JoinRequest
+	5,  // 18: muster.v1.Rendezvous.Watch:input_type -> muster.v1.WatchRequest
+	13, // 19: muster.v1.Rendezvous.ReportStatus:input_type -> muster.v1.ReportStatusRequest
+	15, // 20: muster.v1.Rendezvous.Leave:input_type -> muster.v1.LeaveRequest
+	17, // 21: muster.v1.Rendezvous.GetGroup:input_type -> muster.v1.GetGroupRequest
+	18, // 22: muster.v1.Rendezvous.ListGroups:input_type -> muster.v1.ListGroupsRequest
+	4,  // 23: muster.v1.Rendezvous.Join:output_type -> muster.v1.JoinResponse
+	6,  // 24: muster.v1.Rendezvous.Watch:output_type -> muster.v1.GroupEvent
+	14, // 25: muster.v1.Rendezvous.ReportStatus:output_type -> muster.v1.ReportStatusResponse
+	16, // 26: muster.v1.Rendezvous.Leave:output_type -> muster.v1.LeaveResponse
+	20, // 27: muster.v1.Rendezvous.GetGroup:output_type -> muster.v1.Group
+	19, // 28: muster.v1.Rendezvous.ListGroups:output_type -> muster.v1.ListGroupsResponse
+	23, // [23:29] is the sub-list for method output_type
+	17, // [17:23] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_muster_v1_rendezvous_proto_init() }
@@ -1709,15 +1788,16 @@ func file_muster_v1_rendezvous_proto_init() {
 		(*GroupEvent_Restart)(nil),
 		(*GroupEvent_Failed)(nil),
 		(*GroupEvent_Completed)(nil),
+		(*GroupEvent_Readiness)(nil),
 	}
-	file_muster_v1_rendezvous_proto_msgTypes[18].OneofWrappers = []any{}
+	file_muster_v1_rendezvous_proto_msgTypes[19].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_muster_v1_rendezvous_proto_rawDesc), len(file_muster_v1_rendezvous_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

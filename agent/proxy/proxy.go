@@ -1,0 +1,164 @@
+// Package proxy serves a group's single inference endpoint from every
+// member's agent. On the leader (rank 0) it reverse-proxies to the runtime's
+// serving port; on the other ranks it forwards to the leader's endpoint, so
+// a plain Service over all of the group's pods is one honest endpoint: it
+// answers only while every rank is ready, and 503 with Retry-After while
+// the group forms or restarts.
+//
+// HTTP/1.1 responses are streamed through unbuffered (server-sent events,
+// chunked bodies), and HTTP/2 cleartext (h2c) is accepted and forwarded as
+// h2c, so gRPC works too.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/h2c"
+)
+
+// Target is where the endpoint currently sends requests.
+type Target struct {
+	// Ready is true while every rank of the group is ready.
+	Ready bool
+	// Upstream is host:port: the runtime on the leader, the leader's
+	// endpoint elsewhere.
+	Upstream string
+	// Generation and Rank are reported in response headers.
+	Generation int64
+	Rank       int
+}
+
+// Proxy is the endpoint's handler; Set changes its target at any time.
+type Proxy struct {
+	log *slog.Logger
+
+	mu     sync.RWMutex
+	target Target
+
+	h1 *httputil.ReverseProxy
+	h2 *httputil.ReverseProxy
+}
+
+// New returns a proxy that answers 503 until Set gives it a ready target.
+func New(log *slog.Logger) *Proxy {
+	p := &Proxy{log: log}
+	rewrite := func(r *httputil.ProxyRequest) {
+		t := p.Target()
+		r.SetURL(&url.URL{Scheme: "http", Host: t.Upstream})
+		r.SetXForwarded()
+		r.Out.Host = r.In.Host
+	}
+	// FlushInterval -1: every write is flushed at once, so server-sent
+	// events and streamed tokens are not held in a buffer.
+	p.h1 = &httputil.ReverseProxy{
+		Rewrite:       rewrite,
+		FlushInterval: -1,
+		Transport: &http.Transport{
+			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			MaxIdleConnsPerHost: 64,
+			IdleConnTimeout:     90 * time.Second,
+		},
+		ErrorHandler: p.upstreamError,
+	}
+	p.h2 = &httputil.ReverseProxy{
+		Rewrite:       rewrite,
+		FlushInterval: -1,
+		Transport: &http2.Transport{
+			AllowHTTP: true,
+			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, network, addr)
+			},
+		},
+		ErrorHandler: p.upstreamError,
+	}
+	return p
+}
+
+// Set replaces the target.
+func (p *Proxy) Set(t Target) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if t != p.target {
+		p.log.Info("endpoint target", "ready", t.Ready, "upstream", t.Upstream, "generation", t.Generation)
+	}
+	p.target = t
+}
+
+// Target returns the current target.
+func (p *Proxy) Target() Target {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.target
+}
+
+// ServeHTTP forwards r, or answers 503 while the group is not ready.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	t := p.Target()
+	w.Header().Set("X-Muster-Generation", strconv.FormatInt(t.Generation, 10))
+	w.Header().Set("X-Muster-Rank", strconv.Itoa(t.Rank))
+	if !t.Ready || t.Upstream == "" {
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "muster: the group is not ready (forming or restarting); retry shortly", http.StatusServiceUnavailable)
+		return
+	}
+	if r.ProtoMajor == 2 {
+		p.h2.ServeHTTP(w, r)
+		return
+	}
+	p.h1.ServeHTTP(w, r)
+}
+
+func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, context.Canceled) {
+		return // the client went away
+	}
+	p.log.Warn("endpoint: upstream failed", "path", r.URL.Path, "upstream", p.Target().Upstream, "err", err)
+	w.Header().Set("Retry-After", "1")
+	http.Error(w, fmt.Sprintf("muster: upstream %s failed: %v", p.Target().Upstream, err), http.StatusBadGateway)
+}
+
+// Server serves a Proxy on addr (HTTP/1.1 and h2c) until Shutdown.
+type Server struct {
+	srv *http.Server
+	lis net.Listener
+}
+
+// Listen binds addr and starts serving p.
+func Listen(addr string, p *Proxy) (*Server, error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("endpoint: listen on %s: %w", addr, err)
+	}
+	srv := &http.Server{
+		Handler:           h2c.NewHandler(p, &http2.Server{}),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	go func() { _ = srv.Serve(lis) }()
+	return &Server{srv: srv, lis: lis}, nil
+}
+
+// Addr is the address the endpoint listens on.
+func (s *Server) Addr() string { return s.lis.Addr().String() }
+
+// Shutdown stops accepting requests and waits, up to ctx's deadline, for
+// those in flight to finish (drain on SIGTERM).
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.srv.Shutdown(ctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		s.srv.Close()
+	}
+	return err
+}

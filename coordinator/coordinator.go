@@ -18,8 +18,13 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
 	"github.com/muster-dev/muster/coordinator/embedetcd"
+	"github.com/muster-dev/muster/coordinator/group"
 	"github.com/muster-dev/muster/coordinator/hub"
+	"github.com/muster-dev/muster/coordinator/podready"
 	"github.com/muster-dev/muster/coordinator/server"
 	"github.com/muster-dev/muster/coordinator/store"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
@@ -44,6 +49,13 @@ type Config struct {
 	MemberTTL time.Duration
 	// MaxRestarts is how many restarts a group gets before it fails.
 	MaxRestarts int
+	// Kubeconfig, when set, connects the coordinator to Kubernetes: it then
+	// mirrors each group's readiness onto its pods (condition
+	// muster.dev/group-ready, the readiness gate the webhook adds).
+	Kubeconfig string
+	// ReadyHook, when set, hears each change of a group's readiness or
+	// generation (with its members' ids); it must not block.
+	ReadyHook func(k group.Key, generation int64, ready bool, members []string, message string)
 	// ServerOptions are extra gRPC server options (credentials, interceptors).
 	ServerOptions []grpc.ServerOption
 	Logger        *slog.Logger
@@ -97,6 +109,7 @@ type Coordinator struct {
 	hubs  *hub.Registry
 	grpc  *grpc.Server
 	lis   net.Listener
+	kube  kubernetes.Interface
 	errc  chan error
 	once  sync.Once
 }
@@ -142,6 +155,28 @@ func Start(ctx context.Context, cfg Config) (*Coordinator, error) {
 	}
 	c.Store = store.New(cli, cfg.Prefix)
 	c.hubs = hub.NewRegistry(c.Store, log, 30*time.Second)
+	if cfg.Kubeconfig != "" {
+		rc, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("--kubeconfig %s: %w", cfg.Kubeconfig, err)
+		}
+		cs, err := kubernetes.NewForConfig(rc)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("--kubeconfig %s: %w", cfg.Kubeconfig, err)
+		}
+		c.kube = cs
+		syncer := podready.New(cs, log)
+		c.hubs.ReadyHook = func(k group.Key, gen int64, ready bool, members []string, msg string) {
+			syncer.Set(k.Namespace, k.Name, members, ready, msg)
+			if cfg.ReadyHook != nil {
+				cfg.ReadyHook(k, gen, ready, members, msg)
+			}
+		}
+	} else {
+		c.hubs.ReadyHook = cfg.ReadyHook
+	}
 	srv := server.New(c.Store, c.hubs, server.Options{MemberTTL: cfg.MemberTTL, MaxRestarts: cfg.MaxRestarts}, log)
 	opts := append([]grpc.ServerOption{
 		// Agents hold one stream each for hours; ping them so that dead

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/muster-dev/muster/coordinator"
+	"github.com/muster-dev/muster/coordinator/group"
 	"github.com/muster-dev/muster/coordinator/testcoord"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
 )
@@ -459,4 +460,52 @@ func TestConfigValidateNamesTheField(t *testing.T) {
 			t.Errorf("Validate() = %v, want an error naming %s", err, tc.want)
 		}
 	}
+}
+
+func TestReadyHookFollowsGroupReadiness(t *testing.T) {
+	type call struct {
+		gen     int64
+		ready   bool
+		members int
+	}
+	calls := make(chan call, 16)
+	cfg := testcoord.Config(t)
+	cfg.ReadyHook = func(k group.Key, gen int64, ready bool, members []string, msg string) {
+		if k.Name == "hooked" {
+			calls <- call{gen, ready, len(members)}
+		}
+	}
+	co := testcoord.Start(t, cfg)
+	c := testcoord.Client(t, co.Addr())
+	a := newMember(t, c, "hooked", "a", "127.0.0.2", 2, ord(0))
+	b := newMember(t, c, "hooked", "b", "127.0.0.3", 2, ord(1))
+	for _, m := range []*member{a, b} {
+		m.join(-1)
+		m.watch()
+	}
+	a.assignment()
+	b.assignment()
+	a.report(0, musterv1.RuntimeState_RUNTIME_STATE_READY, 0)
+	b.report(0, musterv1.RuntimeState_RUNTIME_STATE_READY, 0)
+	want := func(w call) {
+		t.Helper()
+		deadline := time.After(wait)
+		for {
+			select {
+			case got := <-calls:
+				if got == w {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("hook never called with %+v", w)
+			}
+		}
+	}
+	want(call{gen: 0, ready: true, members: 2})
+	// Both members also hear it on their streams.
+	for _, m := range []*member{a, b} {
+		m.next("readiness", func(ev *musterv1.GroupEvent) bool { return ev.GetReadiness().GetReady() })
+	}
+	b.report(0, musterv1.RuntimeState_RUNTIME_STATE_EXITED, 1)
+	want(call{gen: 1, ready: false, members: 2})
 }

@@ -43,6 +43,7 @@ func Main(args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.Prefix, "etcd-prefix", cfg.Prefix, "etcd key prefix for groups")
 	fs.DurationVar(&cfg.MemberTTL, "member-ttl", cfg.MemberTTL, "how long a member outlives its agent's last contact (etcd lease TTL, at least 2s)")
 	fs.IntVar(&cfg.MaxRestarts, "max-restarts", cfg.MaxRestarts, "restarts a group gets before it is Failed")
+	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig of the cluster whose pods run muster agents: the coordinator then sets the muster.dev/group-ready condition on them; empty: bare hosts only")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,6 +23,10 @@ type Registry struct {
 	store       *store.Store
 	log         *slog.Logger
 	idleTimeout time.Duration
+	// ReadyHook, when set before the first Acquire, hears every change of a
+	// group's readiness or generation, with the ids of the group's members.
+	// It must not block.
+	ReadyHook func(k group.Key, generation int64, ready bool, members []string, message string)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -110,6 +115,7 @@ type Hub struct {
 	missing []string // what the current barrier waits for, when known
 	rankOf  map[string]int
 	waiters []revWaiter
+	hooked  [2]int64 // generation and readiness last told to ReadyHook
 }
 
 type revWaiter struct {
@@ -125,6 +131,7 @@ func newHub(r *Registry, k group.Key) *Hub {
 		loaded:  make(chan struct{}),
 		changed: make(chan struct{}),
 		rankOf:  map[string]int{},
+		hooked:  [2]int64{-1, -1},
 	}
 }
 
@@ -217,6 +224,7 @@ func (h *Hub) refresh(stateChanged bool) {
 		close(h.changed)
 		h.changed = make(chan struct{})
 	}
+	h.tellReady(v, ready)
 	kept := h.waiters[:0]
 	for _, w := range h.waiters {
 		if v.Rev >= w.rev {
@@ -226,6 +234,40 @@ func (h *Hub) refresh(stateChanged bool) {
 		}
 	}
 	h.waiters = kept
+}
+
+// tellReady calls the registry's ReadyHook when the group's readiness or
+// generation changed since it was last told. h.mu is held.
+func (h *Hub) tellReady(v *group.View, ready bool) {
+	hook := h.reg.ReadyHook
+	if hook == nil || v.State == nil {
+		return
+	}
+	r := int64(0)
+	if ready {
+		r = 1
+	}
+	now := [2]int64{v.State.Generation, r}
+	if now == h.hooked {
+		return
+	}
+	h.hooked = now
+	seen := map[string]bool{}
+	var members []string
+	for id := range v.State.Ranks {
+		seen[id] = true
+		members = append(members, id)
+	}
+	for id := range v.Members {
+		if !seen[id] {
+			members = append(members, id)
+		}
+	}
+	msg := fmt.Sprintf("generation %d: %s", v.State.Generation, strings.ToLower(string(v.State.Phase)))
+	if ready {
+		msg = fmt.Sprintf("generation %d: all %d ranks ready", v.State.Generation, len(v.State.Assignment))
+	}
+	hook(h.key, v.State.Generation, ready, members, msg)
 }
 
 // missing names what the barrier waits for: members of earlier generations

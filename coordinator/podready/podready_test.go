@@ -16,7 +16,7 @@ import (
 func TestSetPatchesOnlyMustersConditionAndSkipsMissingPods(t *testing.T) {
 	pod := &v1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "g-0"},
-		Status: v1.PodStatus{Conditions: []v1.PodCondition{{Type: v1.PodScheduled, Status: v1.ConditionTrue}}},
+		Status:     v1.PodStatus{Conditions: []v1.PodCondition{{Type: v1.PodScheduled, Status: v1.ConditionTrue}}},
 	}
 	cs := fake.NewSimpleClientset(pod)
 	s := New(cs, slog.New(slog.NewTextHandler(io.Discard, nil)))

@@ -23,6 +23,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -292,6 +293,15 @@ func (c *Cluster) start(ctx context.Context) error {
 		// in production. The admin identity (system:masters) passes both.
 		"--authorization-mode=Node,RBAC",
 		"--allow-privileged=true",
+		// kubectl logs/exec reach a node's kubelet API at its InternalIP
+		// (127.0.0.1 for every backend here) and the port in the node's
+		// status.daemonEndpoints; a backend that serves that API gets its
+		// serving cert from IssueServingCert, which the apiserver checks
+		// against the cluster CA.
+		"--kubelet-client-certificate=" + p.kubeletClientCert,
+		"--kubelet-client-key=" + p.kubeletClientKey,
+		"--kubelet-certificate-authority=" + p.caCert,
+		"--kubelet-preferred-address-types=InternalIP",
 	}
 	if gates != "" {
 		apiArgs = append(apiArgs, "--feature-gates="+gates)
@@ -612,6 +622,25 @@ func (c *Cluster) StateDir() string { return c.stateDir }
 // may sign kubelet serving certs with it).
 func (c *Cluster) CAFile() string    { return c.pki.caCert }
 func (c *Cluster) CAKeyFile() string { return c.pki.caKey }
+
+// IssueServingCert writes a new key and a TLS serving certificate for the
+// given names and addresses, signed by the cluster CA, into the cluster's
+// pki dir as <name>.crt and <name>.key; a node backend serves its kubelet
+// API with one (the apiserver trusts the cluster CA for kubelets).
+func (c *Cluster) IssueServingCert(name string, dnsNames []string, ips []net.IP) (certFile, keyFile string, err error) {
+	if name == "" || strings.ContainsAny(name, "/\\") {
+		return "", "", fmt.Errorf("issue serving cert: bad name %q", name)
+	}
+	// Never replace one of the control plane's own certs (or the CA).
+	if _, err := os.Stat(filepath.Join(c.pki.dir, name+".crt")); err == nil {
+		return "", "", fmt.Errorf("issue serving cert: %s.crt already exists", name)
+	}
+	cn := name
+	if len(dnsNames) > 0 {
+		cn = dnsNames[0]
+	}
+	return c.pki.issue(name, pkix.Name{CommonName: cn}, x509.ExtKeyUsageServerAuth, dnsNames, ips)
+}
 
 // Logger is where the cluster reports progress.
 func (c *Cluster) Logger() *slog.Logger { return c.log }

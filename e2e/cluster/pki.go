@@ -31,10 +31,13 @@ type pki struct {
 	servingCert, servingKey     string // kcm's and the scheduler's serving cert
 	adminCert, adminKey         string // client cert in system:masters, for the kubeconfig
 	proxyCert, proxyKey         string // the apiserver's front-proxy client cert
+	kubeletClientCert           string // the apiserver's client cert toward kubelets (logs, exec)
+	kubeletClientKey            string
 	saKey                       string // service-account token signing key
 
-	ca    *x509.Certificate
-	caPEM []byte
+	ca       *x509.Certificate
+	caSigner crypto.Signer
+	caPEM    []byte
 }
 
 // clusterName names the cluster, its CA and the kubeconfig context.
@@ -64,6 +67,7 @@ func newPKI(dir string, serviceIP net.IP) (*pki, error) {
 	if p.caCert, p.caKey, err = p.write("ca", p.ca, caKey); err != nil {
 		return nil, err
 	}
+	p.caSigner = caKey
 	p.caPEM, err = os.ReadFile(p.caCert)
 	if err != nil {
 		return nil, fmt.Errorf("read cluster CA: %w", err)
@@ -102,6 +106,13 @@ func newPKI(dir string, serviceIP net.IP) (*pki, error) {
 			name: "front-proxy-client", cn: frontProxyClient, usage: x509.ExtKeyUsageClientAuth,
 			cert: &p.proxyCert, key: &p.proxyKey,
 		},
+		{
+			// The apiserver's client cert toward kubelets (kubectl logs,
+			// exec), as kubeadm makes it: system:masters, so a node backend
+			// that authorizes requests finds the apiserver allowed.
+			name: "apiserver-kubelet-client", cn: "kube-apiserver-kubelet-client", org: []string{"system:masters"}, usage: x509.ExtKeyUsageClientAuth,
+			cert: &p.kubeletClientCert, key: &p.kubeletClientKey,
+		},
 	}
 	for _, c := range certs {
 		key, err := newKey()
@@ -130,6 +141,19 @@ func newPKI(dir string, serviceIP net.IP) (*pki, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// issue writes a new key and a certificate for it signed by the CA.
+func (p *pki) issue(name string, subject pkix.Name, usage x509.ExtKeyUsage, dns []string, ips []net.IP) (certPath, keyPath string, err error) {
+	key, err := newKey()
+	if err != nil {
+		return "", "", err
+	}
+	crt, err := p.sign(p.caSigner, key.Public(), subject, usage, dns, ips)
+	if err != nil {
+		return "", "", fmt.Errorf("sign %s certificate: %w", name, err)
+	}
+	return p.write(name, crt, key)
 }
 
 // newKey makes an ECDSA P-256 key: every Kubernetes component accepts it and

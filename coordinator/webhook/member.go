@@ -1,0 +1,204 @@
+package webhook
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/muster-dev/muster/scheduler-plugin/group"
+)
+
+// member is what a pod says about its place in its group, defaulted and
+// then validated.
+type member struct {
+	group        string
+	size         int
+	runtime      string
+	port         int // the runtime's serving port; 0 when not annotated
+	endpointPort int
+	timeout      string // "" when not annotated
+	ordinal      int    // -1 when the pod has no index
+	container    int    // index in spec.containers of the container to wrap
+}
+
+// sizeLookupTimeout keeps a PodGroup lookup well inside the apiserver's
+// 10s webhook timeout, so a slow lookup is denied with a reason instead
+// of the apiserver giving up without one.
+const sizeLookupTimeout = 5 * time.Second
+
+var (
+	labelsPath      = field.NewPath("metadata", "labels")
+	annotationsPath = field.NewPath("metadata", "annotations")
+	containersPath  = field.NewPath("spec", "containers")
+)
+
+// read defaults, then validates, the group fields of an annotated pod.
+func (h *handler) read(ctx context.Context, pod *corev1.Pod) (member, field.ErrorList) {
+	m := member{
+		runtime:      DefaultRuntime,
+		endpointPort: h.cfg.EndpointPort,
+		ordinal:      group.Ordinal(pod),
+	}
+	ann := pod.Annotations
+	var errs field.ErrorList
+
+	name, namePath, fromPodGroupLabel := groupName(pod)
+	if name == "" {
+		errs = append(errs, field.Required(labelsPath.Key(group.LabelGroup),
+			"add label muster.dev/group: NAME (the same on every pod of the group)"))
+	} else {
+		for _, msg := range validation.IsValidLabelValue(name) {
+			errs = append(errs, field.Invalid(namePath, name, msg))
+		}
+	}
+	m.group = name
+
+	sizePath := annotationsPath.Key(group.AnnotationSize)
+	switch v, ok := ann[group.AnnotationSize]; {
+	case ok:
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < 1 {
+			errs = append(errs, field.Invalid(sizePath, v, "must be a positive whole number (the number of pods in the group)"))
+		}
+		m.size = n
+	case fromPodGroupLabel && len(errs) == 0:
+		// The scheduler takes the size from the PodGroup's minMember; the
+		// agent needs it too, so read it now.
+		n, err := h.lookupSize(ctx, sizePath, pod.Namespace, name)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		m.size = n
+	case !fromPodGroupLabel:
+		errs = append(errs, field.Required(sizePath,
+			"set it to the number of pods in the group (only pods labelled "+group.LabelPodGroup+" may take it from their PodGroup)"))
+	}
+
+	if v, ok := ann[AnnotationRuntime]; ok {
+		m.runtime = strings.TrimSpace(v)
+		if !slices.Contains(h.cfg.Runtimes, m.runtime) {
+			errs = append(errs, field.NotSupported(annotationsPath.Key(AnnotationRuntime), v, h.cfg.Runtimes))
+		}
+	}
+	if v, ok := ann[AnnotationPort]; ok {
+		m.port = port(&errs, annotationsPath.Key(AnnotationPort), v)
+	}
+	endpointPath := annotationsPath.Key(AnnotationEndpointPort)
+	if v, ok := ann[AnnotationEndpointPort]; ok {
+		m.endpointPort = port(&errs, endpointPath, v)
+	}
+	if v, ok := ann[group.AnnotationTimeout]; ok {
+		m.timeout = strings.TrimSpace(v)
+		if d, err := time.ParseDuration(m.timeout); err != nil || d <= 0 {
+			errs = append(errs, field.Invalid(annotationsPath.Key(group.AnnotationTimeout), v, "must be a positive duration such as 90s or 5m"))
+		}
+	}
+	if v, ok := ann[group.AnnotationTopologyKey]; ok {
+		for _, msg := range validation.IsQualifiedName(strings.TrimSpace(v)) {
+			errs = append(errs, field.Invalid(annotationsPath.Key(group.AnnotationTopologyKey), v, "must be a node label key: "+msg))
+		}
+	}
+	if v, ok := ann[AnnotationRankOrder]; ok && !slices.Contains(RankOrders, strings.TrimSpace(v)) {
+		errs = append(errs, field.NotSupported(annotationsPath.Key(AnnotationRankOrder), v, RankOrders))
+	}
+
+	cs := pod.Spec.Containers
+	if len(cs) == 0 {
+		return m, append(errs, field.Required(containersPath, "the pod has no container to run the agent in"))
+	}
+	if v, ok := ann[AnnotationContainer]; ok {
+		m.container = slices.IndexFunc(cs, func(c corev1.Container) bool { return c.Name == v })
+		if m.container < 0 {
+			names := make([]string, len(cs))
+			for i, c := range cs {
+				names[i] = c.Name
+			}
+			return m, append(errs, field.Invalid(annotationsPath.Key(AnnotationContainer), v,
+				"no container of that name; the pod's containers are "+strings.Join(names, ", ")))
+		}
+	}
+	if len(cs[m.container].Command) == 0 {
+		errs = append(errs, field.Required(containersPath.Index(m.container).Child("command"),
+			"muster wraps the container's command with its agent; set command (and args) explicitly"))
+	}
+	return m, append(errs, portConflicts(pod, m, endpointPath)...)
+}
+
+// groupName is the pod's group and where it came from: muster's label,
+// else scheduler-plugins' label, else the upstream PodGroup the pod names.
+func groupName(pod *corev1.Pod) (name string, from *field.Path, podGroupLabel bool) {
+	if v := pod.Labels[group.LabelGroup]; v != "" {
+		return v, labelsPath.Key(group.LabelGroup), false
+	}
+	if v := pod.Labels[group.LabelPodGroup]; v != "" {
+		return v, labelsPath.Key(group.LabelPodGroup), true
+	}
+	if sg := pod.Spec.SchedulingGroup; sg != nil && sg.PodGroupName != nil && *sg.PodGroupName != "" {
+		return *sg.PodGroupName, field.NewPath("spec", "schedulingGroup", "podGroupName"), false
+	}
+	return "", nil, false
+}
+
+func (h *handler) lookupSize(ctx context.Context, sizePath *field.Path, namespace, name string) (int, *field.Error) {
+	if h.cfg.SizeLookup == nil {
+		return 0, field.Required(sizePath, "set it to the number of pods in the group (this webhook does not read PodGroups)")
+	}
+	ctx, cancel := context.WithTimeout(ctx, sizeLookupTimeout)
+	defer cancel()
+	n, found, err := h.cfg.SizeLookup(ctx, namespace, name)
+	switch {
+	case err != nil:
+		return 0, field.InternalError(sizePath, fmt.Errorf("look up the size of group %q: %w", name, err))
+	case !found:
+		return 0, field.Required(sizePath, fmt.Sprintf(
+			"no PodGroup %q (podgroups.scheduling.x-k8s.io) in namespace %q to take the size from; create it before its pods, or set muster.dev/size", name, namespace))
+	case n < 1:
+		return 0, field.Required(sizePath, fmt.Sprintf(
+			"PodGroup %q has minMember %d; set its minMember, or muster.dev/size, to the number of pods in the group", name, n))
+	}
+	return n, nil
+}
+
+func port(errs *field.ErrorList, path *field.Path, v string) int {
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil || len(validation.IsValidPortNum(n)) > 0 {
+		*errs = append(*errs, field.Invalid(path, v, "must be a port number between 1 and 65535"))
+		return 0
+	}
+	return n
+}
+
+// portConflicts finds ports that would stop the agent from serving its
+// endpoint: the runtime's port, or a port a container of the pod declares
+// (containers share the pod's network namespace).
+func portConflicts(pod *corev1.Pod, m member, endpointPath *field.Path) field.ErrorList {
+	if m.endpointPort == 0 {
+		return nil // already reported as invalid
+	}
+	var errs field.ErrorList
+	if m.port == m.endpointPort {
+		errs = append(errs, field.Invalid(endpointPath, int64(m.endpointPort), fmt.Sprintf(
+			"the agent's endpoint and the runtime (%s) cannot share a port; set %s to another port", AnnotationPort, AnnotationEndpointPort)))
+	}
+	for i, c := range pod.Spec.Containers {
+		for j, p := range c.Ports {
+			ours := i == m.container && p.Name == PortName
+			switch {
+			case ours && p.ContainerPort != int32(m.endpointPort):
+				errs = append(errs, field.Invalid(containersPath.Index(i).Child("ports").Index(j).Child("name"), p.Name, fmt.Sprintf(
+					"the port name %s is reserved for the agent's endpoint (port %d); rename this port", PortName, m.endpointPort)))
+			case !ours && p.ContainerPort == int32(m.endpointPort) && (p.Protocol == "" || p.Protocol == corev1.ProtocolTCP):
+				errs = append(errs, field.Invalid(endpointPath, int64(m.endpointPort), fmt.Sprintf(
+					"%s already uses this port; set %s to a free port", containersPath.Index(i).Child("ports").Index(j), AnnotationEndpointPort)))
+			}
+		}
+	}
+	return errs
+}

@@ -1,0 +1,131 @@
+// Package webhook is muster's mutating admission webhook: for pods annotated
+// muster.dev/inject: "true" it checks the group annotations and injects the
+// agent (an init container that installs it, the main container's command
+// wrapped as `agent run -- ...`, downward-API env, muster's scheduler and a
+// readiness gate). See DESIGN.md, "The life of a group".
+package webhook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+	spclientset "sigs.k8s.io/scheduler-plugins/pkg/generated/clientset/versioned"
+)
+
+// The pod annotations only the webhook reads; the group's label, size,
+// topology key and timeout are in scheduler-plugin/group, shared with the
+// scheduler.
+const (
+	AnnotationInject       = "muster.dev/inject"        // "true": inject the agent
+	AnnotationInjected     = "muster.dev/injected"      // set by the webhook
+	AnnotationRuntime      = "muster.dev/runtime"       // preset name
+	AnnotationPort         = "muster.dev/port"          // the runtime's serving port
+	AnnotationEndpointPort = "muster.dev/endpoint-port" // the agent's endpoint port
+	AnnotationRankOrder    = "muster.dev/rank-order"    // ordinal | topology
+	AnnotationContainer    = "muster.dev/container"     // the container to wrap; default the first
+)
+
+// What the webhook adds to a pod. The process node that runs pods and the
+// agent rely on these names.
+const (
+	VolumeName        = "muster-bin"
+	InitContainerName = "muster-agent-install"
+	BinDir            = "/muster/bin"
+	AgentPath         = BinDir + "/agent"
+	// ImageAgentPath is where the agent image keeps the binary it installs.
+	ImageAgentPath = "/muster/agent"
+	// PortName names the main container's port for the agent's endpoint.
+	PortName = "muster"
+	// ReadinessGate is the pod condition the agent sets once its group is ready.
+	ReadinessGate = "muster.dev/group-ready"
+	// DefaultRuntime is the preset used when muster.dev/runtime is absent.
+	DefaultRuntime = "env"
+)
+
+// RankOrders are the values muster.dev/rank-order accepts.
+var RankOrders = []string{"ordinal", "topology"}
+
+// SizeLookup finds the size of a group whose pods carry no muster.dev/size,
+// from the PodGroup of the same name; found is false when there is none.
+type SizeLookup func(ctx context.Context, namespace, group string) (size int, found bool, err error)
+
+// Config is the webhook's configuration; DefaultConfig fills it.
+type Config struct {
+	// CoordinatorAddress is what the agents dial (MUSTER_COORDINATOR):
+	// host:port, several comma-separated for failover.
+	CoordinatorAddress string
+	// AgentImage holds the agent at /muster/agent; the init container
+	// copies it into the pod.
+	AgentImage string
+	// SchedulerName is set on pods that do not name a scheduler of their own.
+	SchedulerName string
+	// Runtimes are the presets muster.dev/runtime may name. Callers pass
+	// agent/preset.Names() so a pod never asks for a preset the agent lacks.
+	Runtimes []string
+	// EndpointPort is the agent's endpoint port when a pod does not set
+	// muster.dev/endpoint-port.
+	EndpointPort int
+	// SizeLookup, if set, sizes groups named by the label
+	// scheduling.x-k8s.io/pod-group that have no muster.dev/size (see
+	// PodGroupSizes). Without it such pods are denied.
+	SizeLookup SizeLookup
+}
+
+// DefaultConfig is the configuration for one machine: the coordinator's
+// default address and every preset of DESIGN.md.
+func DefaultConfig() Config {
+	return Config{
+		CoordinatorAddress: "127.0.0.1:7070",
+		AgentImage:         "muster/agent:dev",
+		SchedulerName:      "muster-scheduler",
+		Runtimes:           []string{"env", "torchrun", "vllm", "sglang", "deepspeed", "ray"},
+		EndpointPort:       8080,
+	}
+}
+
+// Validate checks the configuration and names the first bad field.
+func (c Config) Validate() error {
+	if strings.TrimSpace(c.CoordinatorAddress) == "" {
+		return errors.New("CoordinatorAddress is empty: agents need the coordinator's host:port")
+	}
+	for _, a := range strings.Split(c.CoordinatorAddress, ",") {
+		if _, _, err := net.SplitHostPort(strings.TrimSpace(a)); err != nil {
+			return fmt.Errorf("CoordinatorAddress %q: want host:port[,host:port...]: %w", c.CoordinatorAddress, err)
+		}
+	}
+	if strings.TrimSpace(c.AgentImage) == "" {
+		return errors.New("AgentImage is empty: the init container needs the agent's image")
+	}
+	if msgs := validation.IsDNS1123Subdomain(c.SchedulerName); len(msgs) > 0 {
+		return fmt.Errorf("SchedulerName %q: %s", c.SchedulerName, strings.Join(msgs, "; "))
+	}
+	if !slices.Contains(c.Runtimes, DefaultRuntime) {
+		return fmt.Errorf("Runtimes %q must include %q, the preset of pods that name none", c.Runtimes, DefaultRuntime)
+	}
+	if msgs := validation.IsValidPortNum(c.EndpointPort); len(msgs) > 0 {
+		return fmt.Errorf("EndpointPort %d: %s", c.EndpointPort, strings.Join(msgs, "; "))
+	}
+	return nil
+}
+
+// PodGroupSizes is a SizeLookup that reads minMember from scheduler-plugins
+// PodGroups (podgroups.scheduling.x-k8s.io), as the scheduler does.
+func PodGroupSizes(cs spclientset.Interface) SizeLookup {
+	return func(ctx context.Context, namespace, group string) (int, bool, error) {
+		pg, err := cs.SchedulingV1alpha1().PodGroups(namespace).Get(ctx, group, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return 0, false, nil
+		}
+		if err != nil {
+			return 0, false, fmt.Errorf("get PodGroup %s/%s: %w", namespace, group, err)
+		}
+		return int(pg.Spec.MinMember), true, nil
+	}
+}

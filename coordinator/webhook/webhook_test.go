@@ -1,0 +1,595 @@
+package webhook
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	jsonpatch "gopkg.in/evanphx/json-patch.v4"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/yaml"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden.json from the webhook's output")
+
+// testConfig sizes one PodGroup, serving/vllm-0, as scheduler-plugins would.
+func testConfig() Config {
+	cfg := DefaultConfig()
+	cfg.SizeLookup = func(_ context.Context, ns, name string) (int, bool, error) {
+		if ns == "serving" && name == "vllm-0" {
+			return 2, true, nil
+		}
+		return 0, false, nil
+	}
+	return cfg
+}
+
+func testHandler(cfg Config) *handler { return &handler{cfg: cfg, log: slog.New(slog.DiscardHandler)} }
+
+// podJSON reads a pod from YAML and encodes it as the apiserver does in a
+// review: from the typed object.
+func podJSON(t *testing.T, path string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pod corev1.Pod
+	if err := yaml.UnmarshalStrict(data, &pod); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return mustJSON(t, &pod)
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func createRequest(raw []byte) *admissionv1.AdmissionRequest {
+	var meta struct {
+		Metadata metav1.ObjectMeta `json:"metadata"`
+	}
+	json.Unmarshal(raw, &meta)
+	return &admissionv1.AdmissionRequest{
+		UID:       "3f1c6a52-7d1e-4c55-9a4a-0d3b1a2b9c01",
+		Kind:      metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
+		Resource:  metav1.GroupVersionResource{Version: "v1", Resource: "pods"},
+		Namespace: meta.Metadata.Namespace,
+		Name:      meta.Metadata.Name,
+		Operation: admissionv1.Create,
+		Object:    runtime.RawExtension{Raw: raw},
+	}
+}
+
+// applyPatch applies a response's patch with the library the apiserver
+// applies webhook patches with.
+func applyPatch(t *testing.T, raw []byte, resp *admissionv1.AdmissionResponse) []byte {
+	t.Helper()
+	if len(resp.Patch) == 0 {
+		return raw
+	}
+	if resp.PatchType == nil || *resp.PatchType != admissionv1.PatchTypeJSONPatch {
+		t.Fatalf("patchType = %v, want JSONPatch", resp.PatchType)
+	}
+	p, err := jsonpatch.DecodePatch(resp.Patch)
+	if err != nil {
+		t.Fatalf("decode patch %s: %v", resp.Patch, err)
+	}
+	out, err := p.Apply(raw)
+	if err != nil {
+		t.Fatalf("apply patch %s: %v", resp.Patch, err)
+	}
+	return out
+}
+
+// TestGolden runs each testdata/NAME.yaml pod through the webhook and
+// compares the warnings, the patch and the patched pod with
+// testdata/NAME.golden.json (go test -update rewrites them). Each patched
+// pod then goes through the webhook again, which must leave it alone.
+func TestGolden(t *testing.T) {
+	inputs, err := filepath.Glob(filepath.Join("testdata", "*.yaml"))
+	if err != nil || len(inputs) < 5 {
+		t.Fatalf("testdata: %d pods (%v), want at least 5", len(inputs), err)
+	}
+	h := testHandler(testConfig())
+	for _, in := range inputs {
+		name := strings.TrimSuffix(filepath.Base(in), ".yaml")
+		t.Run(name, func(t *testing.T) {
+			raw := podJSON(t, in)
+			resp := h.admit(t.Context(), createRequest(raw))
+			if !resp.Allowed {
+				t.Fatalf("denied: %s", resp.Result.Message)
+			}
+			patched := applyPatch(t, raw, resp)
+			checkInjected(t, patched)
+
+			got, err := json.MarshalIndent(struct {
+				Warnings []string        `json:"warnings,omitempty"`
+				Patch    json.RawMessage `json:"patch"`
+				Pod      json.RawMessage `json:"pod"` // after the apiserver applied the patch
+			}{resp.Warnings, resp.Patch, patched}, "", "  ")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, '\n')
+			goldenFile := filepath.Join("testdata", name+".golden.json")
+			if *update {
+				if err := os.WriteFile(goldenFile, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(goldenFile)
+			if err != nil {
+				t.Fatalf("%v (run go test -update to create it)", err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("%s differs from the webhook's output (go test -update rewrites it; check the diff):\n%s", goldenFile, got)
+			}
+
+			again := h.admit(t.Context(), createRequest(patched))
+			if !again.Allowed || len(again.Patch) > 0 {
+				t.Errorf("second pass over the webhook's own output: allowed %v, patch %s; want allowed and no patch", again.Allowed, again.Patch)
+			}
+		})
+	}
+}
+
+// checkInjected checks, apart from the golden files, the invariants every
+// injected pod has.
+func checkInjected(t *testing.T, raw []byte) {
+	t.Helper()
+	var pod corev1.Pod
+	if err := json.Unmarshal(raw, &pod); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(slices.DeleteFunc(slices.Clone(pod.Spec.InitContainers), func(c corev1.Container) bool { return c.Name != InitContainerName })); n != 1 || pod.Spec.InitContainers[0].Name != InitContainerName {
+		t.Errorf("init containers %v: want %s first and once", pod.Spec.InitContainers, InitContainerName)
+	}
+	var main *corev1.Container
+	for i, c := range pod.Spec.Containers {
+		if wrapped(c.Command) {
+			if main != nil {
+				t.Errorf("more than one container wrapped")
+			}
+			main = &pod.Spec.Containers[i]
+		}
+	}
+	if main == nil {
+		t.Fatalf("no container's command starts with %v", agentRun)
+	}
+	if len(main.Args) != 0 {
+		t.Errorf("main container args %q: want none (moved into the command)", main.Args)
+	}
+	names := map[string]int{}
+	for _, e := range main.Env {
+		names[e.Name]++
+	}
+	for _, n := range []string{"MUSTER_COORDINATOR", "MUSTER_NAMESPACE", "MUSTER_GROUP", "MUSTER_SIZE", "MUSTER_MEMBER_ID", "MUSTER_ADDRESS", "MUSTER_NODE_NAME", "MUSTER_RUNTIME", "MUSTER_ENDPOINT_PORT"} {
+		if names[n] != 1 {
+			t.Errorf("env %s appears %d times, want once", n, names[n])
+		}
+	}
+	if pod.Annotations[AnnotationInjected] != "true" {
+		t.Errorf("annotation %s missing", AnnotationInjected)
+	}
+	if !slices.Contains(pod.Spec.ReadinessGates, corev1.PodReadinessGate{ConditionType: ReadinessGate}) {
+		t.Errorf("readiness gates %v: want %s", pod.Spec.ReadinessGates, ReadinessGate)
+	}
+}
+
+// TestUntouched: requests that are not the creation of an annotated pod
+// are allowed as they are.
+func TestUntouched(t *testing.T) {
+	h := testHandler(testConfig())
+	plain := podJSON(t, filepath.Join("testdata", "statefulset.yaml"))
+	withInject := func(v string) []byte {
+		var pod corev1.Pod
+		json.Unmarshal(plain, &pod)
+		if v == "" {
+			delete(pod.Annotations, AnnotationInject)
+		} else {
+			pod.Annotations[AnnotationInject] = v
+		}
+		return mustJSON(t, &pod)
+	}
+	tests := map[string]func(*admissionv1.AdmissionRequest){
+		"no inject annotation": func(r *admissionv1.AdmissionRequest) { r.Object.Raw = withInject("") },
+		"inject false":         func(r *admissionv1.AdmissionRequest) { r.Object.Raw = withInject("false") },
+		"no annotations at all": func(r *admissionv1.AdmissionRequest) {
+			r.Object.Raw = []byte(`{"metadata":{"name":"p"},"spec":{"containers":[{"name":"c","image":"i"}]}}`)
+		},
+		"update":      func(r *admissionv1.AdmissionRequest) { r.Operation = admissionv1.Update },
+		"subresource": func(r *admissionv1.AdmissionRequest) { r.SubResource = "ephemeralcontainers" },
+		"not a pod": func(r *admissionv1.AdmissionRequest) {
+			r.Kind = metav1.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"}
+			r.Object.Raw = []byte(`{"metadata":{"annotations":{"muster.dev/inject":"true"}}}`)
+		},
+	}
+	for name, change := range tests {
+		t.Run(name, func(t *testing.T) {
+			req := createRequest(plain)
+			change(req)
+			resp := h.admit(t.Context(), req)
+			if !resp.Allowed || resp.Patch != nil || resp.PatchType != nil || resp.Result != nil || resp.Warnings != nil {
+				t.Errorf("response %+v: want allowed, nothing else", resp)
+			}
+		})
+	}
+}
+
+// validPod is a pod the webhook accepts; the invalid cases break it.
+func validPod() *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: "p-0", Namespace: "ns",
+			Labels:      map[string]string{"muster.dev/group": "g"},
+			Annotations: map[string]string{AnnotationInject: "true", "muster.dev/size": "2"},
+		},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "main", Image: "i", Command: []string{"serve"}}}},
+	}
+}
+
+func TestInvalid(t *testing.T) {
+	ann := func(kv ...string) func(*corev1.Pod) {
+		return func(p *corev1.Pod) {
+			for i := 0; i < len(kv); i += 2 {
+				p.Annotations[kv[i]] = kv[i+1]
+			}
+		}
+	}
+	lookupDown := testConfig()
+	lookupDown.SizeLookup = func(context.Context, string, string) (int, bool, error) {
+		return 0, false, errors.New("connection refused")
+	}
+	noLookup := testConfig()
+	noLookup.SizeLookup = nil
+	podGroup := func(p *corev1.Pod) {
+		delete(p.Labels, "muster.dev/group")
+		delete(p.Annotations, "muster.dev/size")
+		p.Labels["scheduling.x-k8s.io/pod-group"] = "missing"
+	}
+
+	tests := []struct {
+		name   string
+		cfg    *Config // nil: testConfig()
+		change func(*corev1.Pod)
+		want   []string // every field error, in order
+		code   int32    // 0: 422
+	}{
+		{
+			name:   "no group",
+			change: func(p *corev1.Pod) { delete(p.Labels, "muster.dev/group") },
+			want:   []string{`metadata.labels[muster.dev/group]: Required value: add label muster.dev/group: NAME (the same on every pod of the group)`},
+		},
+		{
+			name:   "group not a label value",
+			change: func(p *corev1.Pod) { p.Labels["muster.dev/group"] = "-g-" },
+			want:   []string{`metadata.labels[muster.dev/group]: Invalid value: "-g-": a valid label must be`},
+		},
+		{
+			name: "pod-group label not a label value",
+			change: func(p *corev1.Pod) {
+				podGroup(p)
+				p.Labels["scheduling.x-k8s.io/pod-group"] = strings.Repeat("x", 64)
+			},
+			want: []string{`metadata.labels[scheduling.x-k8s.io/pod-group]: Invalid value: "xxxx`},
+		},
+		{
+			name: "schedulingGroup name not a label value",
+			change: func(p *corev1.Pod) {
+				delete(p.Labels, "muster.dev/group")
+				name := strings.Repeat("pg.", 30) + "x"
+				p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: &name}
+			},
+			want: []string{`spec.schedulingGroup.podGroupName: Invalid value: "pg.pg.`},
+		},
+		{
+			name:   "size not a number",
+			change: ann("muster.dev/size", "two"),
+			want:   []string{`metadata.annotations[muster.dev/size]: Invalid value: "two": must be a positive whole number (the number of pods in the group)`},
+		},
+		{
+			name:   "size zero",
+			change: ann("muster.dev/size", "0"),
+			want:   []string{`metadata.annotations[muster.dev/size]: Invalid value: "0": must be a positive whole number`},
+		},
+		{
+			name:   "size negative",
+			change: ann("muster.dev/size", "-3"),
+			want:   []string{`metadata.annotations[muster.dev/size]: Invalid value: "-3": must be a positive whole number`},
+		},
+		{
+			name:   "no size with muster's label",
+			change: func(p *corev1.Pod) { delete(p.Annotations, "muster.dev/size") },
+			want:   []string{`metadata.annotations[muster.dev/size]: Required value: set it to the number of pods in the group (only pods labelled scheduling.x-k8s.io/pod-group may take it from their PodGroup)`},
+		},
+		{
+			name: "no size with an upstream schedulingGroup",
+			change: func(p *corev1.Pod) {
+				delete(p.Labels, "muster.dev/group")
+				delete(p.Annotations, "muster.dev/size")
+				name := "pg"
+				p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: &name}
+			},
+			want: []string{`metadata.annotations[muster.dev/size]: Required value: set it to the number of pods in the group`},
+		},
+		{
+			name:   "no size and no PodGroup",
+			change: podGroup,
+			want:   []string{`metadata.annotations[muster.dev/size]: Required value: no PodGroup "missing" (podgroups.scheduling.x-k8s.io) in namespace "ns" to take the size from; create it before its pods, or set muster.dev/size`},
+		},
+		{
+			name:   "no size and no PodGroup lookup",
+			cfg:    &noLookup,
+			change: podGroup,
+			want:   []string{`metadata.annotations[muster.dev/size]: Required value: set it to the number of pods in the group (this webhook does not read PodGroups)`},
+		},
+		{
+			name:   "PodGroup lookup fails",
+			cfg:    &lookupDown,
+			change: podGroup,
+			want:   []string{`metadata.annotations[muster.dev/size]: Internal error: look up the size of group "missing": connection refused`},
+			code:   500,
+		},
+		{
+			name:   "unknown runtime",
+			change: ann("muster.dev/runtime", "tensorrt"),
+			want:   []string{`metadata.annotations[muster.dev/runtime]: Unsupported value: "tensorrt": supported values: "env", "torchrun", "vllm", "sglang", "deepspeed", "ray"`},
+		},
+		{
+			name:   "port not a number",
+			change: ann("muster.dev/port", "http"),
+			want:   []string{`metadata.annotations[muster.dev/port]: Invalid value: "http": must be a port number between 1 and 65535`},
+		},
+		{
+			name:   "port out of range",
+			change: ann("muster.dev/port", "70000"),
+			want:   []string{`metadata.annotations[muster.dev/port]: Invalid value: "70000": must be a port number between 1 and 65535`},
+		},
+		{
+			name:   "endpoint port zero",
+			change: ann("muster.dev/endpoint-port", "0"),
+			want:   []string{`metadata.annotations[muster.dev/endpoint-port]: Invalid value: "0": must be a port number between 1 and 65535`},
+		},
+		{
+			name:   "endpoint port is the runtime's port",
+			change: ann("muster.dev/port", "8080"),
+			want:   []string{`metadata.annotations[muster.dev/endpoint-port]: Invalid value: 8080: the agent's endpoint and the runtime (muster.dev/port) cannot share a port; set muster.dev/endpoint-port to another port`},
+		},
+		{
+			name: "endpoint port taken by a container",
+			change: func(p *corev1.Pod) {
+				p.Spec.Containers[0].Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}
+			},
+			want: []string{`metadata.annotations[muster.dev/endpoint-port]: Invalid value: 8080: spec.containers[0].ports[0] already uses this port; set muster.dev/endpoint-port to a free port`},
+		},
+		{
+			name: "port name muster taken",
+			change: func(p *corev1.Pod) {
+				p.Spec.Containers[0].Ports = []corev1.ContainerPort{{Name: "muster", ContainerPort: 9000}}
+			},
+			want: []string{`spec.containers[0].ports[0].name: Invalid value: "muster": the port name muster is reserved for the agent's endpoint (port 8080); rename this port`},
+		},
+		{
+			name:   "timeout not a duration",
+			change: ann("muster.dev/timeout", "soon"),
+			want:   []string{`metadata.annotations[muster.dev/timeout]: Invalid value: "soon": must be a positive duration such as 90s or 5m`},
+		},
+		{
+			name:   "timeout zero",
+			change: ann("muster.dev/timeout", "0s"),
+			want:   []string{`metadata.annotations[muster.dev/timeout]: Invalid value: "0s": must be a positive duration such as 90s or 5m`},
+		},
+		{
+			name:   "timeout negative",
+			change: ann("muster.dev/timeout", "-1m"),
+			want:   []string{`metadata.annotations[muster.dev/timeout]: Invalid value: "-1m": must be a positive duration`},
+		},
+		{
+			name:   "topology key not a label key",
+			change: ann("muster.dev/topology-key", "rack name"),
+			want:   []string{`metadata.annotations[muster.dev/topology-key]: Invalid value: "rack name": must be a node label key: name part must consist of alphanumeric characters`},
+		},
+		{
+			name:   "rank order",
+			change: ann("muster.dev/rank-order", "random"),
+			want:   []string{`metadata.annotations[muster.dev/rank-order]: Unsupported value: "random": supported values: "ordinal", "topology"`},
+		},
+		{
+			name:   "no command",
+			change: func(p *corev1.Pod) { p.Spec.Containers[0].Command = nil; p.Spec.Containers[0].Args = []string{"--x"} },
+			want:   []string{`spec.containers[0].command: Required value: muster wraps the container's command with its agent; set command (and args) explicitly`},
+		},
+		{
+			name: "chosen container has no command",
+			change: func(p *corev1.Pod) {
+				p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "model", Image: "i"})
+				p.Annotations[AnnotationContainer] = "model"
+			},
+			want: []string{`spec.containers[1].command: Required value: muster wraps the container's command`},
+		},
+		{
+			name:   "chosen container missing",
+			change: ann(AnnotationContainer, "model"),
+			want:   []string{`metadata.annotations[muster.dev/container]: Invalid value: "model": no container of that name; the pod's containers are main`},
+		},
+		{
+			name: "several at once",
+			change: func(p *corev1.Pod) {
+				delete(p.Labels, "muster.dev/group")
+				ann("muster.dev/size", "two", "muster.dev/runtime", "tgi")(p)
+				p.Spec.Containers[0].Command = nil
+			},
+			want: []string{
+				`metadata.labels[muster.dev/group]: Required value`,
+				`metadata.annotations[muster.dev/size]: Invalid value: "two"`,
+				`metadata.annotations[muster.dev/runtime]: Unsupported value: "tgi"`,
+				`spec.containers[0].command: Required value`,
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig()
+			if tc.cfg != nil {
+				cfg = *tc.cfg
+			}
+			pod := validPod()
+			tc.change(pod)
+			resp := testHandler(cfg).admit(t.Context(), createRequest(mustJSON(t, pod)))
+			if resp.Allowed || resp.Result == nil {
+				t.Fatalf("allowed (patch %s); want denied with %q", resp.Patch, tc.want)
+			}
+			if resp.Patch != nil {
+				t.Errorf("a denial carries a patch: %s", resp.Patch)
+			}
+			st := resp.Result
+			wantCode := tc.code
+			if wantCode == 0 {
+				wantCode = 422
+			}
+			if st.Code != wantCode || st.Status != metav1.StatusFailure {
+				t.Errorf("status code %d %q, want %d Failure", st.Code, st.Status, wantCode)
+			}
+			if st.Details == nil || len(st.Details.Causes) != len(tc.want) {
+				t.Fatalf("message %q with causes %+v: want exactly %d", st.Message, st.Details, len(tc.want))
+			}
+			for i, w := range tc.want {
+				if !strings.Contains(st.Message, w) {
+					t.Errorf("message %q\nlacks %q", st.Message, w)
+				}
+				c := st.Details.Causes[i]
+				if !strings.HasPrefix(w, c.Field+": ") {
+					t.Errorf("cause %d names field %q; want the path of %q", i, c.Field, w)
+				}
+			}
+			if len(tc.want) == 1 && !strings.HasPrefix(st.Message, tc.want[0]) {
+				t.Errorf("message %q: want it to be the field error alone, %q...", st.Message, tc.want[0])
+			}
+		})
+	}
+}
+
+// TestGroupSources: the group's name comes from muster's label, else
+// scheduler-plugins' label, else spec.schedulingGroup; the size from the
+// annotation, else a PodGroup for scheduler-plugins' label.
+func TestGroupSources(t *testing.T) {
+	pgName := "upstream-pg"
+	tests := []struct {
+		name      string
+		change    func(*corev1.Pod)
+		group     string
+		size      string
+		noOrdinal bool
+	}{
+		{"muster label wins", func(p *corev1.Pod) { p.Labels["scheduling.x-k8s.io/pod-group"] = "vllm-0" }, "g", "2", true},
+		{"pod-group label with its PodGroup's size", func(p *corev1.Pod) {
+			p.Namespace = "serving"
+			delete(p.Labels, "muster.dev/group")
+			delete(p.Annotations, "muster.dev/size")
+			p.Labels["scheduling.x-k8s.io/pod-group"] = "vllm-0"
+		}, "vllm-0", "2", true},
+		{"pod-group label with a size annotation", func(p *corev1.Pod) {
+			delete(p.Labels, "muster.dev/group")
+			p.Labels["scheduling.x-k8s.io/pod-group"] = "other"
+			p.Annotations["muster.dev/size"] = " 6 "
+		}, "other", "6", true},
+		{"upstream schedulingGroup", func(p *corev1.Pod) {
+			delete(p.Labels, "muster.dev/group")
+			p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: &pgName}
+		}, pgName, "2", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := validPod()
+			tc.change(pod)
+			raw := mustJSON(t, pod)
+			resp := testHandler(testConfig()).admit(t.Context(), createRequest(raw))
+			if !resp.Allowed {
+				t.Fatalf("denied: %s", resp.Result.Message)
+			}
+			var got corev1.Pod
+			json.Unmarshal(applyPatch(t, raw, resp), &got)
+			env := map[string]string{}
+			for _, e := range got.Spec.Containers[0].Env {
+				env[e.Name] = e.Value
+			}
+			if env["MUSTER_GROUP"] != tc.group || env["MUSTER_SIZE"] != tc.size {
+				t.Errorf("MUSTER_GROUP=%q MUSTER_SIZE=%q, want %q and %q", env["MUSTER_GROUP"], env["MUSTER_SIZE"], tc.group, tc.size)
+			}
+			if _, ok := env["MUSTER_ORDINAL"]; ok == tc.noOrdinal {
+				t.Errorf("MUSTER_ORDINAL present %v, want %v", ok, !tc.noOrdinal)
+			}
+		})
+	}
+}
+
+// TestDiff checks the patch against the apiserver's patch library on list
+// and map changes inject does not make today (a middle insertion, a
+// removal, a replaced value), so that a later change to inject cannot
+// produce a patch that does not apply.
+func TestDiff(t *testing.T) {
+	base := validPod()
+	base.Spec.Volumes = []corev1.Volume{{Name: "a"}, {Name: "b"}}
+	base.Spec.Containers[0].Args = []string{"x"}
+	base.Annotations["a/b~c"] = "1"
+	tests := map[string]func(*corev1.Pod){
+		"nothing": func(*corev1.Pod) {},
+		"prepend": func(p *corev1.Pod) {
+			p.Spec.Volumes = append([]corev1.Volume{{Name: "z"}, {Name: "y"}}, p.Spec.Volumes...)
+		},
+		"append":         func(p *corev1.Pod) { p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "z"}) },
+		"insert between": func(p *corev1.Pod) { p.Spec.Volumes = slices.Insert(p.Spec.Volumes, 1, corev1.Volume{Name: "z"}) },
+		"shrink":         func(p *corev1.Pod) { p.Spec.Volumes = p.Spec.Volumes[:1] },
+		"empty list":     func(p *corev1.Pod) { p.Spec.Volumes = nil },
+		"escaped key":    func(p *corev1.Pod) { p.Annotations["a/b~c"] = "2"; p.Annotations["new/key"] = "v" },
+		"removed key":    func(p *corev1.Pod) { delete(p.Annotations, "a/b~c") },
+		"no annotations": func(p *corev1.Pod) { p.Annotations = nil },
+		"new args":       func(p *corev1.Pod) { p.Spec.Containers[0].Args = []string{"y", "z"} },
+		"no args":        func(p *corev1.Pod) { p.Spec.Containers[0].Args = nil },
+		"scheduler":      func(p *corev1.Pod) { p.Spec.SchedulerName = "s" },
+		"new container": func(p *corev1.Pod) {
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "c2", Image: "i"})
+		},
+		"first gate": func(p *corev1.Pod) {
+			p.Spec.ReadinessGates = []corev1.PodReadinessGate{{ConditionType: "x"}}
+		},
+	}
+	for name, change := range tests {
+		t.Run(name, func(t *testing.T) {
+			old := base.DeepCopy()
+			want := base.DeepCopy()
+			change(want)
+			raw := mustJSON(t, old)
+			pt := admissionv1.PatchTypeJSONPatch
+			resp := &admissionv1.AdmissionResponse{PatchType: &pt}
+			if ops := diff(old, want); len(ops) > 0 {
+				resp.Patch = mustJSON(t, ops)
+			}
+			var got corev1.Pod
+			if err := json.Unmarshal(applyPatch(t, raw, resp), &got); err != nil {
+				t.Fatal(err)
+			}
+			if !equality.Semantic.DeepEqual(&got, want) {
+				t.Errorf("patch %s turned the pod into\n%s\nwant\n%s", resp.Patch, mustJSON(t, &got), mustJSON(t, want))
+			}
+		})
+	}
+}

@@ -19,7 +19,12 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	spclientset "sigs.k8s.io/scheduler-plugins/pkg/generated/clientset/versioned"
+
+	"github.com/muster-dev/muster/agent/preset"
+	"github.com/muster-dev/muster/coordinator/webhook"
 
 	"github.com/muster-dev/muster/coordinator/embedetcd"
 	"github.com/muster-dev/muster/coordinator/group"
@@ -53,6 +58,18 @@ type Config struct {
 	// mirrors each group's readiness onto its pods (condition
 	// muster.dev/group-ready, the readiness gate the webhook adds).
 	Kubeconfig string
+	// WebhookListen, when set, serves the mutating admission webhook (TLS,
+	// POST /mutate) on this host:port; with Kubeconfig the coordinator also
+	// registers it with the apiserver (caBundle from WebhookCertDir's CA).
+	WebhookListen string
+	// WebhookCertDir keeps the webhook's CA and serving certificate
+	// (created on first start); default DataDir/webhook.
+	WebhookCertDir string
+	// Advertise is the coordinator address injected agents dial (host:port,
+	// several comma-separated); default the Listen address.
+	Advertise string
+	// AgentImage is the image whose /muster/agent the init container copies.
+	AgentImage string
 	// ReadyHook, when set, hears each change of a group's readiness or
 	// generation (with its members' ids); it must not block.
 	ReadyHook func(k group.Key, generation int64, ready bool, members []string, message string)
@@ -91,6 +108,11 @@ func (c *Config) Validate() error {
 	if c.MemberTTL < 2*time.Second {
 		return fmt.Errorf("--member-ttl %s is too short: etcd leases last at least 2s", c.MemberTTL)
 	}
+	if c.WebhookListen != "" {
+		if _, _, err := net.SplitHostPort(c.WebhookListen); err != nil {
+			return fmt.Errorf("--webhook-listen %q: want host:port: %w", c.WebhookListen, err)
+		}
+	}
 	if c.MaxRestarts < 0 {
 		return fmt.Errorf("--max-restarts %d is negative", c.MaxRestarts)
 	}
@@ -110,8 +132,11 @@ type Coordinator struct {
 	grpc  *grpc.Server
 	lis   net.Listener
 	kube  kubernetes.Interface
+	rest  *rest.Config
 	errc  chan error
-	once  sync.Once
+	// stopWebhook ends the webhook server.
+	stopWebhook context.CancelFunc
+	once        sync.Once
 }
 
 // Start starts a replica and returns once it serves.
@@ -166,7 +191,7 @@ func Start(ctx context.Context, cfg Config) (*Coordinator, error) {
 			c.Close()
 			return nil, fmt.Errorf("--kubeconfig %s: %w", cfg.Kubeconfig, err)
 		}
-		c.kube = cs
+		c.kube, c.rest = cs, rc
 		syncer := podready.New(cs, log)
 		c.hubs.ReadyHook = func(k group.Key, gen int64, ready bool, members []string, msg string) {
 			syncer.Set(k.Namespace, k.Name, members, ready, msg)
@@ -201,7 +226,70 @@ func Start(ctx context.Context, cfg Config) (*Coordinator, error) {
 		}()
 	}
 	log.Info("coordinator serving", "listen", lis.Addr().String(), "etcd", strings.Join(endpoints, ","))
+	if cfg.WebhookListen != "" {
+		if err := c.startWebhook(ctx, log); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
 	return c, nil
+}
+
+// startWebhook serves the admission webhook and, with a kubeconfig,
+// registers it.
+func (c *Coordinator) startWebhook(ctx context.Context, log *slog.Logger) error {
+	cfg := c.cfg
+	dir := cfg.WebhookCertDir
+	if dir == "" {
+		dir = filepath.Join(cfg.DataDir, "webhook")
+	}
+	host, _, _ := net.SplitHostPort(cfg.WebhookListen)
+	caPEM, certFile, keyFile, err := webhook.EnsureCerts(dir, []string{host})
+	if err != nil {
+		return fmt.Errorf("webhook certificates in %s: %w", dir, err)
+	}
+	wc := webhook.DefaultConfig()
+	wc.CoordinatorAddress = cfg.Advertise
+	if wc.CoordinatorAddress == "" {
+		wc.CoordinatorAddress = c.Addr()
+	}
+	if cfg.AgentImage != "" {
+		wc.AgentImage = cfg.AgentImage
+	}
+	wc.Runtimes = preset.Names()
+	if c.kube != nil {
+		if sp, err := spclientset.NewForConfig(c.rest); err == nil {
+			wc.SizeLookup = webhook.PodGroupSizes(sp)
+		}
+	}
+	if err := wc.Validate(); err != nil {
+		return fmt.Errorf("webhook: %w", err)
+	}
+	wctx, cancel := context.WithCancel(context.Background())
+	c.stopWebhook = cancel
+	// Bind now, so that a taken port fails the start instead of a goroutine.
+	ln, err := net.Listen("tcp", cfg.WebhookListen)
+	if err != nil {
+		return fmt.Errorf("--webhook-listen %s: %w", cfg.WebhookListen, err)
+	}
+	ln.Close()
+	go func() {
+		if err := webhook.Serve(wctx, cfg.WebhookListen, certFile, keyFile, webhook.NewHandler(wc, log)); err != nil {
+			c.errc <- fmt.Errorf("webhook: %w", err)
+		}
+	}()
+	log.Info("admission webhook serving", "listen", cfg.WebhookListen, "agent_image", wc.AgentImage, "agents_dial", wc.CoordinatorAddress)
+	if c.kube == nil {
+		return nil
+	}
+	url := "https://" + cfg.WebhookListen + "/mutate"
+	rctx, rcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer rcancel()
+	if err := webhook.Register(rctx, c.kube, "muster", url, caPEM); err != nil {
+		return fmt.Errorf("register the webhook: %w", err)
+	}
+	log.Info("admission webhook registered", "name", "muster", "url", url)
+	return nil
 }
 
 // Addr is the gRPC address the replica listens on.
@@ -231,6 +319,9 @@ func (c *Coordinator) Err() <-chan error { return c.errc }
 func (c *Coordinator) Close() { c.once.Do(c.close) }
 
 func (c *Coordinator) close() {
+	if c.stopWebhook != nil {
+		c.stopWebhook()
+	}
 	// Stopping the hubs first ends every agent stream with Unavailable, so
 	// agents move to another replica and GracefulStop only waits for unary
 	// calls in flight.

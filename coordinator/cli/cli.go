@@ -44,6 +44,10 @@ func Main(args []string, stderr io.Writer) int {
 	fs.DurationVar(&cfg.MemberTTL, "member-ttl", cfg.MemberTTL, "how long a member outlives its agent's last contact (etcd lease TTL, at least 2s)")
 	fs.IntVar(&cfg.MaxRestarts, "max-restarts", cfg.MaxRestarts, "restarts a group gets before it is Failed")
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig of the cluster whose pods run muster agents: the coordinator then sets the muster.dev/group-ready condition on them; empty: bare hosts only")
+	fs.StringVar(&cfg.WebhookListen, "webhook-listen", "", "serve the mutating admission webhook (TLS) on host:port; with --kubeconfig it is also registered; empty: no webhook")
+	fs.StringVar(&cfg.WebhookCertDir, "webhook-cert-dir", "", "where the webhook's CA and serving certificate live (made on first start); default DATA_DIR/webhook")
+	fs.StringVar(&cfg.Advertise, "advertise", "", "coordinator address(es) injected agents dial, host:port[,host:port]; default the --listen address")
+	fs.StringVar(&cfg.AgentImage, "agent-image", "", "image holding the agent at /muster/agent, for the injected init container (default muster/agent:dev)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -57,6 +57,9 @@ type Binaries struct {
 	APIServer         string
 	ControllerManager string
 	Scheduler         string
+	// Coordinator is muster's coordinator, started with its webhook
+	// registered; "" runs none.
+	Coordinator string
 }
 
 // Config describes a cluster. DefaultConfig fills every field.
@@ -131,6 +134,9 @@ func (cfg Config) validate() error {
 			return fmt.Errorf("%s binary: %w (make kube-bins builds it)", b.name, err)
 		}
 	}
+	if err := validateCoordinator(cfg); err != nil {
+		return err
+	}
 	if v, ok := cfg.Nodes.(interface{ Validate() error }); ok {
 		if err := v.Validate(); err != nil {
 			return fmt.Errorf("nodes: %w", err)
@@ -146,14 +152,15 @@ type Cluster struct {
 	stateDir string
 	logDir   string
 
-	pki        *pki
-	etcd       *embedetcd.Server
-	apiserver  string // https://127.0.0.1:port
-	scheduler  string // https://127.0.0.1:port of the scheduler's secure port; "" without one
-	kubeconfig string
-	restConfig *rest.Config
-	clientset  *kubernetes.Clientset
-	nodes      NodeBackend // set once its Start was called
+	pki         *pki
+	etcd        *embedetcd.Server
+	apiserver   string // https://127.0.0.1:port
+	coordinator string // host:port of muster's coordinator; "" without one
+	scheduler   string // https://127.0.0.1:port of the scheduler's secure port; "" without one
+	kubeconfig  string
+	restConfig  *rest.Config
+	clientset   *kubernetes.Clientset
+	nodes       NodeBackend // set once its Start was called
 
 	mu       sync.Mutex
 	procs    []*Process
@@ -372,6 +379,10 @@ func (c *Cluster) start(ctx context.Context) error {
 		if _, err := c.StartProcess("scheduler", c.cfg.Binaries.Scheduler, schedArgs...); err != nil {
 			return err
 		}
+	}
+
+	if err := c.startCoordinator(ctx); err != nil {
+		return err
 	}
 
 	if c.cfg.Nodes != nil {
@@ -895,4 +906,9 @@ func (c *Cluster) installCRDs(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+func statBinary(path string) error {
+	_, err := os.Stat(path)
+	return err
 }

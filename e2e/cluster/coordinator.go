@@ -1,0 +1,58 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strconv"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// startCoordinator runs muster's coordinator against the cluster: on the
+// cluster's own etcd (under muster's key prefix, next to Kubernetes'
+// /registry), with the admin kubeconfig so that it mirrors group readiness
+// onto pods, and with its admission webhook registered. It returns once
+// the webhook configuration is in place, so that every pod created after
+// Start is injected.
+func (c *Cluster) startCoordinator(ctx context.Context) error {
+	if c.cfg.Binaries.Coordinator == "" {
+		return nil
+	}
+	ports, err := freePorts(2)
+	if err != nil {
+		return err
+	}
+	c.coordinator = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+	args := []string{
+		"--listen=" + c.coordinator,
+		"--data-dir=" + filepath.Join(c.stateDir, "coordinator"),
+		"--etcd-endpoints=" + c.etcd.ClientURL,
+		"--kubeconfig=" + c.kubeconfig,
+		"--webhook-listen=" + net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1])),
+	}
+	if _, err := c.StartProcess("coordinator", c.cfg.Binaries.Coordinator, args...); err != nil {
+		return err
+	}
+	return c.waitFor(ctx, "coordinator webhook registered", func(ctx context.Context) (bool, string, error) {
+		_, err := c.clientset.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, "muster", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		return true, "", nil
+	})
+}
+
+// CoordinatorAddr is the coordinator's gRPC address ("" without one).
+func (c *Cluster) CoordinatorAddr() string { return c.coordinator }
+
+func validateCoordinator(cfg Config) error {
+	if cfg.Binaries.Coordinator == "" {
+		return nil
+	}
+	if err := statBinary(cfg.Binaries.Coordinator); err != nil {
+		return fmt.Errorf("coordinator binary: %w (make build builds it)", err)
+	}
+	return nil
+}

@@ -109,16 +109,20 @@ func (h *handler) admit(ctx context.Context, req *admissionv1.AdmissionRequest) 
 	mutated := pod.DeepCopy()
 	warnings := h.inject(mutated, m)
 	resp := &admissionv1.AdmissionResponse{Allowed: true, Warnings: warnings}
-	if ops := diff(&pod, mutated); len(ops) > 0 {
-		patch, err := json.Marshal(ops)
-		if err != nil {
-			log.Error("encode patch", "err", err)
-			return deny(&metav1.Status{Code: http.StatusInternalServerError, Reason: metav1.StatusReasonInternalError, Message: "encode the patch: " + err.Error()})
-		}
-		pt := admissionv1.PatchTypeJSONPatch
-		resp.Patch, resp.PatchType = patch, &pt
+	ops := diff(&pod, mutated)
+	if len(ops) == 0 {
+		// A reinvocation (IfNeeded) after another plugin changed the pod.
+		log.Debug("pod already injected", "group", m.group)
+		return resp
 	}
-	log.Info("injected agent", "group", m.group, "size", m.size, "runtime", m.runtime, "warnings", len(warnings))
+	patch, err := json.Marshal(ops)
+	if err != nil {
+		log.Error("encode patch", "err", err)
+		return deny(&metav1.Status{Code: http.StatusInternalServerError, Reason: metav1.StatusReasonInternalError, Message: "encode the patch: " + err.Error()})
+	}
+	pt := admissionv1.PatchTypeJSONPatch
+	resp.Patch, resp.PatchType = patch, &pt
+	log.Info("injected agent", "group", m.group, "size", m.size, "runtime", m.runtime, "patch_ops", len(ops), "warnings", len(warnings))
 	return resp
 }
 

@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	certutil "k8s.io/client-go/util/cert"
@@ -43,8 +44,8 @@ const (
 // host is reissued by the same CA, so a caBundle already registered stays
 // good.
 func EnsureCerts(dir string, hosts []string) (caPEM []byte, certFile, keyFile string, err error) {
-	if len(hosts) == 0 {
-		return nil, "", "", errors.New("webhook certificates: no hosts to issue the serving certificate for")
+	if len(hosts) == 0 || slices.Contains(hosts, "") {
+		return nil, "", "", fmt.Errorf("webhook certificates: hosts %q: want one or more IP addresses or DNS names, none empty", hosts)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, "", "", fmt.Errorf("webhook certificates: %w", err)

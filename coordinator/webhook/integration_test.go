@@ -60,7 +60,7 @@ func TestAgainstAPIServer(t *testing.T) {
 	h := NewHandler(cfg, slog.New(slog.NewTextHandler(testWriter{t}, nil)))
 	serveCtx, stopServing := context.WithCancel(ctx)
 	served := make(chan error, 1)
-	go func() { served <- serve(serveCtx, ln, certFile, keyFile, h) }()
+	go func() { served <- ServeListener(serveCtx, ln, certFile, keyFile, h) }()
 	stop := sync.OnceValue(func() error { stopServing(); return <-served })
 	t.Cleanup(func() { stop() })
 

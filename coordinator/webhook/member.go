@@ -68,7 +68,7 @@ func (h *handler) read(ctx context.Context, pod *corev1.Pod) (member, field.Erro
 			errs = append(errs, field.Invalid(sizePath, v, "must be a positive whole number (the number of pods in the group)"))
 		}
 		m.size = n
-	case fromPodGroupLabel && len(errs) == 0:
+	case fromPodGroupLabel && len(errs) == 0: // no lookup for a bad name
 		// The scheduler takes the size from the PodGroup's minMember; the
 		// agent needs it too, so read it now.
 		n, err := h.lookupSize(ctx, sizePath, pod.Namespace, name)

@@ -22,11 +22,12 @@ func Serve(ctx context.Context, addr, certFile, keyFile string, h http.Handler) 
 	if err != nil {
 		return fmt.Errorf("webhook: listen on %s: %w", addr, err)
 	}
-	return serve(ctx, ln, certFile, keyFile, h)
+	return ServeListener(ctx, ln, certFile, keyFile, h)
 }
 
-// serve is Serve on a listener it closes.
-func serve(ctx context.Context, ln net.Listener, certFile, keyFile string, h http.Handler) error {
+// ServeListener is Serve on a listener the caller opened (so that it knows
+// the port before the apiserver needs it); it closes ln.
+func ServeListener(ctx context.Context, ln net.Listener, certFile, keyFile string, h http.Handler) error {
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		ln.Close()

@@ -60,8 +60,10 @@ func TestEnsureCerts(t *testing.T) {
 	}
 	verify(t, caPEM4, certFile, keyFile, more...)
 
-	if _, _, _, err := EnsureCerts(dir, nil); err == nil || !strings.Contains(err.Error(), "no hosts") {
-		t.Errorf("no hosts: err = %v", err)
+	for _, bad := range [][]string{nil, {""}, {"127.0.0.1", ""}} {
+		if _, _, _, err := EnsureCerts(dir, bad); err == nil || !strings.Contains(err.Error(), "none empty") {
+			t.Errorf("EnsureCerts(%q): err = %v, want one naming the hosts", bad, err)
+		}
 	}
 }
 
@@ -111,7 +113,7 @@ func TestServe(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, ln, certFile, keyFile, NewHandler(testConfig(), nil)) }()
+	go func() { done <- ServeListener(ctx, ln, certFile, keyFile, NewHandler(testConfig(), nil)) }()
 
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(caPEM)

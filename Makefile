@@ -54,7 +54,7 @@ clean:
 # ---------------------------------------------------------------------------
 # Local Kubernetes control plane (e2e/cluster): etcd in-process, a real
 # kube-apiserver, kube-controller-manager and bin/scheduler, kwok nodes.
-#   make cluster [NODES=4 GPUS=8 RACK_SIZE=2 NODE_CPU=64 NODE_MEMORY=512Gi NODE_PODS=110]
+#   make cluster [NODES=4 GPUS=8 RACK_SIZE=2 NODE_CPU=64 NODE_MEMORY=512Gi NODE_PODS=110 NODE_BACKEND=kwok]
 #   export KUBECONFIG=$PWD/.local/kubeconfig; bin/kubectl get nodes
 #   make cluster-down
 # Everything listens on 127.0.0.1 (free ports); logs in .local/logs/.
@@ -72,6 +72,9 @@ RACK_SIZE ?= 2
 NODE_CPU ?= 64
 NODE_MEMORY ?= 512Gi
 NODE_PODS ?= 110
+# kwok: pods go Running but run nothing; process: each container's command
+# runs as a local process (e2e/procnode; the agent image runs bin/agent).
+NODE_BACKEND ?= kwok
 # Seconds `make cluster` waits for the cluster to be ready.
 CLUSTER_WAIT ?= 300
 
@@ -101,9 +104,10 @@ cluster: kube-bins
 		--scheduler-config $(CURDIR)/deploy/scheduler/config.yaml --crd-dir $(CURDIR)/deploy/crds \
 		--nodes $(NODES) --gpus $(GPUS) --rack-size $(RACK_SIZE) \
 		--cpu $(NODE_CPU) --memory $(NODE_MEMORY) --pods $(NODE_PODS) \
+		--node-backend $(NODE_BACKEND) \
 		</dev/null >$(CLUSTER_DIR)/logs/cluster.log 2>&1 & \
 	pid=$$!; start=$$(date +%s); n=0; \
-	printf 'starting the cluster (%s nodes; log: %s) ' $(NODES) $(CLUSTER_DIR)/logs/cluster.log; \
+	printf 'starting the cluster (%s %s nodes; log: %s) ' $(NODES) $(NODE_BACKEND) $(CLUSTER_DIR)/logs/cluster.log; \
 	until [ -f $(CLUSTER_DIR)/cluster.ready ]; do \
 		if ! kill -0 $$pid 2>/dev/null; then \
 			echo " failed:"; tail -n 25 $(CLUSTER_DIR)/logs/cluster.log; exit 1; fi; \

@@ -1,7 +1,7 @@
 // Command cluster runs muster's local Kubernetes control plane (package
 // e2e/cluster) in the foreground, and stops it from another shell:
 //
-//	cluster up   --dir .local [--nodes 4 --gpus 8 --rack-size 2 ...]
+//	cluster up   --dir .local [--nodes 4 --gpus 8 --rack-size 2 --node-backend kwok|process ...]
 //	cluster down --dir .local
 //
 // `up` writes <dir>/cluster.pid at once and <dir>/cluster.ready when the
@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/muster-dev/muster/e2e/cluster"
+	"github.com/muster-dev/muster/e2e/procnode"
 )
 
 func main() {
@@ -72,7 +73,9 @@ func up(args []string) error {
 	schedConfig := fs.String("scheduler-config", "deploy/scheduler/config.yaml", "KubeSchedulerConfiguration template (clientConnection.kubeconfig is filled in); empty: default-scheduler only")
 	noScheduler := fs.Bool("no-scheduler", false, "run no scheduler")
 	crdDir := fs.String("crd-dir", "deploy/crds", "install every *.yaml CustomResourceDefinition in this directory before the scheduler starts; empty: none")
-	nodes := fs.Int("nodes", def.Count, "number of kwok nodes")
+	backend := fs.String("node-backend", "kwok", "who plays the kubelets: kwok (pods go Running but run nothing) or process (each container's command runs as a local process; package e2e/procnode)")
+	agentBin := fs.String("agent-bin", "", "process nodes: the agent binary that containers of the agent image run (default: <bin-dir>/agent)")
+	nodes := fs.Int("nodes", def.Count, "number of nodes")
 	gpus := fs.Int64("gpus", def.GPUs, "nvidia.com/gpu per node")
 	cpu := fs.String("cpu", def.CPU, "cpu per node")
 	memory := fs.String("memory", def.Memory, "memory per node")
@@ -126,9 +129,24 @@ func up(args []string) error {
 			cfg.FeatureGates[strings.TrimSpace(k)] = b
 		}
 	}
-	kwok := cfg.Nodes.(*cluster.KwokNodes)
-	kwok.Shape.Count, kwok.Shape.GPUs, kwok.Shape.CPU, kwok.Shape.Memory, kwok.Shape.Pods, kwok.Shape.RackSize =
+	shape := def
+	shape.Count, shape.GPUs, shape.CPU, shape.Memory, shape.Pods, shape.RackSize =
 		*nodes, *gpus, *cpu, *memory, *pods, *rackSize
+	switch *backend {
+	case "kwok":
+		cfg.Nodes.(*cluster.KwokNodes).Shape = shape
+	case "process":
+		pcfg := procnode.DefaultConfig(absBin)
+		pcfg.Shape = shape
+		if *agentBin != "" {
+			if pcfg.AgentBin, err = filepath.Abs(*agentBin); err != nil {
+				return err
+			}
+		}
+		cfg.Nodes = procnode.New(pcfg)
+	default:
+		return fmt.Errorf("--node-backend %q: want kwok or process", *backend)
+	}
 
 	// SIGTERM/SIGINT during start cancel it; afterwards they stop the cluster.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

@@ -244,6 +244,9 @@ func (c *Coordinator) startWebhook(ctx context.Context, log *slog.Logger) error 
 		dir = filepath.Join(cfg.DataDir, "webhook")
 	}
 	host, _, _ := net.SplitHostPort(cfg.WebhookListen)
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		return fmt.Errorf("--webhook-listen %q: give the address the apiserver calls (e.g. 127.0.0.1:8443); the certificate names it", cfg.WebhookListen)
+	}
 	caPEM, certFile, keyFile, err := webhook.EnsureCerts(dir, []string{host})
 	if err != nil {
 		return fmt.Errorf("webhook certificates in %s: %w", dir, err)
@@ -270,11 +273,11 @@ func (c *Coordinator) startWebhook(ctx context.Context, log *slog.Logger) error 
 	// Bind now, so that a taken port fails the start instead of a goroutine.
 	ln, err := net.Listen("tcp", cfg.WebhookListen)
 	if err != nil {
+		cancel()
 		return fmt.Errorf("--webhook-listen %s: %w", cfg.WebhookListen, err)
 	}
-	ln.Close()
 	go func() {
-		if err := webhook.Serve(wctx, cfg.WebhookListen, certFile, keyFile, webhook.NewHandler(wc, log)); err != nil {
+		if err := webhook.ServeListener(wctx, ln, certFile, keyFile, webhook.NewHandler(wc, log)); err != nil {
 			c.errc <- fmt.Errorf("webhook: %w", err)
 		}
 	}()

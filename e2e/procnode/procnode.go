@@ -26,7 +26,8 @@
 //     (not refreshed); any other volume type is an empty directory.
 //   - Init containers in order, each to completion, then all containers;
 //     restartPolicy with restart counts and a capped exponential back-off;
-//     startup, readiness and liveness probes (HTTP GET, TCP, exec); the
+//     startup, readiness and liveness probes (HTTP GET, TCP, gRPC against
+//     the pod IP unless a host is set; exec as a host process); the
 //     PodScheduled, Initialized, ContainersReady and Ready conditions, Ready
 //     honouring spec.readinessGates (conditions others set are kept).
 //   - Logs: each container's stdout and stderr in CRI format under the pod

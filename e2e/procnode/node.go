@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -250,6 +251,7 @@ func fillNode(obj *corev1.Node, port int) {
 		OperatingSystem:         "linux",
 		Architecture:            "amd64",
 		ContainerRuntimeVersion: "procnode://" + kubeletVersion,
+		KernelVersion:           kernelVersion(),
 		OSImage:                 "procnode (processes on the host)",
 	}
 	now := metav1.Now()
@@ -262,4 +264,14 @@ func fillNode(obj *corev1.Node, port int) {
 		cond(corev1.NodeDiskPressure, corev1.ConditionFalse, "KubeletHasNoDiskPressure", "no disk pressure"),
 		cond(corev1.NodePIDPressure, corev1.ConditionFalse, "KubeletHasSufficientPID", "no PID pressure"),
 	}
+}
+
+// kernelVersion is this machine's kernel release, which the processes of
+// every pod run on.
+func kernelVersion() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }

@@ -248,3 +248,53 @@ func podLogs(t *testing.T, c *cluster.Cluster, ns, pod, container string, n int)
 	})
 	return logs
 }
+
+// testVolumes: configMap, secret and downwardAPI volumes hold their files,
+// a secret reaches env through secretKeyRef, and a subPath mount maps to a
+// directory inside its volume.
+func testVolumes(t *testing.T, c *cluster.Cluster) {
+	ns := clustertest.Namespace(t, c)
+	cs := c.Clientset()
+	if _, err := cs.CoreV1().ConfigMaps(ns).Create(t.Context(), &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "conf"}, Data: map[string]string{"a.txt": "from-configmap", "b.txt": "unused"},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.CoreV1().Secrets(ns).Create(t.Context(), &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "creds"}, Data: map[string][]byte{"token": []byte("s3cret")},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod := shPod("volumes", `cat "$CONF/renamed.txt"; echo; cat "$SECRET/token"; echo; cat "$INFO/labels"; echo; echo "token=$TOKEN"; touch "$SUB/made"; ls "$DATA/sub"; sleep 300`)
+	pod.Labels = map[string]string{"tier": "test"}
+	pod.Spec.Volumes = []corev1.Volume{
+		{Name: "conf", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: "conf"},
+			Items:                []corev1.KeyToPath{{Key: "a.txt", Path: "renamed.txt"}},
+		}}},
+		{Name: "secret", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "creds"}}},
+		{Name: "info", VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{
+			Items: []corev1.DownwardAPIVolumeFile{{Path: "labels", FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.labels"}}},
+		}}},
+		{Name: "data", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+	}
+	ctr := &pod.Spec.Containers[0]
+	ctr.VolumeMounts = []corev1.VolumeMount{
+		{Name: "conf", MountPath: "/etc/conf"},
+		{Name: "secret", MountPath: "/etc/secret"},
+		{Name: "info", MountPath: "/etc/info/"},
+		{Name: "data", MountPath: "/data"},
+		{Name: "data", MountPath: "/sub", SubPath: "sub"},
+	}
+	ctr.Env = []corev1.EnvVar{
+		{Name: "CONF", Value: "/etc/conf"}, {Name: "SECRET", Value: "/etc/secret"}, {Name: "INFO", Value: "/etc/info"},
+		{Name: "DATA", Value: "/data"}, {Name: "SUB", Value: "/sub"},
+		{Name: "TOKEN", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "creds"}, Key: "token"}}},
+	}
+	create(t, c, ns, pod)
+	waitPod(t, c, ns, pod.Name, "Running", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
+	want := "from-configmap\ns3cret\ntier=\"test\"\ntoken=s3cret\nmade\n"
+	if logs := podLogs(t, c, ns, pod.Name, "main", 5); logs != want {
+		t.Errorf("volumes pod printed %q, want %q", logs, want)
+	}
+}

@@ -13,8 +13,9 @@
 //
 //   - Its own loopback address from Config.PodCIDR (default 127.10.0.0/16,
 //     never 127.0.0.1) as status.podIP; status.hostIP is 127.0.0.1. The
-//     process is not confined to it: it is the address the pod should bind
-//     and advertise.
+//     process is not confined to it: all pods share the host's network
+//     namespace, so a pod should bind its pod IP (from the downward API),
+//     not 0.0.0.0, or two pods on the same port collide.
 //   - A clean environment: PATH (the launcher's), HOSTNAME (the pod name),
 //     HOME (the pod's dir), then the container's env and envFrom resolved as
 //     the kubelet does (downward API fieldRef and resourceFieldRef,

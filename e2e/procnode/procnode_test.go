@@ -47,6 +47,7 @@ func TestProcessNodes(t *testing.T) {
 	t.Run("NodesReady", func(t *testing.T) { testNodes(t, c) })
 	t.Run("EnvAndLogs", func(t *testing.T) { testEnvAndLogs(t, c) })
 	t.Run("InitContainersAndPaths", func(t *testing.T) { testInit(t, c) })
+	t.Run("Volumes", func(t *testing.T) { testVolumes(t, c) })
 	t.Run("ReadinessProbeAndGate", func(t *testing.T) { testReadiness(t, c) })
 	t.Run("RestartPolicy", func(t *testing.T) { testRestart(t, c) })
 	t.Run("AgentImage", func(t *testing.T) { testAgent(t, c) })

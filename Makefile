@@ -96,6 +96,7 @@ kube-bins:
 # Ctrl-C in this terminal), then waits for its ready marker.
 cluster: kube-bins
 	$(GO) build -o $(BIN)/cluster ./e2e/cmd/cluster
+	$(if $(filter process,$(NODE_BACKEND)),$(GO) build -o $(BIN)/agent ./agent/cmd/agent)
 	@mkdir -p $(CLUSTER_DIR)/logs
 	@if [ -f $(CLUSTER_DIR)/cluster.pid ] && kill -0 $$(cat $(CLUSTER_DIR)/cluster.pid) 2>/dev/null; then \
 		echo "a cluster is already running in $(CLUSTER_DIR) (pid $$(cat $(CLUSTER_DIR)/cluster.pid)): make cluster-down first"; exit 1; fi

@@ -3,6 +3,7 @@ package procnode
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -151,6 +152,9 @@ func (c *ctr) runProbe(ctx context.Context, p *corev1.Probe, spec *processSpec) 
 	podIP := c.pr.ip.String()
 	switch {
 	case p.HTTPGet != nil:
+		if err := loopbackOnly(p.HTTPGet.Host); err != nil {
+			return probe.Failure, err.Error(), nil
+		}
 		req, err := httpprobe.NewRequestForHTTPGetAction(p.HTTPGet, c.spec, podIP, "probe")
 		if err != nil {
 			return probe.Unknown, "", err
@@ -162,6 +166,9 @@ func (c *ctr) runProbe(ctx context.Context, p *corev1.Probe, spec *processSpec) 
 			return probe.Unknown, "", err
 		}
 		host := p.TCPSocket.Host
+		if err := loopbackOnly(host); err != nil {
+			return probe.Failure, err.Error(), nil
+		}
 		if host == "" {
 			host = podIP
 		}
@@ -198,4 +205,16 @@ func (c *ctr) runProbe(ctx context.Context, p *corev1.Probe, spec *processSpec) 
 		return res, out, err
 	}
 	return probe.Unknown, "", fmt.Errorf("probe of container %s has no handler", c.spec.Name)
+}
+
+// loopbackOnly refuses a probe host off this machine: pods here have
+// loopback addresses, and a probe must never send traffic anywhere else.
+func loopbackOnly(host string) error {
+	if host == "" || host == "localhost" {
+		return nil
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("probe host %q refused: process nodes probe loopback addresses only", host)
 }

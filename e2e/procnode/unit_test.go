@@ -115,3 +115,16 @@ func TestCopyCRILog(t *testing.T) {
 		t.Errorf("texts %q", texts)
 	}
 }
+
+func TestLoopbackOnly(t *testing.T) {
+	for _, ok := range []string{"", "localhost", "127.0.0.1", "127.10.3.4", "::1"} {
+		if err := loopbackOnly(ok); err != nil {
+			t.Errorf("loopbackOnly(%q) = %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"10.0.0.1", "example.com", "192.168.1.1", "0.0.0.0"} {
+		if err := loopbackOnly(bad); err == nil {
+			t.Errorf("loopbackOnly(%q) allowed", bad)
+		}
+	}
+}

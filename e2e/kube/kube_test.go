@@ -1,0 +1,337 @@
+// Package kube holds end-to-end tests of muster on the local control plane
+// with process nodes: pods that really run, injected by the coordinator's
+// webhook, gang-scheduled by muster's scheduler, ranked by the coordinator
+// and served behind one endpoint by their agents.
+package kube
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/yaml"
+
+	"github.com/muster-dev/muster/e2e/cluster"
+	"github.com/muster-dev/muster/e2e/cluster/clustertest"
+	"github.com/muster-dev/muster/e2e/procnode"
+)
+
+func TestMain(m *testing.M) { clustertest.Main(m) }
+
+var (
+	buildOnce sync.Once
+	builtDir  string
+	buildErr  error
+)
+
+// musterBins builds bin/agent and bin/coordinator from this tree into a
+// directory of their own, so a test never runs a stale one.
+func musterBins(t *testing.T, root string) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		builtDir, buildErr = os.MkdirTemp("", "muster-kube-bin-")
+		if buildErr != nil {
+			return
+		}
+		for _, c := range []string{"agent", "coordinator"} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(builtDir, c), "./"+c+"/cmd/"+c)
+			cmd.Dir = root
+			if out, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("build %s: %v\n%s", c, err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtDir
+}
+
+// startCluster starts a private control plane with process nodes and the
+// coordinator (webhook registered).
+func startCluster(t *testing.T) (*cluster.Cluster, string) {
+	t.Helper()
+	root, err := clustertest.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bins := musterBins(t, root)
+	kube := clustertest.Bins(t)
+	c := clustertest.New(t, func(cfg *cluster.Config) {
+		pcfg := procnode.DefaultConfig(kube)
+		pcfg.AgentBin = filepath.Join(bins, "agent")
+		cfg.Nodes = procnode.New(pcfg)
+		cfg.Binaries.Coordinator = filepath.Join(bins, "coordinator")
+	})
+	return c, root
+}
+
+func torchPython(t *testing.T) string {
+	t.Helper()
+	if err := exec.Command("/usr/bin/python3", "-c", "import torch.distributed").Run(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("/usr/bin/python3 has no torch (%v); .ci/run must install python3-torch", err)
+		}
+		t.Skip("/usr/bin/python3 has no torch: apt-get install -y python3-torch")
+	}
+	return "/usr/bin/python3"
+}
+
+func applyExample(t *testing.T, cs kubernetes.Interface, ns, root string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(root, "deploy", "examples", "tp-model.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs := strings.Split(strings.ReplaceAll(string(b), "__MUSTER_REPO__", root), "\n---\n")
+	ctx := context.Background()
+	for _, d := range docs {
+		var meta metav1.TypeMeta
+		if err := yaml.Unmarshal([]byte(d), &meta); err != nil {
+			t.Fatal(err)
+		}
+		switch meta.Kind {
+		case "Service":
+			var svc v1.Service
+			if err := yaml.UnmarshalStrict([]byte(d), &svc); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := cs.CoreV1().Services(ns).Create(ctx, &svc, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		case "StatefulSet":
+			var sts appsv1.StatefulSet
+			if err := yaml.UnmarshalStrict([]byte(d), &sts); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := cs.AppsV1().StatefulSets(ns).Create(ctx, &sts, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			t.Fatalf("unexpected kind %q in tp-model.yaml", meta.Kind)
+		}
+	}
+}
+
+// waitGroupReady waits until n pods of the app are Ready and returns them
+// by name.
+func waitGroupReady(t *testing.T, cs kubernetes.Interface, ns string, n int, timeout time.Duration, extra func([]v1.Pod) bool) map[string]v1.Pod {
+	t.Helper()
+	var pods []v1.Pod
+	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		list, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=tp-model"})
+		if err != nil {
+			return false, nil
+		}
+		pods = list.Items
+		ready := 0
+		for _, p := range pods {
+			if p.DeletionTimestamp == nil && podReady(&p) {
+				ready++
+			}
+		}
+		return ready == n && len(pods) == n && (extra == nil || extra(pods)), nil
+	})
+	if err != nil {
+		var b strings.Builder
+		for _, p := range pods {
+			fmt.Fprintf(&b, "\n  %s node=%q ip=%s phase=%s conditions=%v", p.Name, p.Spec.NodeName, p.Status.PodIP, p.Status.Phase, conditions(&p))
+			logs, _ := cs.CoreV1().Pods(ns).GetLogs(p.Name, &v1.PodLogOptions{Container: "model"}).DoRaw(context.Background())
+			fmt.Fprintf(&b, "\n    log tail: %s", tail(string(logs), 6))
+		}
+		t.Fatalf("group not Ready within %s:%s", timeout, b.String())
+	}
+	out := map[string]v1.Pod{}
+	for _, p := range pods {
+		out[p.Name] = p
+	}
+	return out
+}
+
+func podReady(p *v1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == v1.PodReady {
+			return c.Status == v1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func conditions(p *v1.Pod) string {
+	var out []string
+	for _, c := range p.Status.Conditions {
+		out = append(out, string(c.Type)+"="+string(c.Status))
+	}
+	return strings.Join(out, ",")
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n      ")
+}
+
+var rankRE = regexp.MustCompile(`barrier released; launching runtime.* generation=(\d+) rank=(\d+) world_size=(\d+)`)
+
+// lastRank reads the rank and generation the agent last launched with,
+// from the pod's log (kubectl logs).
+func lastRank(t *testing.T, cs kubernetes.Interface, ns, pod string) (gen, rank, world string) {
+	t.Helper()
+	logs, err := cs.CoreV1().Pods(ns).GetLogs(pod, &v1.PodLogOptions{Container: "model"}).DoRaw(context.Background())
+	if err != nil {
+		t.Fatalf("logs of %s: %v", pod, err)
+	}
+	sc := bufio.NewScanner(bytes.NewReader(logs))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if m := rankRE.FindStringSubmatch(sc.Text()); m != nil {
+			gen, rank, world = m[1], m[2], m[3]
+		}
+	}
+	return gen, rank, world
+}
+
+type prediction struct {
+	Outputs []struct {
+		NextToken int `json:"next_token"`
+	} `json:"outputs"`
+	WorldSize int `json:"world_size"`
+}
+
+func predict(t *testing.T, addr string) (prediction, http.Header) {
+	t.Helper()
+	var p prediction
+	var hdr http.Header
+	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+		resp, err := http.Post("http://"+addr+"/v1/predict", "application/json", strings.NewReader(`{"inputs": [[1,2,3,4,5], [40, 41, 42]]}`))
+		if err != nil {
+			return false, nil
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 {
+			return false, nil
+		}
+		hdr = resp.Header
+		return true, json.Unmarshal(b, &p)
+	})
+	if err != nil {
+		t.Fatalf("no prediction from %s: %v", addr, err)
+	}
+	return p, hdr
+}
+
+func TestStatefulSetGroupIsInjectedRankedAndServedBehindOneEndpoint(t *testing.T) {
+	torchPython(t)
+	c, root := startCluster(t)
+	cs := c.Clientset()
+	ns := clustertest.Namespace(t, c)
+	checkInvalidAnnotationDenied(t, cs, ns)
+	start := time.Now()
+	applyExample(t, cs, ns, root)
+	pods := waitGroupReady(t, cs, ns, 4, 3*time.Minute, nil)
+	t.Logf("4 pods injected, gang-scheduled and Ready in %s", time.Since(start).Round(time.Millisecond))
+
+	for name, p := range pods {
+		if p.Spec.SchedulerName != "muster-scheduler" || len(p.Spec.InitContainers) == 0 || p.Spec.Containers[0].Command[0] != "/muster/bin/agent" {
+			t.Errorf("%s was not injected: scheduler %q, init %d, command %v", name, p.Spec.SchedulerName, len(p.Spec.InitContainers), p.Spec.Containers[0].Command)
+		}
+		gen, rank, world := lastRank(t, cs, ns, name)
+		if want := strings.TrimPrefix(name, "tp-model-"); rank != want || world != "4" || gen != "0" {
+			t.Errorf("%s: rank %s of %s in generation %s, want rank %s of 4 in generation 0 (ranks follow pod ordinals)", name, rank, world, gen, want)
+		}
+	}
+
+	// Every pod's endpoint answers, and with the same answer: one model.
+	var first *prediction
+	for name, p := range pods {
+		got, hdr := predict(t, p.Status.PodIP+":8080")
+		if got.WorldSize != 4 || len(got.Outputs) != 2 {
+			t.Fatalf("%s: prediction %+v", name, got)
+		}
+		if hdr.Get("X-Muster-Generation") != "0" {
+			t.Errorf("%s: generation header %q", name, hdr.Get("X-Muster-Generation"))
+		}
+		if first == nil {
+			first = &got
+		} else if got.Outputs[0].NextToken != first.Outputs[0].NextToken || got.Outputs[1].NextToken != first.Outputs[1].NextToken {
+			t.Errorf("%s answered %+v, another pod %+v", name, got, *first)
+		}
+	}
+
+	// Streaming goes through the endpoint unbuffered.
+	resp, err := http.Post("http://"+pods["tp-model-3"].Status.PodIP+":8080/v1/completions", "application/json", strings.NewReader(`{"prompt": "hello", "max_tokens": 8, "stream": true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || strings.Count(string(body), "data: ") != 9 || !strings.Contains(string(body), "[DONE]") {
+		t.Fatalf("stream through a worker's endpoint: %d %q", resp.StatusCode, body)
+	}
+
+	// The leader pod dies: the group re-forms in place (generation 1, same
+	// ranks) and answers again at every pod.
+	leaderIP := pods["tp-model-0"].Status.PodIP
+	healStart := time.Now()
+	if err := cs.CoreV1().Pods(ns).Delete(context.Background(), "tp-model-0", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pods = waitGroupReady(t, cs, ns, 4, 3*time.Minute, func(ps []v1.Pod) bool {
+		for _, p := range ps {
+			if p.Name == "tp-model-0" && p.Status.PodIP == leaderIP {
+				return false // still the old leader
+			}
+		}
+		return true
+	})
+	for name, p := range pods {
+		got, hdr := predict(t, p.Status.PodIP+":8080")
+		if got.Outputs[0].NextToken != first.Outputs[0].NextToken {
+			t.Errorf("%s after healing answered %+v, before %+v", name, got, *first)
+		}
+		if g := hdr.Get("X-Muster-Generation"); g == "0" {
+			t.Errorf("%s still serves generation 0 after the leader was replaced", name)
+		}
+		_, rank, _ := lastRank(t, cs, ns, name)
+		if want := strings.TrimPrefix(name, "tp-model-"); rank != want {
+			t.Errorf("%s: rank %s after healing, want %s", name, rank, want)
+		}
+	}
+	t.Logf("leader pod deleted: group re-formed and answering at every pod in %s", time.Since(healStart).Round(time.Millisecond))
+}
+
+// checkInvalidAnnotationDenied: a pod with a bad muster annotation is
+// refused at admission, with the annotation and the value named.
+func checkInvalidAnnotationDenied(t *testing.T, cs kubernetes.Interface, ns string) {
+	t.Helper()
+	pod := &v1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "bad", Namespace: ns, Labels: map[string]string{"muster.dev/group": "g"},
+			Annotations: map[string]string{"muster.dev/inject": "true", "muster.dev/size": "two"}},
+		Spec: v1.PodSpec{Containers: []v1.Container{{Name: "c", Image: "x", Command: []string{"true"}}}},
+	}
+	_, err := cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{})
+	if err == nil || !strings.Contains(err.Error(), "muster.dev/size") || !strings.Contains(err.Error(), `"two"`) {
+		t.Fatalf("pod with muster.dev/size=two: %v, want a denial naming the annotation and value", err)
+	}
+}

@@ -9,7 +9,7 @@ TORCH_PYTHON ?= /usr/bin/python3
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 
-.PHONY: all build test test-short bench proto demo clean deps
+.PHONY: all build test test-short bench proto demo demo-bare clean deps
 
 all: build
 
@@ -45,8 +45,13 @@ proto: $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc
 		--go-grpc_out=proto --go-grpc_opt=paths=source_relative \
 		proto/muster/v1/rendezvous.proto
 
-demo: deps build
+# demo: the model on the local Kubernetes cluster (see e2e/demo.sh).
+demo: deps build kube-bins
 	./e2e/demo.sh
+
+# demo-bare: the same rendezvous on bare hosts, no Kubernetes.
+demo-bare: deps build
+	./e2e/demo-bare.sh
 
 clean:
 	rm -rf $(BIN) .local
@@ -54,7 +59,7 @@ clean:
 # ---------------------------------------------------------------------------
 # Local Kubernetes control plane (e2e/cluster): etcd in-process, a real
 # kube-apiserver, kube-controller-manager and bin/scheduler, kwok nodes.
-#   make cluster [NODES=4 GPUS=8 RACK_SIZE=2 NODE_CPU=64 NODE_MEMORY=512Gi NODE_PODS=110 NODE_BACKEND=kwok]
+#   make cluster [NODES=4 GPUS=8 RACK_SIZE=2 NODE_CPU=64 NODE_MEMORY=512Gi NODE_PODS=110 NODE_BACKEND=process|kwok]
 #   export KUBECONFIG=$PWD/.local/kubeconfig; bin/kubectl get nodes
 #   make cluster-down
 # Everything listens on 127.0.0.1 (free ports); logs in .local/logs/.
@@ -74,7 +79,7 @@ NODE_MEMORY ?= 512Gi
 NODE_PODS ?= 110
 # kwok: pods go Running but run nothing; process: each container's command
 # runs as a local process (e2e/procnode; the agent image runs bin/agent).
-NODE_BACKEND ?= kwok
+NODE_BACKEND ?= process
 # Seconds `make cluster` waits for the cluster to be ready.
 CLUSTER_WAIT ?= 300
 
@@ -96,7 +101,8 @@ kube-bins:
 # Ctrl-C in this terminal), then waits for its ready marker.
 cluster: kube-bins
 	$(GO) build -o $(BIN)/cluster ./e2e/cmd/cluster
-	$(if $(filter process,$(NODE_BACKEND)),$(GO) build -o $(BIN)/agent ./agent/cmd/agent)
+	$(GO) build -o $(BIN)/agent ./agent/cmd/agent
+	$(GO) build -o $(BIN)/coordinator ./coordinator/cmd/coordinator
 	@mkdir -p $(CLUSTER_DIR)/logs
 	@if [ -f $(CLUSTER_DIR)/cluster.pid ] && kill -0 $$(cat $(CLUSTER_DIR)/cluster.pid) 2>/dev/null; then \
 		echo "a cluster is already running in $(CLUSTER_DIR) (pid $$(cat $(CLUSTER_DIR)/cluster.pid)): make cluster-down first"; exit 1; fi

@@ -1,78 +1,93 @@
 #!/usr/bin/env bash
-# make demo: muster on bare hosts, on one machine.
+# make demo: a model too big for one machine, served like one pod.
 #
-# A coordinator (with its embedded etcd) and four agents on 127.0.0.2-5 run a
-# real torch.distributed (gloo) program. The agents meet at the barrier, get
-# RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, and start together. Then rank 2
-# crashes mid-run while its peers are stuck inside all_reduce: muster
-# restarts the whole group in place, same ranks, generation 1, and the run
-# completes. Logs stay in .local/demo/.
+# On a local Kubernetes 1.37 control plane (make cluster: process nodes that
+# run pod commands as local processes), a StatefulSet of 4 pods with two
+# muster annotations (deploy/examples/tp-model.yaml) runs a tensor-parallel
+# model over torch.distributed (gloo). muster's webhook injects its agent,
+# its scheduler binds the 4 pods together, the coordinator hands out ranks
+# (= pod ordinals) and releases them at once, and every pod's agent serves
+# the group's one endpoint. The demo asks it a question, prints the answer,
+# each pod's rank and the time each phase took, then tears everything down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-BIN=${MUSTER_BIN:-$PWD/bin}
-PY=${TORCH_PYTHON:-/usr/bin/python3}
-DEMO=.local/demo
-N=4
-
-if ! "$PY" -c 'import torch.distributed' 2>/dev/null; then
-  echo "demo: $PY has no torch; run 'make deps' (apt-get install python3-torch) first" >&2
-  exit 1
-fi
-rm -rf "$DEMO"
-mkdir -p "$DEMO"
-
-free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-COORD=127.0.0.1:$(free_port)
-
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+ROOT=$PWD
+BIN=$ROOT/bin
+KUBECTL="$BIN/kubectl --kubeconfig $ROOT/.local/kubeconfig"
+NS=demo
+WORK=$ROOT/.local/demo-k8s
+mkdir -p "$WORK"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+now() { date +%s.%N; }
+since() { printf '%.1fs' "$(echo "$(now) - $1" | bc)"; }
 
-step "1. coordinator on $COORD (embedded etcd in $DEMO/data)"
-"$BIN/coordinator" --listen "$COORD" --data-dir "$DEMO/data" \
-  --etcd-listen-client "127.0.0.1:$(free_port)" --etcd-listen-peer "127.0.0.1:$(free_port)" \
-  >"$DEMO/coordinator.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do grep -qs "coordinator serving" "$DEMO/coordinator.log" && break; sleep 0.1; done
-grep -q "coordinator serving" "$DEMO/coordinator.log" || { cat "$DEMO/coordinator.log"; exit 1; }
-sed 's/^/   /' "$DEMO/coordinator.log"
+cleanup() {
+  step "tearing down"
+  make -s cluster-down || true
+}
 
-step "2. four agents on 127.0.0.2-5, started one second apart, each running:"
-echo "   agent run --coordinator $COORD --group demo --size $N --member-id host-I --address 127.0.0.I+2 --ordinal I \\"
-echo "     -- $PY e2e/testdata/allreduce.py    (STEPS=6; rank 2 crashes at step 2 in generation 0)"
-start=$(date +%s.%N)
-for i in $(seq 0 $((N - 1))); do
-  STEPS=6 FAIL_RANK_IN_GEN0=2 FAIL_AT_STEP=2 \
-    "$BIN/agent" run --coordinator "$COORD" --group demo --size $N \
-    --member-id "host-$i" --address "127.0.0.$((i + 2))" --ordinal "$i" --stop-grace 3s \
-    -- "$PY" e2e/testdata/allreduce.py >"$DEMO/host-$i.log" 2>&1 &
-  pids+=($!)
-  sleep 1
+step "1. local cluster (make cluster: etcd, kube-apiserver, kube-controller-manager, muster's scheduler and coordinator, 4 process nodes)"
+t0=$(now)
+make -s cluster
+trap cleanup EXIT
+echo "   ready after $(since "$t0")"
+
+step "2. apply deploy/examples/tp-model.yaml (a StatefulSet of 4 pods + a Service) in namespace $NS"
+$KUBECTL create namespace $NS >/dev/null
+sed "s#__MUSTER_REPO__#$ROOT#g" deploy/examples/tp-model.yaml > "$WORK/tp-model.yaml"
+grep -E '^ +muster.dev/(inject|size|port)' "$WORK/tp-model.yaml" | sed 's/^ */   /'
+t_apply=$(now)
+$KUBECTL -n $NS apply -f "$WORK/tp-model.yaml" | sed 's/^/   /'
+
+step "3. the group forms"
+last=""
+while :; do
+  line=$($KUBECTL -n $NS get pods -l app=tp-model -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.spec.nodeName}{" "}{.status.conditions[?(@.type=="muster.dev/group-ready")].status}{" "}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null || true)
+  total=$(echo "$line" | grep -c . || true)
+  bound=$(echo "$line" | awk 'NF>=2 && $2 ~ /^node-/' | wc -l)
+  ready=$(echo "$line" | awk '$NF=="True"' | wc -l)
+  msg="   pods created $total/4, bound $bound/4, Ready $ready/4"
+  [ "$msg" != "$last" ] && { echo "$msg  (+$(since "$t_apply"))"; last=$msg; }
+  [ "$ready" = 4 ] && break
+  if [ "$(echo "$(now) - $t_apply > 300" | bc)" = 1 ]; then
+    echo "   the group did not become Ready in 5 minutes; pods:"; $KUBECTL -n $NS get pods -o wide; exit 1
+  fi
+  sleep 0.3
 done
 
-step "3. waiting for the group (progress from host-0's log)"
-fail=0
-for i in $(seq 0 $((N - 1))); do
-  wait "${pids[$((i + 1))]}" || fail=1
-done
-end=$(date +%s.%N)
-grep -E 'joined|barrier released|crashing|group restarting|rejoined|completed' "$DEMO/host-0.log" "$DEMO/host-2.log" \
-  | sed -E 's#^\.local/demo/##; s/^(host-[0-9])\.log:/   [\1] /; s/time=[^ ]+ //; s/ group=default\/demo member=host-[0-9]//' | sort -s -k1,1 | head -40
-
-step "4. what each rank computed"
-for i in $(seq 0 $((N - 1))); do
-  echo "   [host-$i] $(grep 'all_reduce ok' "$DEMO/host-$i.log" | tail -1)"
+step "4. what muster did to each pod"
+$KUBECTL -n $NS get pods -l app=tp-model -o wide | sed 's/^/   /'
+for i in 0 1 2 3; do
+  rank=$($KUBECTL -n $NS logs tp-model-$i -c model | grep -o 'barrier released; launching runtime.*rank=[0-9]* world_size=[0-9]*' | tail -1 | sed -E 's/.* generation=([0-9]+) rank=([0-9]+) world_size=([0-9]+)/rank \2 of \3 (generation \1)/')
+  echo "   tp-model-$i: $rank"
 done
 
-step "5. the coordinator's account"
-grep -E 'barrier released|restarting|every rank' "$DEMO/coordinator.log" | sed -E 's/time=[^ ]+ //; s/^/   /'
+step "5. one request to the group's endpoint"
+# The Service's backends are its Ready pods; kube-proxy would pick one of
+# them. (EndpointSlices cannot hold the local cluster's loopback pod IPs,
+# so the address is taken from the Ready pods the Service selects.)
+addr=$($KUBECTL -n $NS get pods -l app=tp-model -o jsonpath='{.items[2].status.podIP}'):8080
+echo "   POST http://$addr/v1/completions  (pod tp-model-2, a worker: its agent forwards to the leader)"
+t_req=$(now)
+curl -sS -N -X POST "http://$addr/v1/completions" -H 'Content-Type: application/json' \
+  -d '{"prompt": "muster makes a model too big for one machine", "max_tokens": 24, "stream": true}' > "$WORK/answer.sse"
+t_answer=$(since "$t_req")
+printf '   streamed answer: "%s"\n' "$(grep -o '"token": *"[^"]*"' "$WORK/answer.sse" | sed -E 's/"token": *"(.*)"/\1/' | tr -d '\n')"
+curl -sS -X POST "http://$addr/v1/predict" -H 'Content-Type: application/json' -d '{"input": [10, 20, 30]}' -D "$WORK/headers" > "$WORK/predict.json"
+echo "   /v1/predict: $(cat "$WORK/predict.json" | head -c 160)..."
+echo "   served by generation $(grep -i x-muster-generation "$WORK/headers" | head -1 | tr -d '\r' | awk '{print $2}') of a world of $(grep -o '"world_size": *[0-9]*' "$WORK/predict.json" | grep -o '[0-9]*$')"
 
-if [ "$fail" = 0 ] && [ "$(grep -c 'generation 1: all_reduce ok' "$DEMO"/host-*.log | awk -F: '{s+=$2} END {print s}')" = "$N" ]; then
-  printf '\n\033[1;32mdemo ok\033[0m: %d ranks healed in place and completed generation 1 (%.1fs in all). Logs: %s/\n' "$N" "$(echo "$end - $start" | bc)" "$DEMO"
-else
-  printf '\n\033[1;31mdemo failed\033[0m: see %s/\n' "$DEMO"
-  exit 1
-fi
+step "6. per-phase timings (from the objects' own timestamps)"
+ts() { date -d "$1" +%s.%N; }
+created=$($KUBECTL -n $NS get pods -l app=tp-model -o jsonpath='{range .items[*]}{.metadata.creationTimestamp}{"\n"}{end}' | sort | head -1)
+scheduled=$($KUBECTL -n $NS get pods -l app=tp-model -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="PodScheduled")].lastTransitionTime}{"\n"}{end}' | sort | tail -1)
+joined=$(grep -h "barrier released: 4 members joined generation 0" .local/logs/coordinator.log 2>/dev/null | head -1 | grep -o 'time=[^ ]*' | cut -d= -f2 || true)
+readyat=$($KUBECTL -n $NS get pods -l app=tp-model -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="muster.dev/group-ready")].lastTransitionTime}{"\n"}{end}' | sort | tail -1)
+base=$(ts "$created")
+echo "   all 4 pods scheduled (bound together) +$(printf '%.1f' "$(echo "$(ts "$scheduled") - $base" | bc)")s   (timestamps have 1s resolution)"
+[ -n "$joined" ] && echo "   all 4 agents joined, barrier released +$(printf '%.1f' "$(echo "$(ts "$joined") - $base" | bc)")s"
+echo "   every rank's runtime ready (muster.dev/group-ready) +$(printf '%.1f' "$(echo "$(ts "$readyat") - $base" | bc)")s"
+echo "   first answer streamed in $t_answer, $(since "$t_apply") after kubectl apply"
+
+printf '\n\033[1;32mdemo ok\033[0m: 4 pods, one endpoint. Logs: .local/logs/, answer: %s\n' "$WORK/answer.sse"

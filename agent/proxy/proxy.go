@@ -62,9 +62,18 @@ func New(log *slog.Logger) *Proxy {
 	}
 	// FlushInterval -1: every write is flushed at once, so server-sent
 	// events and streamed tokens are not held in a buffer.
+	// The answering member names the generation and its rank; set, not
+	// added, so that a worker forwarding to the leader reports itself once.
+	stamp := func(resp *http.Response) error {
+		t := p.Target()
+		resp.Header.Set("X-Muster-Generation", strconv.FormatInt(t.Generation, 10))
+		resp.Header.Set("X-Muster-Rank", strconv.Itoa(t.Rank))
+		return nil
+	}
 	p.h1 = &httputil.ReverseProxy{
-		Rewrite:       rewrite,
-		FlushInterval: -1,
+		Rewrite:        rewrite,
+		ModifyResponse: stamp,
+		FlushInterval:  -1,
 		Transport: &http.Transport{
 			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 			MaxIdleConnsPerHost: 64,
@@ -73,8 +82,9 @@ func New(log *slog.Logger) *Proxy {
 		ErrorHandler: p.upstreamError,
 	}
 	p.h2 = &httputil.ReverseProxy{
-		Rewrite:       rewrite,
-		FlushInterval: -1,
+		Rewrite:        rewrite,
+		ModifyResponse: stamp,
+		FlushInterval:  -1,
 		Transport: &http2.Transport{
 			AllowHTTP: true,
 			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
@@ -107,9 +117,9 @@ func (p *Proxy) Target() Target {
 // ServeHTTP forwards r, or answers 503 while the group is not ready.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	t := p.Target()
-	w.Header().Set("X-Muster-Generation", strconv.FormatInt(t.Generation, 10))
-	w.Header().Set("X-Muster-Rank", strconv.Itoa(t.Rank))
 	if !t.Ready || t.Upstream == "" {
+		w.Header().Set("X-Muster-Generation", strconv.FormatInt(t.Generation, 10))
+		w.Header().Set("X-Muster-Rank", strconv.Itoa(t.Rank))
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, "muster: the group is not ready (forming or restarting); retry shortly", http.StatusServiceUnavailable)
 		return

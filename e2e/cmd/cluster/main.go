@@ -73,7 +73,8 @@ func up(args []string) error {
 	schedConfig := fs.String("scheduler-config", "deploy/scheduler/config.yaml", "KubeSchedulerConfiguration template (clientConnection.kubeconfig is filled in); empty: default-scheduler only")
 	noScheduler := fs.Bool("no-scheduler", false, "run no scheduler")
 	crdDir := fs.String("crd-dir", "deploy/crds", "install every *.yaml CustomResourceDefinition in this directory before the scheduler starts; empty: none")
-	backend := fs.String("node-backend", "kwok", "who plays the kubelets: kwok (pods go Running but run nothing) or process (each container's command runs as a local process; package e2e/procnode)")
+	coordinator := fs.Bool("coordinator", true, "run muster's coordinator (BIN_DIR/coordinator) on the cluster's etcd, with its admission webhook registered")
+	backend := fs.String("node-backend", "process", "who plays the kubelets: kwok (pods go Running but run nothing) or process (each container's command runs as a local process; package e2e/procnode)")
 	agentBin := fs.String("agent-bin", "", "process nodes: the agent binary that containers of the agent image run (default: <bin-dir>/agent)")
 	nodes := fs.Int("nodes", def.Count, "number of nodes")
 	gpus := fs.Int64("gpus", def.GPUs, "nvidia.com/gpu per node")
@@ -128,6 +129,9 @@ func up(args []string) error {
 			}
 			cfg.FeatureGates[strings.TrimSpace(k)] = b
 		}
+	}
+	if *coordinator {
+		cfg.Binaries.Coordinator = filepath.Join(absBin, "coordinator")
 	}
 	shape := def
 	shape.Count, shape.GPUs, shape.CPU, shape.Memory, shape.Pods, shape.RackSize =

@@ -27,7 +27,10 @@ deps:
 	fi
 
 test: deps build
-	MUSTER_BIN=$(BIN) TORCH_PYTHON=$(TORCH_PYTHON) $(GO) test -count=1 -timeout 20m ./...
+	# -p 1: one package at a time. Several start a Kubernetes control plane
+	# and torch processes; on 2 cores running them side by side only makes
+	# each slower and their timings noisier.
+	MUSTER_BIN=$(BIN) TORCH_PYTHON=$(TORCH_PYTHON) $(GO) test -p 1 -count=1 -timeout 25m ./...
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./coordinator/...

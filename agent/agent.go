@@ -167,7 +167,10 @@ func (a *agent) run(ctx context.Context) error {
 		srv = nil
 	}
 	defer drain()
-	if a.cfg.EndpointPort > 0 {
+	if a.cfg.EndpointPort > 0 && a.cfg.ReadyPort == 0 {
+		a.log.Info("no runtime serving port (--port, muster.dev/port): the group serves no endpoint")
+	}
+	if a.cfg.EndpointPort > 0 && a.cfg.ReadyPort > 0 {
 		endpoint = proxy.New(a.log)
 		var err error
 		if srv, err = proxy.Listen(net.JoinHostPort(a.cfg.Address, strconv.Itoa(a.cfg.EndpointPort)), endpoint); err != nil {

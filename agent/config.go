@@ -40,9 +40,10 @@ type Config struct {
 	// ReadyPort, when set, makes the leader report ready only once its
 	// runtime accepts TCP connections on Address:ReadyPort.
 	ReadyPort int
-	// EndpointPort, when set, makes the agent serve the group's endpoint on
-	// Address:EndpointPort: the leader proxies to its runtime's ReadyPort,
-	// the others to the leader's endpoint.
+	// EndpointPort, when set together with ReadyPort, makes the agent serve
+	// the group's endpoint on Address:EndpointPort: the leader proxies to
+	// its runtime's ReadyPort, the others to the leader's endpoint. Without
+	// a ReadyPort (a batch job) there is nothing to serve and no endpoint.
 	EndpointPort int
 	// JoinTimeout bounds how long the coordinator may stay unreachable.
 	JoinTimeout time.Duration
@@ -134,9 +135,6 @@ func (c *Config) Validate() error {
 	}
 	if c.EndpointPort < 0 || c.EndpointPort > 65535 {
 		return fmt.Errorf("--endpoint-port %d is not a TCP port", c.EndpointPort)
-	}
-	if c.EndpointPort > 0 && c.ReadyPort == 0 {
-		return fmt.Errorf("--endpoint-port %d needs --port, the runtime's serving port the endpoint forwards to", c.EndpointPort)
 	}
 	if c.EndpointPort > 0 && c.EndpointPort == c.ReadyPort {
 		return fmt.Errorf("--endpoint-port and --port are both %d: the agent's endpoint and the runtime need different ports", c.EndpointPort)

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -241,9 +242,17 @@ func predict(t *testing.T, addr string) (prediction, http.Header) {
 	return p, hdr
 }
 
-func TestStatefulSetGroupIsInjectedRankedAndServedBehindOneEndpoint(t *testing.T) {
+// TestGroupsOnKubernetes runs every workload kind on one private cluster
+// (process nodes, coordinator, webhook, muster's scheduler).
+func TestGroupsOnKubernetes(t *testing.T) {
 	torchPython(t)
 	c, root := startCluster(t)
+	t.Run("StatefulSetServedBehindOneEndpoint", func(t *testing.T) { statefulSetGroup(t, c, root) })
+	t.Run("PlainPods", func(t *testing.T) { plainPodsGroup(t, c) })
+	t.Run("IndexedJobCompletes", func(t *testing.T) { indexedJobGroup(t, c, root) })
+}
+
+func statefulSetGroup(t *testing.T, c *cluster.Cluster, root string) {
 	cs := c.Clientset()
 	ns := clustertest.Namespace(t, c)
 	checkInvalidAnnotationDenied(t, cs, ns)
@@ -284,10 +293,13 @@ func TestStatefulSetGroupIsInjectedRankedAndServedBehindOneEndpoint(t *testing.T
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
+	body, rerr := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != 200 || strings.Count(string(body), "data: ") != 9 || !strings.Contains(string(body), "[DONE]") {
-		t.Fatalf("stream through a worker's endpoint: %d %q", resp.StatusCode, body)
+		leaderLog, _ := cs.CoreV1().Pods(ns).GetLogs("tp-model-0", &v1.PodLogOptions{Container: "model"}).DoRaw(context.Background())
+		workerLog, _ := cs.CoreV1().Pods(ns).GetLogs("tp-model-3", &v1.PodLogOptions{Container: "model"}).DoRaw(context.Background())
+		t.Fatalf("stream through a worker's endpoint: %d %q (read error %v, headers %v)\nleader log:\n      %s\nworker log:\n      %s",
+			resp.StatusCode, body, rerr, resp.Header, tail(string(leaderLog), 12), tail(string(workerLog), 6))
 	}
 
 	// The leader pod dies: the group re-forms in place (generation 1, same
@@ -319,6 +331,131 @@ func TestStatefulSetGroupIsInjectedRankedAndServedBehindOneEndpoint(t *testing.T
 		}
 	}
 	t.Logf("leader pod deleted: group re-formed and answering at every pod in %s", time.Since(healStart).Round(time.Millisecond))
+	// Free the nodes' GPUs for the next subtest.
+	if err := cs.AppsV1().StatefulSets(ns).Delete(context.Background(), "tp-model", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, cs, ns, "app=tp-model")
+}
+
+func waitGone(t *testing.T, cs kubernetes.Interface, ns, selector string) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		list, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
+		return err == nil && len(list.Items) == 0, nil
+	})
+	if err != nil {
+		t.Fatalf("pods %s still present: %v", selector, err)
+	}
+}
+
+// plainPodsGroup: three bare pods (no controller) with the two annotations
+// form a group; a small HTTP runtime on the leader answers at every pod's
+// endpoint, and pods are Ready only together.
+func plainPodsGroup(t *testing.T, c *cluster.Cluster) {
+	cs := c.Clientset()
+	ns := clustertest.Namespace(t, c)
+	server := `import http.server, os
+if os.environ["RANK"] != "0":
+    import time; time.sleep(3600)
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        b = ("rank 0 of %s" % os.environ["WORLD_SIZE"]).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(b))); self.end_headers(); self.wfile.write(b)
+    def log_message(self, *a): pass
+http.server.HTTPServer((os.environ["MUSTER_ADDRESS"], 9000), H).serve_forever()`
+	for i := 0; i < 3; i++ {
+		pod := &v1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i), Namespace: ns,
+				Labels:      map[string]string{"muster.dev/group": "web", "app": "web"},
+				Annotations: map[string]string{"muster.dev/inject": "true", "muster.dev/size": "3", "muster.dev/port": "9000"}},
+			Spec: v1.PodSpec{Containers: []v1.Container{{Name: "web", Image: "python:3.11-slim", Command: []string{"python3", "-c", server}}}},
+		}
+		if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var pods []v1.Pod
+	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		list, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
+		if err != nil {
+			return false, nil
+		}
+		pods = list.Items
+		ready := 0
+		for i := range pods {
+			if podReady(&pods[i]) {
+				ready++
+			}
+		}
+		return ready == 3, nil
+	})
+	if err != nil {
+		t.Fatalf("plain pods group not Ready: %v", err)
+	}
+	for _, p := range pods {
+		resp, err := http.Get("http://" + p.Status.PodIP + ":8080/")
+		if err != nil {
+			t.Fatalf("%s endpoint: %v", p.Name, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != "rank 0 of 3" {
+			t.Errorf("%s endpoint: %d %q", p.Name, resp.StatusCode, b)
+		}
+	}
+}
+
+// indexedJobGroup: an indexed Job of 2 runs the real torch all_reduce as one
+// group, ranked by completion index, and completes when both ranks exit 0.
+func indexedJobGroup(t *testing.T, c *cluster.Cluster, root string) {
+	cs := c.Clientset()
+	ns := clustertest.Namespace(t, c)
+	two := int32(2)
+	mode := batchv1.IndexedCompletion
+	job := &batchv1.Job{
+		ObjectMeta: metav1.ObjectMeta{Name: "reduce", Namespace: ns},
+		Spec: batchv1.JobSpec{
+			Completions: &two, Parallelism: &two, CompletionMode: &mode,
+			Template: v1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{
+					Labels:      map[string]string{"muster.dev/group": "reduce"},
+					Annotations: map[string]string{"muster.dev/inject": "true", "muster.dev/size": "2"},
+				},
+				Spec: v1.PodSpec{
+					RestartPolicy: v1.RestartPolicyNever,
+					Containers: []v1.Container{{Name: "reduce", Image: "python:3.11-slim",
+						Command: []string{"/usr/bin/python3", filepath.Join(root, "e2e", "testdata", "allreduce.py")}}},
+				},
+			},
+		},
+	}
+	start := time.Now()
+	if _, err := cs.BatchV1().Jobs(ns).Create(context.Background(), job, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		j, err := cs.BatchV1().Jobs(ns).Get(ctx, "reduce", metav1.GetOptions{})
+		return err == nil && j.Status.Succeeded == 2, nil
+	})
+	if err != nil {
+		t.Fatalf("indexed Job did not complete: %v", err)
+	}
+	pods, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "muster.dev/group=reduce"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		idx := p.Annotations["batch.kubernetes.io/job-completion-index"]
+		logs, err := cs.CoreV1().Pods(ns).GetLogs(p.Name, &v1.PodLogOptions{}).DoRaw(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("rank %s/2 generation 0: all_reduce ok, sum 3", idx); !strings.Contains(string(logs), want) {
+			t.Errorf("%s (index %s): no %q in its log:\n%s", p.Name, idx, want, tail(string(logs), 8))
+		}
+	}
+	t.Logf("indexed Job of 2 ran all_reduce as one group and completed in %s", time.Since(start).Round(time.Millisecond))
 }
 
 // checkInvalidAnnotationDenied: a pod with a bad muster annotation is

@@ -509,3 +509,35 @@ func TestReadyHookFollowsGroupReadiness(t *testing.T) {
 	b.report(0, musterv1.RuntimeState_RUNTIME_STATE_EXITED, 1)
 	want(call{gen: 1, ready: false, members: 2})
 }
+
+func TestCrashLoopBacksOffThenFails(t *testing.T) {
+	cfg := testcoord.Config(t)
+	cfg.MaxRestarts = 3
+	co := testcoord.Start(t, cfg)
+	c := testcoord.Client(t, co.Addr())
+	a := newMember(t, c, "loop", "a", "127.0.0.2", 1, nil)
+	a.join(-1)
+	a.watch()
+	a.assignment()
+	var waits []time.Duration
+	for gen := int64(0); gen < 3; gen++ {
+		a.report(gen, musterv1.RuntimeState_RUNTIME_STATE_EXITED, 1)
+		r := a.restart()
+		start := time.Now()
+		a.join(r.Generation)
+		if as := a.assignment(); as.Generation != gen+1 {
+			t.Fatalf("released generation %d, want %d", as.Generation, gen+1)
+		}
+		waits = append(waits, time.Since(start))
+	}
+	// Restart 1 is immediate; restarts 2 and 3 wait 1s and 2s.
+	if waits[0] > 900*time.Millisecond || waits[1] < 900*time.Millisecond || waits[2] < 1900*time.Millisecond {
+		t.Fatalf("barrier waits %v, want about [0s 1s 2s]", waits)
+	}
+	a.report(3, musterv1.RuntimeState_RUNTIME_STATE_EXITED, 1)
+	f := a.next("failed", func(ev *musterv1.GroupEvent) bool { return ev.GetFailed() != nil }).GetFailed()
+	if !strings.Contains(f.Reason, "exited with code 1") {
+		t.Fatalf("failed: %v", f)
+	}
+	t.Logf("barrier waits per restart: %v", waits)
+}

@@ -3,7 +3,44 @@ package group
 import (
 	"fmt"
 	"sort"
+	"time"
 )
+
+// Restart backoff: the first restart of a group is immediate, so that one
+// failure heals at once; each further one waits twice as long, up to
+// MaxRestartBackoff, so that a crash loop does not burn through its restart
+// budget (and the cluster) in a second.
+const (
+	FirstRestartBackoff = time.Second
+	MaxRestartBackoff   = 30 * time.Second
+)
+
+// RestartBackoff is how long the barrier of the n-th restart (1-based)
+// waits.
+func RestartBackoff(n int) time.Duration {
+	if n <= 1 {
+		return 0
+	}
+	d := FirstRestartBackoff
+	for i := 2; i < n && d < MaxRestartBackoff; i++ {
+		d *= 2
+	}
+	return min(d, MaxRestartBackoff)
+}
+
+// ReleaseAt is when a waiting generation whose members have all joined may
+// be released, if that is still ahead of now (zero otherwise).
+func ReleaseAt(v *View, now time.Time) time.Time {
+	st := v.State
+	if st == nil || st.Phase != Waiting || st.RestartAfterMs == 0 {
+		return time.Time{}
+	}
+	at := time.UnixMilli(st.RestartAfterMs)
+	if !now.Before(at) {
+		return time.Time{}
+	}
+	return at
+}
 
 // AssignRanks chooses the members of a generation and their ranks. Members
 // that had a rank before keep it; the others take the free ranks in order of
@@ -63,7 +100,7 @@ type Decision struct {
 // barrier, restart a failed generation, complete, or fail for good. It is
 // pure; the caller applies the result with a compare-and-swap on the state's
 // revision, so concurrent replicas deciding the same thing is harmless.
-func Decide(v *View) (Decision, bool) {
+func Decide(v *View, now time.Time) (Decision, bool) {
 	st := v.State
 	if st == nil || st.Phase.Terminal() {
 		return Decision{}, false
@@ -71,12 +108,12 @@ func Decide(v *View) (Decision, bool) {
 	switch st.Phase {
 	case Waiting:
 		joined := v.Joined(st.Generation)
-		if len(joined) < st.Size {
+		if len(joined) < st.Size || !ReleaseAt(v, now).IsZero() {
 			return Decision{}, false
 		}
 		return release(st, v, joined), true
 	case Running:
-		return decideRunning(st, v)
+		return decideRunning(st, v, now)
 	}
 	return Decision{}, false
 }
@@ -97,7 +134,7 @@ func release(st *State, v *View, joined []Member) Decision {
 	return Decision{Next: next, Reason: fmt.Sprintf("barrier released: %d members joined generation %d", st.Size, st.Generation)}
 }
 
-func decideRunning(st *State, v *View) (Decision, bool) {
+func decideRunning(st *State, v *View, now time.Time) (Decision, bool) {
 	done := 0
 	// Members are checked in rank order so that the reported cause is
 	// deterministic when several fail at once.
@@ -105,18 +142,18 @@ func decideRunning(st *State, v *View) (Decision, bool) {
 		m, ok := v.Members[id]
 		switch {
 		case !ok:
-			return Restart(st, id, fmt.Sprintf("member %s was lost (its agent left or its lease expired)", id)), true
+			return Restart(st, now, id, fmt.Sprintf("member %s was lost (its agent left or its lease expired)", id)), true
 		case m.Generation > st.Generation:
 			// Cannot happen through the API; treat as a restart of the member.
-			return Restart(st, id, fmt.Sprintf("member %s rejoined in generation %d", id, m.Generation)), true
+			return Restart(st, now, id, fmt.Sprintf("member %s rejoined in generation %d", id, m.Generation)), true
 		case m.Generation < st.Generation:
-			return Restart(st, id, fmt.Sprintf("member %s is still in generation %d", id, m.Generation)), true
+			return Restart(st, now, id, fmt.Sprintf("member %s is still in generation %d", id, m.Generation)), true
 		case m.State == StateExited && m.ExitCode != 0:
 			reason := fmt.Sprintf("member %s (rank %d) exited with code %d", id, st.Ranks[id], m.ExitCode)
 			if m.Reason != "" {
 				reason += ": " + m.Reason
 			}
-			return Restart(st, id, reason), true
+			return Restart(st, now, id, reason), true
 		case m.State == StateExited:
 			done++
 		}
@@ -131,7 +168,7 @@ func decideRunning(st *State, v *View) (Decision, bool) {
 
 // Restart moves the group to the next generation because of member's
 // failure, or to Failed once the restart budget is spent. Ranks are kept.
-func Restart(st *State, member, reason string) Decision {
+func Restart(st *State, now time.Time, member, reason string) Decision {
 	next := st.clone()
 	next.LastError, next.LastErrorMember = reason, member
 	if st.Restarts >= st.MaxRestarts {
@@ -144,9 +181,17 @@ func Restart(st *State, member, reason string) Decision {
 	next.Generation++
 	next.Restarts++
 	next.Phase = Waiting
+	next.RestartAfterMs = 0
+	if d := RestartBackoff(next.Restarts); d > 0 {
+		next.RestartAfterMs = now.Add(d).UnixMilli()
+	}
 	next.Assignment = nil
 	next.LeaderAddress, next.MasterPort = "", 0
-	return Decision{Next: next, Reason: fmt.Sprintf("restarting to generation %d: %s", next.Generation, reason)}
+	why := fmt.Sprintf("restarting to generation %d: %s", next.Generation, reason)
+	if d := RestartBackoff(next.Restarts); d > 0 {
+		why = fmt.Sprintf("restarting to generation %d after a %s backoff (restart %d): %s", next.Generation, d, next.Restarts, reason)
+	}
+	return Decision{Next: next, Reason: why}
 }
 
 func (s *State) clone() State {

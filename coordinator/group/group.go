@@ -60,7 +60,10 @@ type State struct {
 	// when the barrier releases.
 	Assignment    []string `json:"assignment,omitempty"`
 	LeaderAddress string   `json:"leader_address,omitempty"`
-	MasterPort    int      `json:"master_port,omitempty"`
+	// RestartAfterMs (Unix milliseconds) holds back the barrier of a
+	// restarted generation: repeated failures back off.
+	RestartAfterMs int64 `json:"restart_after_ms,omitempty"`
+	MasterPort     int   `json:"master_port,omitempty"`
 	// LastError is the cause of the latest restart; FirstError and
 	// FailedMember the failure that ended the group.
 	LastError       string `json:"last_error,omitempty"`

@@ -4,6 +4,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func ord(v int64) *int64 { return &v }
@@ -154,7 +155,7 @@ func TestDecide(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			d, ok := Decide(tc.v)
+			d, ok := Decide(tc.v, time.Unix(1000, 0))
 			if ok != tc.wantOK {
 				t.Fatalf("Decide ok = %v, want %v (decision %+v)", ok, tc.wantOK, d)
 			}
@@ -175,7 +176,7 @@ func TestReleaseSetsLeaderAndKeepsRanks(t *testing.T) {
 	v := view(State{Size: 2, Phase: Waiting, Generation: 2, Ranks: map[string]int{"b": 0, "a": 1}},
 		Member{ID: "a", Generation: 2, Address: "127.0.0.3", MasterPort: 1111},
 		Member{ID: "b", Generation: 2, Address: "127.0.0.2", MasterPort: 2222})
-	d, ok := Decide(v)
+	d, ok := Decide(v, time.Unix(1000, 0))
 	if !ok {
 		t.Fatal("no decision")
 	}
@@ -192,11 +193,11 @@ func TestReleaseSetsLeaderAndKeepsRanks(t *testing.T) {
 
 func TestFailedKeepsFirstError(t *testing.T) {
 	st := State{Size: 1, Phase: Running, MaxRestarts: 0, FirstError: "", Assignment: []string{"a"}}
-	d := Restart(&st, "a", "first")
+	d := Restart(&st, time.Unix(1000, 0), "a", "first")
 	if d.Next.Phase != Failed || d.Next.FirstError != "first" || d.Next.FailedMember != "a" {
 		t.Fatalf("got %+v", d.Next)
 	}
-	d2 := Restart(&d.Next, "b", "second")
+	d2 := Restart(&d.Next, time.Unix(1000, 0), "b", "second")
 	if d2.Next.FirstError != "first" {
 		t.Fatalf("first error overwritten: %q", d2.Next.FirstError)
 	}
@@ -220,5 +221,36 @@ func TestValidateName(t *testing.T) {
 		if tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), "group")) {
 			t.Errorf("ValidateName(%q) = %v, want an error naming the field and containing %q", tc.in, err, tc.wantErr)
 		}
+	}
+}
+
+func TestRestartBacksOffAfterTheFirst(t *testing.T) {
+	want := []time.Duration{0, 0, time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, 30 * time.Second, 30 * time.Second}
+	for n, w := range want {
+		if got := RestartBackoff(n); got != w {
+			t.Errorf("RestartBackoff(%d) = %s, want %s", n, got, w)
+		}
+	}
+	now := time.Unix(1000, 0)
+	st := State{Size: 1, Phase: Running, MaxRestarts: 10, Restarts: 1, Generation: 1, Assignment: []string{"a"}}
+	d := Restart(&st, now, "a", "crashed again")
+	if d.Next.Restarts != 2 || d.Next.RestartAfterMs != now.Add(time.Second).UnixMilli() || !strings.Contains(d.Reason, "1s backoff") {
+		t.Fatalf("second restart: %+v (%s), want a 1s backoff", d.Next, d.Reason)
+	}
+	// Everyone has joined, but the barrier holds until the backoff ends.
+	v := view(d.Next, Member{ID: "a", Generation: 2})
+	if _, ok := Decide(v, now.Add(500*time.Millisecond)); ok {
+		t.Fatal("released during the backoff")
+	}
+	if at := ReleaseAt(v, now.Add(500*time.Millisecond)); !at.Equal(now.Add(time.Second)) {
+		t.Fatalf("ReleaseAt = %v, want %v", at, now.Add(time.Second))
+	}
+	if d, ok := Decide(v, now.Add(time.Second)); !ok || d.Next.Phase != Running {
+		t.Fatalf("not released once the backoff ended: %v %+v", ok, d)
+	}
+	// The first restart is immediate.
+	first := Restart(&State{Size: 1, Phase: Running, MaxRestarts: 10, Assignment: []string{"a"}}, now, "a", "x")
+	if first.Next.RestartAfterMs != 0 {
+		t.Fatalf("first restart waits until %d", first.Next.RestartAfterMs)
 	}
 }

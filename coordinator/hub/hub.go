@@ -116,6 +116,11 @@ type Hub struct {
 	rankOf  map[string]int
 	waiters []revWaiter
 	hooked  [2]int64 // generation and readiness last told to ReadyHook
+
+	// poke asks the hub's goroutine to reconcile again: a restart backoff
+	// ended, with no etcd event to say so. wake is the pending timer.
+	poke chan struct{}
+	wake *time.Timer
 }
 
 type revWaiter struct {
@@ -132,6 +137,7 @@ func newHub(r *Registry, k group.Key) *Hub {
 		changed: make(chan struct{}),
 		rankOf:  map[string]int{},
 		hooked:  [2]int64{-1, -1},
+		poke:    make(chan struct{}, 1),
 	}
 }
 
@@ -173,7 +179,21 @@ func (h *Hub) watch(rev int64) {
 	defer cancel()
 	s := h.reg.store
 	wch := s.Client().Watch(ctx, s.GroupPrefix(h.key), clientv3.WithPrefix(), clientv3.WithRev(rev))
-	for wresp := range wch {
+	for {
+		var wresp clientv3.WatchResponse
+		select {
+		case <-h.poke:
+			h.mu.Lock()
+			h.refresh(false)
+			h.mu.Unlock()
+			h.reconcile()
+			continue
+		case r, ok := <-wch:
+			if !ok {
+				return
+			}
+			wresp = r
+		}
 		if err := wresp.Err(); err != nil {
 			h.log.Warn("watch broke; reloading group", "err", err)
 			return
@@ -216,6 +236,9 @@ func (h *Hub) refresh(stateChanged bool) {
 		h.joined = len(v.Joined(st.Generation))
 		if st.Phase == group.Waiting {
 			h.missing = missing(v)
+			if at := group.ReleaseAt(v, time.Now()); !at.IsZero() && h.joined >= st.Size {
+				h.missing = []string{fmt.Sprintf("the restart backoff (%s more)", time.Until(at).Round(100*time.Millisecond))}
+			}
 		}
 	}
 	ready := v.Ready()
@@ -299,8 +322,12 @@ func missing(v *group.View) []string {
 // reconcile applies the transition the view calls for. Only the hub's own
 // goroutine calls it, so reading h.view without the lock is safe here.
 func (h *Hub) reconcile() {
-	d, ok := group.Decide(h.view)
+	now := time.Now()
+	d, ok := group.Decide(h.view, now)
 	if !ok {
+		if at := group.ReleaseAt(h.view, now); !at.IsZero() {
+			h.wakeAt(at)
+		}
 		return
 	}
 	swapped, err := h.reg.store.SwapState(h.ctx, h.key, h.view.StateRev, d.Next)
@@ -314,6 +341,19 @@ func (h *Hub) reconcile() {
 	}
 	// Lost races are fine: another replica made the same decision, and the
 	// watch brings its result.
+}
+
+// wakeAt makes the hub reconcile again at t.
+func (h *Hub) wakeAt(t time.Time) {
+	if h.wake != nil {
+		h.wake.Stop()
+	}
+	h.wake = time.AfterFunc(time.Until(t)+10*time.Millisecond, func() {
+		select {
+		case h.poke <- struct{}{}:
+		default:
+		}
+	})
 }
 
 // Read runs fn with the current view under the hub's lock. fn must not

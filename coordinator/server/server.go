@@ -247,7 +247,7 @@ func (s *Server) planJoin(h *hub.Hub, k group.Key, id string, req *musterv1.Join
 			return
 		}
 		if gen < 0 && st.Phase == group.Running && st.RankOf(id) >= 0 {
-			d := group.Restart(st, id, fmt.Sprintf("member %s restarted (its agent joined afresh)", id))
+			d := group.Restart(st, time.Now(), id, fmt.Sprintf("member %s restarted (its agent joined afresh)", id))
 			p.restart = &d
 			return
 		}

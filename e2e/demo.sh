@@ -64,11 +64,19 @@ for i in 0 1 2 3; do
 done
 
 step "5. one request to the group's endpoint"
-# The Service's backends are its Ready pods; kube-proxy would pick one of
-# them. (EndpointSlices cannot hold the local cluster's loopback pod IPs,
-# so the address is taken from the Ready pods the Service selects.)
-addr=$($KUBECTL -n $NS get pods -l app=tp-model -o jsonpath='{.items[2].status.podIP}'):8080
-echo "   POST http://$addr/v1/completions  (pod tp-model-2, a worker: its agent forwards to the leader)"
+# The address comes from the Service's EndpointSlices, as kube-proxy
+# would take it (the local cluster has no kube-proxy): a ready endpoint,
+# here the third one, so a worker's agent forwards to the leader.
+for _ in $(seq 100); do
+  addrs=$($KUBECTL -n $NS get endpointslices -l kubernetes.io/service-name=tp-model -o jsonpath='{range .items[*].endpoints[?(@.conditions.ready==true)]}{.addresses[0]} {.targetRef.name}{"\n"}{end}')
+  [ "$(echo "$addrs" | grep -c .)" = 4 ] && break
+  sleep 0.2
+done
+port=$($KUBECTL -n $NS get endpointslices -l kubernetes.io/service-name=tp-model -o jsonpath='{.items[0].ports[0].port}')
+echo "   EndpointSlice of Service tp-model:"; echo "$addrs" | sort -k2 | sed "s/ /:$port  /; s/^/     /"
+pick=$(echo "$addrs" | grep -w tp-model-2 || echo "$addrs" | head -1)
+addr=$(echo "$pick" | awk '{print $1}'):$port
+echo "   POST http://$addr/v1/completions  ($(echo "$pick" | awk '{print $2}'): its agent forwards to the leader's)"
 t_req=$(now)
 curl -sS -N -X POST "http://$addr/v1/completions" -H 'Content-Type: application/json' \
   -d '{"prompt": "muster makes a model too big for one machine", "max_tokens": 24, "stream": true}' > "$WORK/answer.sse"

@@ -381,15 +381,16 @@ func (c *Cluster) start(ctx context.Context) error {
 		}
 	}
 
-	if err := c.startCoordinator(ctx); err != nil {
-		return err
-	}
-
 	if c.cfg.Nodes != nil {
 		c.nodes = c.cfg.Nodes
 		if err := c.nodes.Start(ctx, c); err != nil {
 			return fmt.Errorf("start nodes: %w", err)
 		}
+	}
+	// After the nodes: pods in a network of their own reach the coordinator
+	// at that network's gateway, which exists once the nodes started.
+	if err := c.startCoordinator(ctx); err != nil {
+		return err
 	}
 
 	health := c.healthClient()

@@ -24,7 +24,13 @@ func (c *Cluster) startCoordinator(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	c.coordinator = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+	host := "127.0.0.1"
+	// Node backends whose pods live in a network of their own say where
+	// pods reach the host there.
+	if g, ok := c.cfg.Nodes.(interface{ Gateway() string }); ok && g.Gateway() != "" {
+		host = g.Gateway()
+	}
+	c.coordinator = net.JoinHostPort(host, strconv.Itoa(ports[0]))
 	args := []string{
 		"--listen=" + c.coordinator,
 		"--data-dir=" + filepath.Join(c.stateDir, "coordinator"),

@@ -79,6 +79,9 @@ func startCluster(t *testing.T) (*cluster.Cluster, string) {
 	c := clustertest.New(t, func(cfg *cluster.Config) {
 		pcfg := procnode.DefaultConfig(kube)
 		pcfg.AgentBin = filepath.Join(bins, "agent")
+		if !pcfg.WithPodNetwork() {
+			t.Fatal("pods need a network namespace (root and iproute2) for Services to get EndpointSlices")
+		}
 		cfg.Nodes = procnode.New(pcfg)
 		cfg.Binaries.Coordinator = filepath.Join(bins, "coordinator")
 	})
@@ -271,35 +274,35 @@ func statefulSetGroup(t *testing.T, c *cluster.Cluster, root string) {
 		}
 	}
 
-	// Every pod's endpoint answers, and with the same answer: one model.
+	// The Service's EndpointSlices list the group's pods (Ready only
+	// together); every address there answers, with the same answer (one
+	// model), and streams.
+	addrs := sliceAddrs(t, cs, ns, "tp-model", 4)
 	var first *prediction
-	for name, p := range pods {
-		got, hdr := predict(t, p.Status.PodIP+":8080")
+	for _, addr := range addrs {
+		got, hdr := predict(t, addr)
 		if got.WorldSize != 4 || len(got.Outputs) != 2 {
-			t.Fatalf("%s: prediction %+v", name, got)
+			t.Fatalf("%s: prediction %+v", addr, got)
 		}
 		if hdr.Get("X-Muster-Generation") != "0" {
-			t.Errorf("%s: generation header %q", name, hdr.Get("X-Muster-Generation"))
+			t.Errorf("%s: generation header %q", addr, hdr.Get("X-Muster-Generation"))
 		}
 		if first == nil {
 			first = &got
 		} else if got.Outputs[0].NextToken != first.Outputs[0].NextToken || got.Outputs[1].NextToken != first.Outputs[1].NextToken {
-			t.Errorf("%s answered %+v, another pod %+v", name, got, *first)
+			t.Errorf("%s answered %+v, another address %+v", addr, got, *first)
 		}
-	}
-
-	// Streaming goes through the endpoint unbuffered.
-	resp, err := http.Post("http://"+pods["tp-model-3"].Status.PodIP+":8080/v1/completions", "application/json", strings.NewReader(`{"prompt": "hello", "max_tokens": 8, "stream": true}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, rerr := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || strings.Count(string(body), "data: ") != 9 || !strings.Contains(string(body), "[DONE]") {
-		leaderLog, _ := cs.CoreV1().Pods(ns).GetLogs("tp-model-0", &v1.PodLogOptions{Container: "model"}).DoRaw(context.Background())
-		workerLog, _ := cs.CoreV1().Pods(ns).GetLogs("tp-model-3", &v1.PodLogOptions{Container: "model"}).DoRaw(context.Background())
-		t.Fatalf("stream through a worker's endpoint: %d %q (read error %v, headers %v)\nleader log:\n      %s\nworker log:\n      %s",
-			resp.StatusCode, body, rerr, resp.Header, tail(string(leaderLog), 12), tail(string(workerLog), 6))
+		resp, err := http.Post("http://"+addr+"/v1/completions", "application/json", strings.NewReader(`{"prompt": "hello", "max_tokens": 8, "stream": true}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, rerr := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || strings.Count(string(body), "data: ") != 9 || !strings.Contains(string(body), "[DONE]") {
+			leaderLog, _ := cs.CoreV1().Pods(ns).GetLogs("tp-model-0", &v1.PodLogOptions{Container: "model"}).DoRaw(context.Background())
+			t.Fatalf("stream at %s: %d %q (read error %v, headers %v)\nleader log:\n      %s",
+				addr, resp.StatusCode, body, rerr, resp.Header, tail(string(leaderLog), 12))
+		}
 	}
 
 	// The leader pod dies: the group re-forms in place (generation 1, same
@@ -317,14 +320,16 @@ func statefulSetGroup(t *testing.T, c *cluster.Cluster, root string) {
 		}
 		return true
 	})
-	for name, p := range pods {
-		got, hdr := predict(t, p.Status.PodIP+":8080")
+	for _, addr := range sliceAddrs(t, cs, ns, "tp-model", 4, pods) {
+		got, hdr := predict(t, addr)
 		if got.Outputs[0].NextToken != first.Outputs[0].NextToken {
-			t.Errorf("%s after healing answered %+v, before %+v", name, got, *first)
+			t.Errorf("%s after healing answered %+v, before %+v", addr, got, *first)
 		}
 		if g := hdr.Get("X-Muster-Generation"); g == "0" {
-			t.Errorf("%s still serves generation 0 after the leader was replaced", name)
+			t.Errorf("%s still serves generation 0 after the leader was replaced", addr)
 		}
+	}
+	for name := range pods {
 		_, rank, _ := lastRank(t, cs, ns, name)
 		if want := strings.TrimPrefix(name, "tp-model-"); rank != want {
 			t.Errorf("%s: rank %s after healing, want %s", name, rank, want)
@@ -456,6 +461,49 @@ func indexedJobGroup(t *testing.T, c *cluster.Cluster, root string) {
 		}
 	}
 	t.Logf("indexed Job of 2 ran all_reduce as one group and completed in %s", time.Since(start).Round(time.Millisecond))
+}
+
+// sliceAddrs waits until the Service's EndpointSlices list n ready
+// endpoints and returns them as host:port, as kube-proxy would see them.
+func sliceAddrs(t *testing.T, cs kubernetes.Interface, ns, svc string, n int, pods ...map[string]v1.Pod) []string {
+	t.Helper()
+	var addrs []string
+	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		list, err := cs.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=" + svc})
+		if err != nil {
+			return false, nil
+		}
+		addrs = addrs[:0]
+		for _, sl := range list.Items {
+			if len(sl.Ports) == 0 || sl.Ports[0].Port == nil {
+				continue
+			}
+			for _, ep := range sl.Endpoints {
+				if len(pods) > 0 && !hasIP(pods[0], ep.Addresses) {
+					continue // a pod that is gone; the slice catches up
+				}
+				if ep.Conditions.Ready != nil && *ep.Conditions.Ready && len(ep.Addresses) > 0 {
+					addrs = append(addrs, fmt.Sprintf("%s:%d", ep.Addresses[0], *sl.Ports[0].Port))
+				}
+			}
+		}
+		return len(addrs) == n, nil
+	})
+	if err != nil {
+		t.Fatalf("Service %s: %d ready endpoints in its EndpointSlices (%v), want %d", svc, len(addrs), addrs, n)
+	}
+	return append([]string(nil), addrs...)
+}
+
+func hasIP(pods map[string]v1.Pod, addrs []string) bool {
+	for _, p := range pods {
+		for _, a := range addrs {
+			if p.Status.PodIP == a {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // checkInvalidAnnotationDenied: a pod with a bad muster annotation is

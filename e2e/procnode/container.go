@@ -218,6 +218,11 @@ func (c *ctr) runOnce(ctx context.Context) (exit int32, ran bool) {
 	c.pr.mu.Unlock()
 	logPath := c.logPath(run)
 	began := metav1.Now()
+	if nw := c.pr.p.ips.net; nw != nil {
+		wrapped := *spec
+		wrapped.argv = nw.wrap(spec.argv)
+		spec = &wrapped
+	}
 	p, err := startProcess(spec, logPath)
 	if err != nil {
 		c.pr.log.Warn("container start failed", "container", c.spec.Name, "err", err)

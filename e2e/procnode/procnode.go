@@ -86,7 +86,12 @@ import (
 type Config struct {
 	// Shape is the set of nodes (names, capacity, racks), as for kwok.
 	Shape cluster.NodeShape
-	// PodCIDR is the loopback range pod IPs come from; it must lie within
+	// Network is where pods live: "netns" (a network namespace of the
+	// cluster's own with PodCIDR inside it: addresses EndpointSlices accept;
+	// needs root and iproute2) or "loopback" (host network, PodCIDR within
+	// 127.0.0.0/8).
+	Network string
+	// PodCIDR is the range pod IPs come from; with loopback it must lie within
 	// 127.0.0.0/8. 127.0.0.1 and the range's first and last addresses are
 	// never handed out.
 	PodCIDR string
@@ -119,6 +124,7 @@ func DefaultConfig(binDir string) Config {
 	return Config{
 		Shape:                cluster.DefaultNodeShape(),
 		PodCIDR:              "127.10.0.0/16",
+		Network:              "loopback",
 		AgentImage:           "muster/agent",
 		AgentBin:             filepath.Join(binDir, "agent"),
 		BackoffInitial:       time.Second,
@@ -127,9 +133,34 @@ func DefaultConfig(binDir string) Config {
 	}
 }
 
+// WithPodNetwork switches cfg to pods in a network namespace of their own
+// with addresses from 10.244.0.0/16, when this machine allows it (root and
+// iproute2); it reports whether it did.
+func (cfg *Config) WithPodNetwork() bool {
+	if !netnsAvailable() {
+		return false
+	}
+	cfg.Network, cfg.PodCIDR = "netns", "10.244.0.0/16"
+	return true
+}
+
+// Gateway is the host's address in the pods' network (where pods reach
+// services of the host, such as the coordinator); "" with loopback pods.
+func (n *Nodes) Gateway() string {
+	if n.cfg.Network != "netns" {
+		return ""
+	}
+	p, err := netip.ParsePrefix(n.cfg.PodCIDR)
+	if err != nil {
+		return ""
+	}
+	return p.Masked().Addr().Next().String()
+}
+
 // Nodes is the backend: a cluster.NodeBackend. Create it with New.
 type Nodes struct {
 	cfg Config
+	net *podNetwork
 
 	mu     sync.Mutex
 	names  []string
@@ -147,6 +178,9 @@ func New(cfg Config) *Nodes {
 	def := DefaultConfig("bin")
 	if cfg.Shape.Count == 0 && cfg.Shape.Prefix == "" {
 		cfg.Shape = def.Shape
+	}
+	if cfg.Network == "" {
+		cfg.Network = def.Network
 	}
 	if cfg.PodCIDR == "" {
 		cfg.PodCIDR = def.PodCIDR
@@ -177,7 +211,7 @@ func (n *Nodes) Validate() error {
 	if _, err := n.cfg.Shape.Nodes(); err != nil {
 		return err
 	}
-	if _, err := newIPPool(n.cfg.PodCIDR); err != nil {
+	if _, err := newIPPool(n.cfg.PodCIDR, n.cfg.Network == "netns"); err != nil {
 		return err
 	}
 	if repo := imageRepository(n.cfg.AgentImage); repo == "" {
@@ -204,7 +238,7 @@ func (n *Nodes) Start(ctx context.Context, c *cluster.Cluster) error {
 	if err != nil {
 		return err
 	}
-	ips, err := newIPPool(n.cfg.PodCIDR)
+	ips, err := newIPPool(n.cfg.PodCIDR, n.cfg.Network == "netns")
 	if err != nil {
 		return err
 	}
@@ -214,6 +248,15 @@ func (n *Nodes) Start(ctx context.Context, c *cluster.Cluster) error {
 	}
 	if dir, err = filepath.Abs(dir); err != nil {
 		return fmt.Errorf("procnode dir: %w", err)
+	}
+	if n.cfg.Network == "netns" {
+		if ips.net, err = setupPodNetwork(dir, ips.prefix); err != nil {
+			return err
+		}
+		n.mu.Lock()
+		n.net = ips.net
+		n.mu.Unlock()
+		c.Logger().Info("pod network namespace", "netns", ips.net.name, "pod-cidr", ips.prefix.String(), "gateway", ips.net.gateway.String())
 	}
 	// Pods of an earlier run are long gone (their processes died with it).
 	if err := os.RemoveAll(filepath.Join(dir, "pods")); err != nil {
@@ -285,6 +328,15 @@ func (n *Nodes) Stop() error {
 	for _, nd := range nodes {
 		nd.wait()
 	}
+	n.mu.Lock()
+	nw := n.net
+	n.net = nil
+	n.mu.Unlock()
+	if nw != nil {
+		if err := nw.teardown(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -308,17 +360,20 @@ type ipPool struct {
 	prefix netip.Prefix
 	next   netip.Addr
 	used   map[netip.Addr]bool
+	// net, when set, is the pods' network namespace: addresses are added
+	// to it and taken away, and its gateway is never handed out.
+	net *podNetwork
 }
 
-func newIPPool(cidr string) (*ipPool, error) {
+func newIPPool(cidr string, netns bool) (*ipPool, error) {
 	prefix, err := netip.ParsePrefix(cidr)
 	if err != nil {
 		return nil, fmt.Errorf("pod CIDR %q: %w", cidr, err)
 	}
 	prefix = prefix.Masked()
 	loop := netip.MustParsePrefix("127.0.0.0/8")
-	if !prefix.Addr().Is4() || !loop.Contains(prefix.Addr()) || prefix.Bits() < loop.Bits() {
-		return nil, fmt.Errorf("pod CIDR %q: must lie within 127.0.0.0/8 (nothing else is ever a target here)", cidr)
+	if !prefix.Addr().Is4() || (!netns && (!loop.Contains(prefix.Addr()) || prefix.Bits() < loop.Bits())) {
+		return nil, fmt.Errorf("pod CIDR %q: must lie within 127.0.0.0/8 (nothing else is ever a target here), unless pods get a network namespace (Network: netns)", cidr)
 	}
 	if prefix.Bits() > 29 {
 		return nil, fmt.Errorf("pod CIDR %q: too small", cidr)
@@ -339,7 +394,13 @@ func (p *ipPool) allocate() (netip.Addr, error) {
 			p.next = p.prefix.Addr().Next()
 		}
 		last := !p.prefix.Contains(a.Next())
-		if p.prefix.Contains(a) && a != p.prefix.Addr() && !last && a != netip.MustParseAddr("127.0.0.1") && !p.used[a] {
+		gateway := p.net != nil && a == p.net.gateway
+		if p.prefix.Contains(a) && a != p.prefix.Addr() && !last && a != netip.MustParseAddr("127.0.0.1") && !gateway && !p.used[a] {
+			if p.net != nil {
+				if err := p.net.addAddr(a); err != nil {
+					return netip.Addr{}, err
+				}
+			}
 			p.used[a] = true
 			return a, nil
 		}
@@ -352,5 +413,8 @@ func (p *ipPool) allocate() (netip.Addr, error) {
 func (p *ipPool) release(a netip.Addr) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.net != nil && p.used[a] {
+		_ = p.net.delAddr(a)
+	}
 	delete(p.used, a)
 }

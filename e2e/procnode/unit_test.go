@@ -55,11 +55,11 @@ func TestTranslate(t *testing.T) {
 
 func TestIPPool(t *testing.T) {
 	for _, bad := range []string{"10.0.0.0/24", "127.0.0.0/30", "0.0.0.0/0", "::1/128", "nonsense", "126.0.0.0/7"} {
-		if _, err := newIPPool(bad); err == nil {
-			t.Errorf("newIPPool(%q) accepted", bad)
+		if _, err := newIPPool(bad, false); err == nil {
+			t.Errorf("newIPPool(%q, false) accepted", bad)
 		}
 	}
-	p, err := newIPPool("127.0.0.0/29")
+	p, err := newIPPool("127.0.0.0/29", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +80,7 @@ func TestIPPool(t *testing.T) {
 		t.Errorf("after release: %v, %v", a, err)
 	}
 
-	p, _ = newIPPool("127.10.0.0/16")
+	p, _ = newIPPool("127.10.0.0/16", false)
 	a, _ := p.allocate()
 	b, _ := p.allocate()
 	p.release(a)

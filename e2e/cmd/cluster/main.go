@@ -142,6 +142,9 @@ func up(args []string) error {
 	case "process":
 		pcfg := procnode.DefaultConfig(absBin)
 		pcfg.Shape = shape
+		if !pcfg.WithPodNetwork() {
+			log.Warn("pods get loopback addresses (not root, or no iproute2): Services will have no EndpointSlices")
+		}
 		if *agentBin != "" {
 			if pcfg.AgentBin, err = filepath.Abs(*agentBin); err != nil {
 				return err

@@ -17,6 +17,7 @@ import (
 
 	"github.com/muster-dev/muster/agent"
 	"github.com/muster-dev/muster/coordinator/testcoord"
+	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
 )
 
 // syncBuffer is an io.Writer safe for the runtime's output goroutines.
@@ -323,4 +324,65 @@ func freePort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+func TestAgentsMoveToAnotherReplicaWhenTheirsDies(t *testing.T) {
+	etcd := testcoord.Etcd(t)
+	cfgA, cfgB := testcoord.Config(t), testcoord.Config(t)
+	cfgA.EtcdEndpoints, cfgB.EtcdEndpoints = []string{etcd}, []string{etcd}
+	a := testcoord.Start(t, cfgA)
+	b := testcoord.Start(t, cfgB)
+	dir := t.TempDir()
+	const n = 4
+	// Every agent knows both replicas; pick_first puts them all on A.
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	errs := make(chan error, n)
+	var cfgs []agent.Config
+	for i := 0; i < n; i++ {
+		c := agentConfig(t, a.Addr(), "failover", n, i, "sh", "-c", `echo "$RANK" > "$0/$MUSTER_MEMBER_ID.rank"`, dir)
+		c.Coordinators = []string{a.Addr(), b.Addr()}
+		cfgs = append(cfgs, c)
+	}
+	for _, c := range cfgs[:n-1] {
+		go func(c agent.Config) { errs <- agent.Run(ctx, c) }(c)
+	}
+	// Three wait at the barrier on A; A dies; the fourth arrives.
+	cl := testcoord.Client(t, b.Addr())
+	waitJoined(t, cl, "failover", n-1)
+	a.Close()
+	go func() { errs <- agent.Run(ctx, cfgs[n-1]) }()
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Fatalf("agent: %v", err)
+		}
+	}
+	seen := map[string]bool{}
+	for i := 0; i < n; i++ {
+		b, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("failover-%d.rank", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := strings.TrimSpace(string(b))
+		if seen[r] || r != fmt.Sprint(i) {
+			t.Fatalf("member %d got rank %s (seen %v): ranks must stay the ordinals, with no duplicate", i, r, seen)
+		}
+		seen[r] = true
+	}
+}
+
+// waitJoined waits until n members are attached to the group.
+func waitJoined(t *testing.T, c musterv1.RendezvousClient, group string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		g, err := c.GetGroup(context.Background(), &musterv1.GetGroupRequest{Group: &musterv1.GroupRef{Namespace: "test", Name: group}})
+		if err == nil && len(g.Members) >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("group %s: fewer than %d members after 30s (%v, %v)", group, n, g, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

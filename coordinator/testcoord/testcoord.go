@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/muster-dev/muster/coordinator"
+	"github.com/muster-dev/muster/coordinator/embedetcd"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
 )
 
@@ -75,4 +76,20 @@ func FreeAddr(tb testing.TB) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// Etcd starts an embedded etcd member of its own (a cluster of one) for
+// tests whose coordinator replicas must be able to die without taking the
+// data with them; it stops when the test ends.
+func Etcd(tb testing.TB) string {
+	tb.Helper()
+	cfg := embedetcd.DefaultConfig(tb.TempDir())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	e, err := embedetcd.Start(ctx, cfg)
+	if err != nil {
+		tb.Fatalf("start etcd: %v", err)
+	}
+	tb.Cleanup(e.Close)
+	return e.ClientURL
 }

@@ -188,6 +188,10 @@ func (a *agent) run(ctx context.Context) error {
 	events := make(chan event, 16)
 	go a.watchLoop(ctx, events)
 
+	// readyCh hears which generation's runtime became ready; readyTimer
+	// fires when it took longer than --ready-timeout (a stuck member).
+	readyCh := make(chan int64, 1)
+	var readyTimer <-chan time.Time
 	var (
 		proc        *process.Process
 		procDone    <-chan struct{}
@@ -243,7 +247,10 @@ func (a *agent) run(ctx context.Context) error {
 				}
 				procDone = proc.Done()
 				a.report(procGen, musterv1.RuntimeState_RUNTIME_STATE_LAUNCHING, 0, "")
-				go a.watchReady(ctx, proc, as, procGen)
+				go a.watchReady(ctx, proc, as, procGen, readyCh)
+				if a.cfg.ReadyTimeout > 0 {
+					readyTimer = time.After(a.cfg.ReadyTimeout)
+				}
 			case *musterv1.GroupEvent_Readiness:
 				r := ev.Readiness
 				if r.GetGeneration() == target.Generation && launchedGen == r.GetGeneration() {
@@ -280,7 +287,25 @@ func (a *agent) run(ctx context.Context) error {
 				a.leave()
 				return &ExitError{Code: 1, Err: fmt.Errorf("group %s failed in generation %d: %s (member %s); not restarting", a.cfg.Group, f.GetGeneration(), f.GetReason(), f.GetMemberId())}
 			}
+		case gen := <-readyCh:
+			if gen == procGen {
+				readyTimer = nil
+			}
+		case <-readyTimer:
+			readyTimer = nil
+			if proc != nil {
+				reason := fmt.Sprintf("runtime not ready within %s (--ready-timeout); stopped as stuck", a.cfg.ReadyTimeout)
+				a.log.Error(reason, "generation", procGen)
+				r := proc.Stop(a.cfg.StopGrace)
+				proc, procDone = nil, nil
+				code := r.Code
+				if code == 0 {
+					code = 1
+				}
+				a.report(procGen, musterv1.RuntimeState_RUNTIME_STATE_EXITED, code, reason)
+			}
 		case <-procDone:
+			readyTimer = nil
 			r := proc.Result()
 			proc, procDone = nil, nil
 			if r.Code == 0 {
@@ -349,7 +374,7 @@ func (a *agent) launch(as *musterv1.Assignment) (*process.Process, error) {
 
 // watchReady reports the runtime ready: on the leader with --port, once it
 // accepts connections there; otherwise once it runs.
-func (a *agent) watchReady(ctx context.Context, p *process.Process, as *musterv1.Assignment, gen int64) {
+func (a *agent) watchReady(ctx context.Context, p *process.Process, as *musterv1.Assignment, gen int64, ready chan<- int64) {
 	if a.cfg.ReadyPort > 0 && as.GetRank() == 0 {
 		addr := net.JoinHostPort(a.cfg.Address, strconv.Itoa(a.cfg.ReadyPort))
 		for {
@@ -374,6 +399,10 @@ func (a *agent) watchReady(ctx context.Context, p *process.Process, as *musterv1
 	}
 	a.log.Info("runtime ready", "generation", gen)
 	a.report(gen, musterv1.RuntimeState_RUNTIME_STATE_READY, 0, "")
+	select {
+	case ready <- gen:
+	default: // an older generation's signal is still queued; the loop checks gen
+	}
 }
 
 // report queues a status report; the reporter sends them in order.

@@ -386,3 +386,21 @@ func waitJoined(t *testing.T, c musterv1.RendezvousClient, group string, n int) 
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+func TestStuckRuntimeCountsAsFailed(t *testing.T) {
+	cfg := testcoord.Config(t)
+	cfg.MaxRestarts = 0
+	co := testcoord.Start(t, cfg)
+	c := agentConfig(t, co.Addr(), "stuck", 1, 0, "sleep", "600")
+	// The runtime never listens on its serving port: stuck.
+	c.ReadyPort, c.ReadyTimeout = freePort(t), 700*time.Millisecond
+	start := time.Now()
+	err := agent.Run(context.Background(), c)
+	var ee *agent.ExitError
+	if !errors.As(err, &ee) || ee.Code == 0 || !strings.Contains(err.Error(), "not ready within 700ms (--ready-timeout)") {
+		t.Fatalf("got %v, want the group failed because the runtime was stuck", err)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Fatalf("took %s", d)
+	}
+}

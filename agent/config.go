@@ -45,6 +45,9 @@ type Config struct {
 	// its runtime's ReadyPort, the others to the leader's endpoint. Without
 	// a ReadyPort (a batch job) there is nothing to serve and no endpoint.
 	EndpointPort int
+	// ReadyTimeout, when set, counts a runtime that is alive but not ready
+	// this long after launch as failed: it is stopped and the group restarts.
+	ReadyTimeout time.Duration
 	// JoinTimeout bounds how long the coordinator may stay unreachable.
 	JoinTimeout time.Duration
 	// StopGrace is the time between SIGTERM and SIGKILL when stopping the
@@ -138,6 +141,9 @@ func (c *Config) Validate() error {
 	}
 	if c.EndpointPort > 0 && c.EndpointPort == c.ReadyPort {
 		return fmt.Errorf("--endpoint-port and --port are both %d: the agent's endpoint and the runtime need different ports", c.EndpointPort)
+	}
+	if c.ReadyTimeout < 0 {
+		return fmt.Errorf("--ready-timeout %s is negative (0 waits forever)", c.ReadyTimeout)
 	}
 	if c.JoinTimeout <= 0 {
 		return fmt.Errorf("--join-timeout %s must be positive", c.JoinTimeout)

@@ -404,3 +404,50 @@ func TestStuckRuntimeCountsAsFailed(t *testing.T) {
 		t.Fatalf("took %s", d)
 	}
 }
+
+func TestGroupFormsAndHealsWithOneOfThreeEtcdMembersDown(t *testing.T) {
+	members := testcoord.EtcdCluster(t, 3)
+	var urls []string
+	for _, m := range members {
+		urls = append(urls, m.ClientURL)
+	}
+	cfgA, cfgB := testcoord.Config(t), testcoord.Config(t)
+	cfgA.EtcdEndpoints, cfgB.EtcdEndpoints = urls, urls
+	a := testcoord.Start(t, cfgA)
+	b := testcoord.Start(t, cfgB)
+	dir := t.TempDir()
+	const n = 4
+	// Rank 1 fails once, so the group also restarts while etcd is degraded.
+	script := `echo "$MUSTER_GENERATION $RANK" >> "$0/$MUSTER_MEMBER_ID.runs"
+if [ "$MUSTER_GENERATION" = 0 ] && [ "$RANK" = 1 ]; then exit 3; fi`
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	errs := make(chan error, n)
+	var cfgs []agent.Config
+	for i := 0; i < n; i++ {
+		c := agentConfig(t, a.Addr(), "quorum", n, i, "sh", "-c", script, dir)
+		// Half the agents on each replica.
+		c.Coordinators = []string{[]string{a.Addr(), b.Addr()}[i%2]}
+		cfgs = append(cfgs, c)
+	}
+	for _, c := range cfgs[:n-1] {
+		go func(c agent.Config) { errs <- agent.Run(ctx, c) }(c)
+	}
+	waitJoined(t, testcoord.Client(t, b.Addr()), "quorum", n-1)
+	members[2].Close() // one of three etcd members goes away mid-rendezvous
+	go func() { errs <- agent.Run(ctx, cfgs[n-1]) }()
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Fatalf("agent: %v", err)
+		}
+	}
+	for i := 0; i < n; i++ {
+		b, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("quorum-%d.runs", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("0 %d\n1 %d\n", i, i); string(b) != want {
+			t.Errorf("member %d ran %q, want %q", i, b, want)
+		}
+	}
+}

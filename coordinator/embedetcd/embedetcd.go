@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -37,6 +38,7 @@ func DefaultConfig(dir string) Config {
 // Server is a running embedded etcd member.
 type Server struct {
 	etcd *embed.Etcd
+	once sync.Once
 	// ClientURL is where clients reach this member.
 	ClientURL string
 }
@@ -90,8 +92,8 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	return &Server{etcd: e, ClientURL: cu.String()}, nil
 }
 
-// Close stops the member.
-func (s *Server) Close() { s.etcd.Close() }
+// Close stops the member; it may be called more than once.
+func (s *Server) Close() { s.once.Do(s.etcd.Close) }
 
 // Err reports a fatal error of the running member.
 func (s *Server) Err() <-chan error { return s.etcd.Err() }

@@ -4,10 +4,12 @@ package testcoord
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -92,4 +94,41 @@ func Etcd(tb testing.TB) string {
 	}
 	tb.Cleanup(e.Close)
 	return e.ClientURL
+}
+
+// EtcdCluster starts n embedded etcd members forming one cluster on
+// loopback and returns them (client URLs in ClientURL); each stops when the
+// test ends, or earlier with Close.
+func EtcdCluster(tb testing.TB, n int) []*embedetcd.Server {
+	tb.Helper()
+	cfgs := make([]embedetcd.Config, n)
+	var initial []string
+	for i := range cfgs {
+		cfgs[i] = embedetcd.DefaultConfig(tb.TempDir())
+		cfgs[i].Name = fmt.Sprintf("m%d", i)
+		cfgs[i].ClientAddr, cfgs[i].PeerAddr = FreeAddr(tb), FreeAddr(tb)
+		initial = append(initial, fmt.Sprintf("%s=http://%s", cfgs[i].Name, cfgs[i].PeerAddr))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out := make([]*embedetcd.Server, n)
+	errs := make(chan error, n)
+	// A member is ready only once a quorum is up: start them together.
+	for i := range cfgs {
+		cfgs[i].InitialCluster = strings.Join(initial, ",")
+		go func(i int) {
+			s, err := embedetcd.Start(ctx, cfgs[i])
+			out[i] = s
+			errs <- err
+		}(i)
+	}
+	for range cfgs {
+		if err := <-errs; err != nil {
+			tb.Fatalf("start etcd cluster: %v", err)
+		}
+	}
+	for _, s := range out {
+		tb.Cleanup(s.Close)
+	}
+	return out
 }

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 
+	"github.com/muster-dev/muster/agent/gossip"
 	"github.com/muster-dev/muster/agent/preset"
 	"github.com/muster-dev/muster/agent/process"
 	"github.com/muster-dev/muster/agent/proxy"
@@ -61,6 +62,8 @@ type agent struct {
 	port   int
 
 	gen atomic.Int64 // generation this member has joined; -1 before the first join
+
+	gossip *gossip.Node
 
 	reports chan pendingReport
 	quit    chan struct{} // closed when run returns; stops the reporter
@@ -132,6 +135,16 @@ func (a *agent) run(ctx context.Context) error {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
 
+	if !a.cfg.NoGossip {
+		// Peers watch each other directly: a member whose agent vanishes is
+		// noticed in well under a second instead of when its lease runs out.
+		node, err := gossip.Start(gossip.Config{Name: a.cfg.MemberID, BindAddr: a.cfg.Address, OnLost: func(peer string) { go a.peerLost(ctx, peer) }})
+		if err != nil {
+			return &ExitError{Code: 1, Err: err}
+		}
+		a.gossip = node
+		defer node.Close()
+	}
 	a.log.Info("joining group", "coordinator", fmt.Sprint(a.cfg.Coordinators), "size", a.cfg.Size, "address", a.cfg.Address, "runtime", a.cfg.Runtime)
 	resp, err := a.join(ctx, -1)
 	if err != nil {
@@ -238,6 +251,7 @@ func (a *agent) run(ctx context.Context) error {
 					target.Upstream = net.JoinHostPort(as.GetLeaderAddress(), strconv.Itoa(a.cfg.EndpointPort))
 				}
 				setEndpoint(target)
+				go a.joinPeers(ctx, as.GetGeneration())
 				proc, err = a.launch(as)
 				procGen = as.GetGeneration()
 				if err != nil {
@@ -344,6 +358,47 @@ func (a *agent) run(ctx context.Context) error {
 			return &ExitError{Code: 1, Err: ctx.Err()}
 		}
 	}
+}
+
+// joinPeers makes this member's gossip node meet the rest of the group of
+// generation gen (their addresses come from the coordinator).
+func (a *agent) joinPeers(ctx context.Context, gen int64) {
+	if a.gossip == nil {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	g, err := a.client.GetGroup(cctx, &musterv1.GetGroupRequest{Group: a.ref})
+	if err != nil {
+		a.log.Warn("gossip: cannot list the group's members; relying on leases", "err", status.Convert(err).Message())
+		return
+	}
+	var peers []string
+	for _, m := range g.GetMembers() {
+		if m.GetId() != a.cfg.MemberID && m.GetLive() && m.GetGossipPort() > 0 {
+			peers = append(peers, net.JoinHostPort(m.GetAddress(), strconv.Itoa(int(m.GetGossipPort()))))
+		}
+	}
+	if err := a.gossip.Join(peers); err != nil {
+		a.log.Warn("gossip: join failed; relying on leases", "err", err)
+		return
+	}
+	a.log.Info("gossip: joined peers", "peers", len(peers), "generation", gen)
+}
+
+// peerLost reports a peer that gossip declared dead; the coordinator
+// confirms before it restarts anything.
+func (a *agent) peerLost(ctx context.Context, peer string) {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := a.client.ReportPeerLost(cctx, &musterv1.ReportPeerLostRequest{Group: a.ref, MemberId: a.cfg.MemberID, LostMemberId: peer, Generation: a.gen.Load()})
+	if err != nil {
+		if ctx.Err() == nil {
+			a.log.Warn("gossip: could not report a lost peer; its lease will tell", "peer", peer, "err", status.Convert(err).Message())
+		}
+		return
+	}
+	a.log.Info("gossip: peer lost", "peer", peer, "confirmed", resp.GetConfirmed(), "reason", resp.GetReason())
 }
 
 func joinComma(s []string) string {
@@ -496,6 +551,9 @@ func (a *agent) join(ctx context.Context, gen int64) (*musterv1.JoinResponse, er
 	req := &musterv1.JoinRequest{
 		Group: a.ref, MemberId: a.cfg.MemberID, Address: a.cfg.Address, Ordinal: a.cfg.Ordinal,
 		Size: int32(a.cfg.Size), Runtime: a.cfg.Runtime, MasterPort: int32(a.port), Generation: gen,
+	}
+	if a.gossip != nil {
+		req.GossipPort = int32(a.gossip.Port())
 	}
 	deadline := time.Now().Add(a.cfg.JoinTimeout)
 	backoff := 200 * time.Millisecond

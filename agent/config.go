@@ -48,6 +48,9 @@ type Config struct {
 	// ReadyTimeout, when set, counts a runtime that is alive but not ready
 	// this long after launch as failed: it is stopped and the group restarts.
 	ReadyTimeout time.Duration
+	// NoGossip turns off gossip between the group's agents; a lost member
+	// is then noticed when its lease runs out.
+	NoGossip bool
 	// JoinTimeout bounds how long the coordinator may stay unreachable.
 	JoinTimeout time.Duration
 	// StopGrace is the time between SIGTERM and SIGKILL when stopping the

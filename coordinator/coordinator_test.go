@@ -3,6 +3,7 @@ package coordinator_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -540,4 +541,57 @@ func TestCrashLoopBacksOffThenFails(t *testing.T) {
 		t.Fatalf("failed: %v", f)
 	}
 	t.Logf("barrier waits per restart: %v", waits)
+}
+
+func TestPeerLostIsConfirmedBeforeAnyRestart(t *testing.T) {
+	co := testcoord.Start(t, testcoord.Config(t))
+	c := testcoord.Client(t, co.Addr())
+	// b's "agent" answers on its gossip port; c's does not.
+	alive, err := net.Listen("tcp", "127.0.0.3:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alive.Close()
+	dead, err := net.Listen("tcp", "127.0.0.4:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadPort := dead.Addr().(*net.TCPAddr).Port
+	dead.Close()
+	ms := []*member{
+		newMember(t, c, "gossip", "a", "127.0.0.2", 3, ord(0)),
+		newMember(t, c, "gossip", "b", "127.0.0.3", 3, ord(1)),
+		newMember(t, c, "gossip", "c", "127.0.0.4", 3, ord(2)),
+	}
+	ports := []int{0, alive.Addr().(*net.TCPAddr).Port, deadPort}
+	for i, m := range ms {
+		if _, err := c.Join(context.Background(), &musterv1.JoinRequest{Group: ref("gossip"), MemberId: m.id, Address: m.addr, Ordinal: m.ordin, Size: 3, Generation: -1, GossipPort: int32(ports[i])}); err != nil {
+			t.Fatal(err)
+		}
+		m.watch()
+	}
+	for _, m := range ms {
+		m.assignment()
+	}
+	report := func(lost string) *musterv1.ReportPeerLostResponse {
+		resp, err := c.ReportPeerLost(context.Background(), &musterv1.ReportPeerLostRequest{Group: ref("gossip"), MemberId: "a", LostMemberId: lost, Generation: 0})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	// A false suspicion: b's agent answers, nothing restarts.
+	if r := report("b"); r.Confirmed {
+		t.Fatalf("suspicion of a live member confirmed: %v", r)
+	}
+	if g := getGroup(t, c, "gossip"); g.Generation != 0 || g.Phase != musterv1.Phase_PHASE_RUNNING {
+		t.Fatalf("group after a false suspicion: generation %d phase %v", g.Generation, g.Phase)
+	}
+	// c's agent is gone: confirmed, the group restarts at once.
+	if r := report("c"); !r.Confirmed {
+		t.Fatalf("suspicion of a dead member not confirmed: %v", r)
+	}
+	if r := ms[0].restart(); !strings.Contains(r.Reason, "member c was lost") {
+		t.Fatalf("restart %v, want it to name c", r)
+	}
 }

@@ -102,6 +102,7 @@ func Parse(args []string, stderr io.Writer) (agent.Config, slog.Level, error) {
 	fs.IntVar(&cfg.ReadyPort, "port", envInt("MUSTER_PORT"), "serving port of the runtime: the leader reports ready once it accepts connections there; 0: ready once started [MUSTER_PORT]")
 	fs.IntVar(&cfg.EndpointPort, "endpoint-port", envInt("MUSTER_ENDPOINT_PORT"), "serve the group's endpoint here: the leader proxies to --port, other ranks to the leader; 503 until every rank is ready; 0: no endpoint [MUSTER_ENDPOINT_PORT]")
 	fs.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "a runtime alive but not ready this long after launch counts as failed (the group restarts); 0 waits forever")
+	fs.BoolVar(&cfg.NoGossip, "no-gossip", false, "do not gossip with peers (a lost member is then noticed when its lease runs out, --member-ttl on the coordinator)")
 	fs.DurationVar(&cfg.JoinTimeout, "join-timeout", cfg.JoinTimeout, "give up when the coordinator stays unreachable this long")
 	fs.DurationVar(&cfg.StopGrace, "stop-grace", cfg.StopGrace, "time between SIGTERM and SIGKILL when stopping the runtime")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

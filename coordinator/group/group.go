@@ -94,6 +94,7 @@ type Member struct {
 	Address    string `json:"address"`
 	Ordinal    *int64 `json:"ordinal,omitempty"`
 	MasterPort int    `json:"master_port,omitempty"`
+	GossipPort int    `json:"gossip_port,omitempty"`
 	// Generation is the last generation the member joined.
 	Generation int64        `json:"generation"`
 	State      RuntimeState `json:"state,omitempty"`

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -116,6 +118,9 @@ func (s *Server) Join(ctx context.Context, req *musterv1.JoinRequest) (*musterv1
 	}
 	if p := req.GetMasterPort(); p < 0 || p > 65535 {
 		return nil, invalid("%s: master_port %d is not a TCP port (0-65535)", what, p)
+	}
+	if p := req.GetGossipPort(); p < 0 || p > 65535 {
+		return nil, invalid("%s: gossip_port %d is not a port (0-65535)", what, p)
 	}
 	runtime := req.GetRuntime()
 	if runtime == "" {
@@ -270,10 +275,10 @@ func (s *Server) planJoin(h *hub.Hub, k group.Key, id string, req *musterv1.Join
 		}
 		m := group.Member{
 			ID: id, Address: req.GetAddress(), Ordinal: req.Ordinal,
-			MasterPort: int(req.GetMasterPort()), Generation: target,
+			MasterPort: int(req.GetMasterPort()), GossipPort: int(req.GetGossipPort()), Generation: target,
 		}
 		if known {
-			if rec.Generation == target && rec.Address == m.Address && rec.MasterPort == m.MasterPort {
+			if rec.Generation == target && rec.Address == m.Address && rec.MasterPort == m.MasterPort && rec.GossipPort == m.GossipPort {
 				p.resp = &musterv1.JoinResponse{Generation: target, Joined: int32(len(v.Joined(st.Generation))), Size: int32(st.Size)}
 				return
 			}
@@ -401,6 +406,54 @@ func (s *Server) Leave(ctx context.Context, req *musterv1.LeaveRequest) (*muster
 	return &musterv1.LeaveResponse{}, nil
 }
 
+// peerProbeTimeout bounds the coordinator's own check of a peer that
+// gossip declared dead.
+const peerProbeTimeout = 300 * time.Millisecond
+
+// ReportPeerLost acts on a peer that a member's gossip declared dead. It
+// confirms first, so that a false suspicion restarts nothing: the lost
+// peer's agent must no longer accept connections on its gossip port. Then
+// it removes the member (revoking its lease), and the group restarts
+// exactly as when the lease runs out, only sooner.
+func (s *Server) ReportPeerLost(ctx context.Context, req *musterv1.ReportPeerLostRequest) (*musterv1.ReportPeerLostResponse, error) {
+	k, err := groupKey(req.GetGroup())
+	if err != nil {
+		return nil, invalid("report lost peer: %v", err)
+	}
+	for _, f := range []struct{ name, v string }{{"member_id", req.GetMemberId()}, {"lost_member_id", req.GetLostMemberId()}} {
+		if err := group.ValidateName(f.name, f.v, group.MaxMemberIDLen); err != nil {
+			return nil, invalid("report lost peer in group %q: %v", k.String(), err)
+		}
+	}
+	lost := req.GetLostMemberId()
+	m, ok, err := s.store.GetMember(ctx, k, lost)
+	if err != nil {
+		return nil, internal(err)
+	}
+	if !ok {
+		return &musterv1.ReportPeerLostResponse{Confirmed: true, Reason: "already gone"}, nil
+	}
+	if m.Generation < req.GetGeneration() {
+		// The peer is between generations (stopping its runtime); its
+		// gossip may be restarting. Leave it to its lease.
+		return &musterv1.ReportPeerLostResponse{Reason: "peer is in an older generation"}, nil
+	}
+	if m.GossipPort == 0 {
+		return &musterv1.ReportPeerLostResponse{Reason: "peer does not gossip; its lease decides"}, nil
+	}
+	addr := net.JoinHostPort(m.Address, strconv.Itoa(m.GossipPort))
+	if c, err := net.DialTimeout("tcp", addr, peerProbeTimeout); err == nil {
+		c.Close()
+		s.log.Info("gossip suspicion not confirmed: the peer's agent answers", "group", k.String(), "member", lost, "reporter", req.GetMemberId())
+		return &musterv1.ReportPeerLostResponse{Reason: "peer's agent answers at " + addr}, nil
+	}
+	if err := s.store.DeleteMember(ctx, k, m); err != nil {
+		return nil, internal(err)
+	}
+	s.log.Warn("member lost (gossip, confirmed)", "group", k.String(), "member", lost, "reporter", req.GetMemberId())
+	return &musterv1.ReportPeerLostResponse{Confirmed: true, Reason: "peer's agent is unreachable at " + addr}, nil
+}
+
 // GetGroup returns one group's state.
 func (s *Server) GetGroup(ctx context.Context, req *musterv1.GetGroupRequest) (*musterv1.Group, error) {
 	k, err := groupKey(req.GetGroup())
@@ -465,6 +518,7 @@ func toProto(v *group.View) *musterv1.Group {
 		if live {
 			pm.Address, pm.Ordinal, pm.Generation = m.Address, m.Ordinal, m.Generation
 			pm.State, pm.ExitCode, pm.Reason = stateProto(m.State), int32(m.ExitCode), m.Reason
+			pm.GossipPort = int32(m.GossipPort)
 		}
 		g.Members = append(g.Members, pm)
 	}

@@ -206,7 +206,10 @@ type JoinRequest struct {
 	MasterPort int32 `protobuf:"varint,7,opt,name=master_port,json=masterPort,proto3" json:"master_port,omitempty"`
 	// generation is the generation the member last took part in, or -1 for a
 	// member that is starting fresh (a new process).
-	Generation    int64 `protobuf:"varint,8,opt,name=generation,proto3" json:"generation,omitempty"`
+	Generation int64 `protobuf:"varint,8,opt,name=generation,proto3" json:"generation,omitempty"`
+	// gossip_port is where the member's agent gossips with its peers (TCP
+	// and UDP on address); 0 if it does not.
+	GossipPort    int32 `protobuf:"varint,9,opt,name=gossip_port,json=gossipPort,proto3" json:"gossip_port,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -293,6 +296,13 @@ func (x *JoinRequest) GetMasterPort() int32 {
 func (x *JoinRequest) GetGeneration() int64 {
 	if x != nil {
 		return x.Generation
+	}
+	return 0
+}
+
+func (x *JoinRequest) GetGossipPort() int32 {
+	if x != nil {
+		return x.GossipPort
 	}
 	return 0
 }
@@ -1073,6 +1083,129 @@ func (x *ReportStatusResponse) GetCurrentGeneration() int64 {
 	return 0
 }
 
+type ReportPeerLostRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group *GroupRef              `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// member_id is the reporter.
+	MemberId      string `protobuf:"bytes,2,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	LostMemberId  string `protobuf:"bytes,3,opt,name=lost_member_id,json=lostMemberId,proto3" json:"lost_member_id,omitempty"`
+	Generation    int64  `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportPeerLostRequest) Reset() {
+	*x = ReportPeerLostRequest{}
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportPeerLostRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportPeerLostRequest) ProtoMessage() {}
+
+func (x *ReportPeerLostRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportPeerLostRequest.ProtoReflect.Descriptor instead.
+func (*ReportPeerLostRequest) Descriptor() ([]byte, []int) {
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ReportPeerLostRequest) GetGroup() *GroupRef {
+	if x != nil {
+		return x.Group
+	}
+	return nil
+}
+
+func (x *ReportPeerLostRequest) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
+	}
+	return ""
+}
+
+func (x *ReportPeerLostRequest) GetLostMemberId() string {
+	if x != nil {
+		return x.LostMemberId
+	}
+	return ""
+}
+
+func (x *ReportPeerLostRequest) GetGeneration() int64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+type ReportPeerLostResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// confirmed is true when the coordinator found the peer gone and
+	// removed it (the group then restarts).
+	Confirmed     bool   `protobuf:"varint,1,opt,name=confirmed,proto3" json:"confirmed,omitempty"`
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportPeerLostResponse) Reset() {
+	*x = ReportPeerLostResponse{}
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportPeerLostResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportPeerLostResponse) ProtoMessage() {}
+
+func (x *ReportPeerLostResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportPeerLostResponse.ProtoReflect.Descriptor instead.
+func (*ReportPeerLostResponse) Descriptor() ([]byte, []int) {
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ReportPeerLostResponse) GetConfirmed() bool {
+	if x != nil {
+		return x.Confirmed
+	}
+	return false
+}
+
+func (x *ReportPeerLostResponse) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type LeaveRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Group         *GroupRef              `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
@@ -1083,7 +1216,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[13]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1095,7 +1228,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[13]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1108,7 +1241,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{13}
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *LeaveRequest) GetGroup() *GroupRef {
@@ -1133,7 +1266,7 @@ type LeaveResponse struct {
 
 func (x *LeaveResponse) Reset() {
 	*x = LeaveResponse{}
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[14]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1145,7 +1278,7 @@ func (x *LeaveResponse) String() string {
 func (*LeaveResponse) ProtoMessage() {}
 
 func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[14]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1158,7 +1291,7 @@ func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
 func (*LeaveResponse) Descriptor() ([]byte, []int) {
-	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{14}
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{16}
 }
 
 type GetGroupRequest struct {
@@ -1170,7 +1303,7 @@ type GetGroupRequest struct {
 
 func (x *GetGroupRequest) Reset() {
 	*x = GetGroupRequest{}
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[15]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1182,7 +1315,7 @@ func (x *GetGroupRequest) String() string {
 func (*GetGroupRequest) ProtoMessage() {}
 
 func (x *GetGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[15]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1195,7 +1328,7 @@ func (x *GetGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGroupRequest.ProtoReflect.Descriptor instead.
 func (*GetGroupRequest) Descriptor() ([]byte, []int) {
-	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{15}
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetGroupRequest) GetGroup() *GroupRef {
@@ -1215,7 +1348,7 @@ type ListGroupsRequest struct {
 
 func (x *ListGroupsRequest) Reset() {
 	*x = ListGroupsRequest{}
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[16]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1227,7 +1360,7 @@ func (x *ListGroupsRequest) String() string {
 func (*ListGroupsRequest) ProtoMessage() {}
 
 func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[16]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1240,7 +1373,7 @@ func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{16}
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListGroupsRequest) GetNamespace() string {
@@ -1259,7 +1392,7 @@ type ListGroupsResponse struct {
 
 func (x *ListGroupsResponse) Reset() {
 	*x = ListGroupsResponse{}
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[17]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1271,7 +1404,7 @@ func (x *ListGroupsResponse) String() string {
 func (*ListGroupsResponse) ProtoMessage() {}
 
 func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[17]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1284,7 +1417,7 @@ func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
 func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{17}
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListGroupsResponse) GetGroups() []*Group {
@@ -1318,7 +1451,7 @@ type Group struct {
 
 func (x *Group) Reset() {
 	*x = Group{}
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[18]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1330,7 +1463,7 @@ func (x *Group) String() string {
 func (*Group) ProtoMessage() {}
 
 func (x *Group) ProtoReflect() protoreflect.Message {
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[18]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1343,7 +1476,7 @@ func (x *Group) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Group.ProtoReflect.Descriptor instead.
 func (*Group) Descriptor() ([]byte, []int) {
-	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{18}
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Group) GetRef() *GroupRef {
@@ -1444,13 +1577,14 @@ type Member struct {
 	State         RuntimeState `protobuf:"varint,7,opt,name=state,proto3,enum=muster.v1.RuntimeState" json:"state,omitempty"`
 	ExitCode      int32        `protobuf:"varint,8,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
 	Reason        string       `protobuf:"bytes,9,opt,name=reason,proto3" json:"reason,omitempty"`
+	GossipPort    int32        `protobuf:"varint,10,opt,name=gossip_port,json=gossipPort,proto3" json:"gossip_port,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[19]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1462,7 +1596,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[19]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1475,7 +1609,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{19}
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Member) GetId() string {
@@ -1541,6 +1675,13 @@ func (x *Member) GetReason() string {
 	return ""
 }
 
+func (x *Member) GetGossipPort() int32 {
+	if x != nil {
+		return x.GossipPort
+	}
+	return 0
+}
+
 var File_muster_v1_rendezvous_proto protoreflect.FileDescriptor
 
 const file_muster_v1_rendezvous_proto_rawDesc = "" +
@@ -1548,7 +1689,7 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	"\x1amuster/v1/rendezvous.proto\x12\tmuster.v1\"<\n" +
 	"\bGroupRef\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"\x89\x02\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\xaa\x02\n" +
 	"\vJoinRequest\x12)\n" +
 	"\x05group\x18\x01 \x01(\v2\x13.muster.v1.GroupRefR\x05group\x12\x1b\n" +
 	"\tmember_id\x18\x02 \x01(\tR\bmemberId\x12\x18\n" +
@@ -1560,7 +1701,9 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	"masterPort\x12\x1e\n" +
 	"\n" +
 	"generation\x18\b \x01(\x03R\n" +
-	"generationB\n" +
+	"generation\x12\x1f\n" +
+	"\vgossip_port\x18\t \x01(\x05R\n" +
+	"gossipPortB\n" +
 	"\n" +
 	"\b_ordinal\"Z\n" +
 	"\fJoinResponse\x12\x1e\n" +
@@ -1637,7 +1780,17 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\"[\n" +
 	"\x14ReportStatusResponse\x12\x14\n" +
 	"\x05stale\x18\x01 \x01(\bR\x05stale\x12-\n" +
-	"\x12current_generation\x18\x02 \x01(\x03R\x11currentGeneration\"V\n" +
+	"\x12current_generation\x18\x02 \x01(\x03R\x11currentGeneration\"\xa5\x01\n" +
+	"\x15ReportPeerLostRequest\x12)\n" +
+	"\x05group\x18\x01 \x01(\v2\x13.muster.v1.GroupRefR\x05group\x12\x1b\n" +
+	"\tmember_id\x18\x02 \x01(\tR\bmemberId\x12$\n" +
+	"\x0elost_member_id\x18\x03 \x01(\tR\flostMemberId\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x04 \x01(\x03R\n" +
+	"generation\"N\n" +
+	"\x16ReportPeerLostResponse\x12\x1c\n" +
+	"\tconfirmed\x18\x01 \x01(\bR\tconfirmed\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"V\n" +
 	"\fLeaveRequest\x12)\n" +
 	"\x05group\x18\x01 \x01(\v2\x13.muster.v1.GroupRefR\x05group\x12\x1b\n" +
 	"\tmember_id\x18\x02 \x01(\tR\bmemberId\"\x0f\n" +
@@ -1665,7 +1818,7 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	" \x01(\tR\n" +
 	"firstError\x12#\n" +
 	"\rfailed_member\x18\v \x01(\tR\ffailedMember\x12+\n" +
-	"\amembers\x18\f \x03(\v2\x11.muster.v1.MemberR\amembers\"\x89\x02\n" +
+	"\amembers\x18\f \x03(\v2\x11.muster.v1.MemberR\amembers\"\xaa\x02\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1d\n" +
@@ -1677,7 +1830,10 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	"generation\x12-\n" +
 	"\x05state\x18\a \x01(\x0e2\x17.muster.v1.RuntimeStateR\x05state\x12\x1b\n" +
 	"\texit_code\x18\b \x01(\x05R\bexitCode\x12\x16\n" +
-	"\x06reason\x18\t \x01(\tR\x06reasonB\n" +
+	"\x06reason\x18\t \x01(\tR\x06reason\x12\x1f\n" +
+	"\vgossip_port\x18\n" +
+	" \x01(\x05R\n" +
+	"gossipPortB\n" +
 	"\n" +
 	"\b_ordinal*}\n" +
 	"\fRuntimeState\x12\x1d\n" +
@@ -1690,13 +1846,14 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	"\rPHASE_WAITING\x10\x01\x12\x11\n" +
 	"\rPHASE_RUNNING\x10\x02\x12\x13\n" +
 	"\x0fPHASE_COMPLETED\x10\x03\x12\x10\n" +
-	"\fPHASE_FAILED\x10\x042\x92\x03\n" +
+	"\fPHASE_FAILED\x10\x042\xe9\x03\n" +
 	"\n" +
 	"Rendezvous\x127\n" +
 	"\x04Join\x12\x16.muster.v1.JoinRequest\x1a\x17.muster.v1.JoinResponse\x129\n" +
 	"\x05Watch\x12\x17.muster.v1.WatchRequest\x1a\x15.muster.v1.GroupEvent0\x01\x12O\n" +
 	"\fReportStatus\x12\x1e.muster.v1.ReportStatusRequest\x1a\x1f.muster.v1.ReportStatusResponse\x12:\n" +
-	"\x05Leave\x12\x17.muster.v1.LeaveRequest\x1a\x18.muster.v1.LeaveResponse\x128\n" +
+	"\x05Leave\x12\x17.muster.v1.LeaveRequest\x1a\x18.muster.v1.LeaveResponse\x12U\n" +
+	"\x0eReportPeerLost\x12 .muster.v1.ReportPeerLostRequest\x1a!.muster.v1.ReportPeerLostResponse\x128\n" +
 	"\bGetGroup\x12\x1a.muster.v1.GetGroupRequest\x1a\x10.muster.v1.Group\x12I\n" +
 	"\n" +
 	"ListGroups\x12\x1c.muster.v1.ListGroupsRequest\x1a\x1d.muster.v1.ListGroupsResponseB7Z5github.com/muster-dev/muster/proto/muster/v1;musterv1b\x06proto3"
@@ -1714,30 +1871,32 @@ func file_muster_v1_rendezvous_proto_rawDescGZIP() []byte {
 }
 
 var file_muster_v1_rendezvous_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_muster_v1_rendezvous_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_muster_v1_rendezvous_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_muster_v1_rendezvous_proto_goTypes = []any{
-	(RuntimeState)(0),            // 0: muster.v1.RuntimeState
-	(Phase)(0),                   // 1: muster.v1.Phase
-	(*GroupRef)(nil),             // 2: muster.v1.GroupRef
-	(*JoinRequest)(nil),          // 3: muster.v1.JoinRequest
-	(*JoinResponse)(nil),         // 4: muster.v1.JoinResponse
-	(*WatchRequest)(nil),         // 5: muster.v1.WatchRequest
-	(*GroupEvent)(nil),           // 6: muster.v1.GroupEvent
-	(*Progress)(nil),             // 7: muster.v1.Progress
-	(*Assignment)(nil),           // 8: muster.v1.Assignment
-	(*Readiness)(nil),            // 9: muster.v1.Readiness
-	(*Restart)(nil),              // 10: muster.v1.Restart
-	(*Failed)(nil),               // 11: muster.v1.Failed
-	(*Completed)(nil),            // 12: muster.v1.Completed
-	(*ReportStatusRequest)(nil),  // 13: muster.v1.ReportStatusRequest
-	(*ReportStatusResponse)(nil), // 14: muster.v1.ReportStatusResponse
-	(*LeaveRequest)(nil),         // 15: muster.v1.LeaveRequest
-	(*LeaveResponse)(nil),        // 16: muster.v1.LeaveResponse
-	(*GetGroupRequest)(nil),      // 17: muster.v1.GetGroupRequest
-	(*ListGroupsRequest)(nil),    // 18: muster.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),   // 19: muster.v1.ListGroupsResponse
-	(*Group)(nil),                // 20: muster.v1.Group
-	(*Member)(nil),               // 21: muster.v1.Member
+	(RuntimeState)(0),              // 0: muster.v1.RuntimeState
+	(Phase)(0),                     // 1: muster.v1.Phase
+	(*GroupRef)(nil),               // 2: muster.v1.GroupRef
+	(*JoinRequest)(nil),            // 3: muster.v1.JoinRequest
+	(*JoinResponse)(nil),           // 4: muster.v1.JoinResponse
+	(*WatchRequest)(nil),           // 5: muster.v1.WatchRequest
+	(*GroupEvent)(nil),             // 6: muster.v1.GroupEvent
+	(*Progress)(nil),               // 7: muster.v1.Progress
+	(*Assignment)(nil),             // 8: muster.v1.Assignment
+	(*Readiness)(nil),              // 9: muster.v1.Readiness
+	(*Restart)(nil),                // 10: muster.v1.Restart
+	(*Failed)(nil),                 // 11: muster.v1.Failed
+	(*Completed)(nil),              // 12: muster.v1.Completed
+	(*ReportStatusRequest)(nil),    // 13: muster.v1.ReportStatusRequest
+	(*ReportStatusResponse)(nil),   // 14: muster.v1.ReportStatusResponse
+	(*ReportPeerLostRequest)(nil),  // 15: muster.v1.ReportPeerLostRequest
+	(*ReportPeerLostResponse)(nil), // 16: muster.v1.ReportPeerLostResponse
+	(*LeaveRequest)(nil),           // 17: muster.v1.LeaveRequest
+	(*LeaveResponse)(nil),          // 18: muster.v1.LeaveResponse
+	(*GetGroupRequest)(nil),        // 19: muster.v1.GetGroupRequest
+	(*ListGroupsRequest)(nil),      // 20: muster.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),     // 21: muster.v1.ListGroupsResponse
+	(*Group)(nil),                  // 22: muster.v1.Group
+	(*Member)(nil),                 // 23: muster.v1.Member
 }
 var file_muster_v1_rendezvous_proto_depIdxs = []int32{
 	2,  // 0: muster.v1.JoinRequest.group:type_name -> muster.v1.GroupRef
@@ -1750,30 +1909,33 @@ var file_muster_v1_rendezvous_proto_depIdxs = []int32{
 	9,  // 7: muster.v1.GroupEvent.readiness:type_name -> muster.v1.Readiness
 	2,  // 8: muster.v1.ReportStatusRequest.group:type_name -> muster.v1.GroupRef
 	0,  // 9: muster.v1.ReportStatusRequest.state:type_name -> muster.v1.RuntimeState
-	2,  // 10: muster.v1.LeaveRequest.group:type_name -> muster.v1.GroupRef
-	2,  // 11: muster.v1.GetGroupRequest.group:type_name -> muster.v1.GroupRef
-	20, // 12: muster.v1.ListGroupsResponse.groups:type_name -> muster.v1.Group
-	2,  // 13: muster.v1.Group.ref:type_name -> muster.v1.GroupRef
-	1,  // 14: muster.v1.Group.phase:type_name -> muster.v1.Phase
-	21, // 15: muster.v1.Group.members:type_name -> muster.v1.Member
-	0,  // 16: muster.v1.Member.state:type_name -> muster.v1.RuntimeState
-	3,  // 17: muster.v1.Rendezvous.Join:input_type -> muster.v1.JoinRequest
-	5,  // 18: muster.v1.Rendezvous.Watch:input_type -> muster.v1.WatchRequest
-	13, // 19: muster.v1.Rendezvous.ReportStatus:input_type -> muster.v1.ReportStatusRequest
-	15, // 20: muster.v1.Rendezvous.Leave:input_type -> muster.v1.LeaveRequest
-	17, // 21: muster.v1.Rendezvous.GetGroup:input_type -> muster.v1.GetGroupRequest
-	18, // 22: muster.v1.Rendezvous.ListGroups:input_type -> muster.v1.ListGroupsRequest
-	4,  // 23: muster.v1.Rendezvous.Join:output_type -> muster.v1.JoinResponse
-	6,  // 24: muster.v1.Rendezvous.Watch:output_type -> muster.v1.GroupEvent
-	14, // 25: muster.v1.Rendezvous.ReportStatus:output_type -> muster.v1.ReportStatusResponse
-	16, // 26: muster.v1.Rendezvous.Leave:output_type -> muster.v1.LeaveResponse
-	20, // 27: muster.v1.Rendezvous.GetGroup:output_type -> muster.v1.Group
-	19, // 28: muster.v1.Rendezvous.ListGroups:output_type -> muster.v1.ListGroupsResponse
-	23, // [23:29] is the sub-list for method output_type
-	17, // [17:23] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	2,  // 10: muster.v1.ReportPeerLostRequest.group:type_name -> muster.v1.GroupRef
+	2,  // 11: muster.v1.LeaveRequest.group:type_name -> muster.v1.GroupRef
+	2,  // 12: muster.v1.GetGroupRequest.group:type_name -> muster.v1.GroupRef
+	22, // 13: muster.v1.ListGroupsResponse.groups:type_name -> muster.v1.Group
+	2,  // 14: muster.v1.Group.ref:type_name -> muster.v1.GroupRef
+	1,  // 15: muster.v1.Group.phase:type_name -> muster.v1.Phase
+	23, // 16: muster.v1.Group.members:type_name -> muster.v1.Member
+	0,  // 17: muster.v1.Member.state:type_name -> muster.v1.RuntimeState
+	3,  // 18: muster.v1.Rendezvous.Join:input_type -> muster.v1.JoinRequest
+	5,  // 19: muster.v1.Rendezvous.Watch:input_type -> muster.v1.WatchRequest
+	13, // 20: muster.v1.Rendezvous.ReportStatus:input_type -> muster.v1.ReportStatusRequest
+	17, // 21: muster.v1.Rendezvous.Leave:input_type -> muster.v1.LeaveRequest
+	15, // 22: muster.v1.Rendezvous.ReportPeerLost:input_type -> muster.v1.ReportPeerLostRequest
+	19, // 23: muster.v1.Rendezvous.GetGroup:input_type -> muster.v1.GetGroupRequest
+	20, // 24: muster.v1.Rendezvous.ListGroups:input_type -> muster.v1.ListGroupsRequest
+	4,  // 25: muster.v1.Rendezvous.Join:output_type -> muster.v1.JoinResponse
+	6,  // 26: muster.v1.Rendezvous.Watch:output_type -> muster.v1.GroupEvent
+	14, // 27: muster.v1.Rendezvous.ReportStatus:output_type -> muster.v1.ReportStatusResponse
+	18, // 28: muster.v1.Rendezvous.Leave:output_type -> muster.v1.LeaveResponse
+	16, // 29: muster.v1.Rendezvous.ReportPeerLost:output_type -> muster.v1.ReportPeerLostResponse
+	22, // 30: muster.v1.Rendezvous.GetGroup:output_type -> muster.v1.Group
+	21, // 31: muster.v1.Rendezvous.ListGroups:output_type -> muster.v1.ListGroupsResponse
+	25, // [25:32] is the sub-list for method output_type
+	18, // [18:25] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_muster_v1_rendezvous_proto_init() }
@@ -1790,14 +1952,14 @@ func file_muster_v1_rendezvous_proto_init() {
 		(*GroupEvent_Completed)(nil),
 		(*GroupEvent_Readiness)(nil),
 	}
-	file_muster_v1_rendezvous_proto_msgTypes[19].OneofWrappers = []any{}
+	file_muster_v1_rendezvous_proto_msgTypes[21].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_muster_v1_rendezvous_proto_rawDesc), len(file_muster_v1_rendezvous_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   20,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,12 +22,13 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Rendezvous_Join_FullMethodName         = "/muster.v1.Rendezvous/Join"
-	Rendezvous_Watch_FullMethodName        = "/muster.v1.Rendezvous/Watch"
-	Rendezvous_ReportStatus_FullMethodName = "/muster.v1.Rendezvous/ReportStatus"
-	Rendezvous_Leave_FullMethodName        = "/muster.v1.Rendezvous/Leave"
-	Rendezvous_GetGroup_FullMethodName     = "/muster.v1.Rendezvous/GetGroup"
-	Rendezvous_ListGroups_FullMethodName   = "/muster.v1.Rendezvous/ListGroups"
+	Rendezvous_Join_FullMethodName           = "/muster.v1.Rendezvous/Join"
+	Rendezvous_Watch_FullMethodName          = "/muster.v1.Rendezvous/Watch"
+	Rendezvous_ReportStatus_FullMethodName   = "/muster.v1.Rendezvous/ReportStatus"
+	Rendezvous_Leave_FullMethodName          = "/muster.v1.Rendezvous/Leave"
+	Rendezvous_ReportPeerLost_FullMethodName = "/muster.v1.Rendezvous/ReportPeerLost"
+	Rendezvous_GetGroup_FullMethodName       = "/muster.v1.Rendezvous/GetGroup"
+	Rendezvous_ListGroups_FullMethodName     = "/muster.v1.Rendezvous/ListGroups"
 )
 
 // RendezvousClient is the client API for Rendezvous service.
@@ -50,6 +51,10 @@ type RendezvousClient interface {
 	ReportStatus(ctx context.Context, in *ReportStatusRequest, opts ...grpc.CallOption) (*ReportStatusResponse, error)
 	// Leave removes a member that is going away for good.
 	Leave(ctx context.Context, in *LeaveRequest, opts ...grpc.CallOption) (*LeaveResponse, error)
+	// ReportPeerLost tells the coordinator that a member's gossip declared a
+	// peer dead. The coordinator confirms (the peer's agent no longer
+	// answers) before it acts, so a false suspicion restarts nothing.
+	ReportPeerLost(ctx context.Context, in *ReportPeerLostRequest, opts ...grpc.CallOption) (*ReportPeerLostResponse, error)
 	// GetGroup returns one group's state (read-only).
 	GetGroup(ctx context.Context, in *GetGroupRequest, opts ...grpc.CallOption) (*Group, error)
 	// ListGroups returns every group, optionally of one namespace (read-only).
@@ -113,6 +118,16 @@ func (c *rendezvousClient) Leave(ctx context.Context, in *LeaveRequest, opts ...
 	return out, nil
 }
 
+func (c *rendezvousClient) ReportPeerLost(ctx context.Context, in *ReportPeerLostRequest, opts ...grpc.CallOption) (*ReportPeerLostResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportPeerLostResponse)
+	err := c.cc.Invoke(ctx, Rendezvous_ReportPeerLost_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *rendezvousClient) GetGroup(ctx context.Context, in *GetGroupRequest, opts ...grpc.CallOption) (*Group, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Group)
@@ -153,6 +168,10 @@ type RendezvousServer interface {
 	ReportStatus(context.Context, *ReportStatusRequest) (*ReportStatusResponse, error)
 	// Leave removes a member that is going away for good.
 	Leave(context.Context, *LeaveRequest) (*LeaveResponse, error)
+	// ReportPeerLost tells the coordinator that a member's gossip declared a
+	// peer dead. The coordinator confirms (the peer's agent no longer
+	// answers) before it acts, so a false suspicion restarts nothing.
+	ReportPeerLost(context.Context, *ReportPeerLostRequest) (*ReportPeerLostResponse, error)
 	// GetGroup returns one group's state (read-only).
 	GetGroup(context.Context, *GetGroupRequest) (*Group, error)
 	// ListGroups returns every group, optionally of one namespace (read-only).
@@ -178,6 +197,9 @@ func (UnimplementedRendezvousServer) ReportStatus(context.Context, *ReportStatus
 }
 func (UnimplementedRendezvousServer) Leave(context.Context, *LeaveRequest) (*LeaveResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Leave not implemented")
+}
+func (UnimplementedRendezvousServer) ReportPeerLost(context.Context, *ReportPeerLostRequest) (*ReportPeerLostResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportPeerLost not implemented")
 }
 func (UnimplementedRendezvousServer) GetGroup(context.Context, *GetGroupRequest) (*Group, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetGroup not implemented")
@@ -271,6 +293,24 @@ func _Rendezvous_Leave_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Rendezvous_ReportPeerLost_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportPeerLostRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RendezvousServer).ReportPeerLost(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Rendezvous_ReportPeerLost_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RendezvousServer).ReportPeerLost(ctx, req.(*ReportPeerLostRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Rendezvous_GetGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetGroupRequest)
 	if err := dec(in); err != nil {
@@ -325,6 +365,10 @@ var Rendezvous_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Leave",
 			Handler:    _Rendezvous_Leave_Handler,
+		},
+		{
+			MethodName: "ReportPeerLost",
+			Handler:    _Rendezvous_ReportPeerLost_Handler,
 		},
 		{
 			MethodName: "GetGroup",

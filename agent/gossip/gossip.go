@@ -1,0 +1,145 @@
+// Package gossip lets a group's agents watch each other directly, with
+// hashicorp/memberlist, so that a member whose pod or host vanishes, or
+// that is cut off, is noticed by its peers in well under a second rather
+// than when its etcd lease runs out. Gossip only makes the coordinator hear
+// sooner: a peer that memberlist declares dead is reported, and the
+// coordinator confirms before it acts (see the coordinator's ReportPeerLost).
+package gossip
+
+import (
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Config describes one member's gossip node.
+type Config struct {
+	// Name is the member id; BindAddr the member's address.
+	Name     string
+	BindAddr string
+	// Port to bind (TCP and UDP); 0 picks a free one.
+	Port int
+	// OnLost is called, from memberlist's goroutine, with the name of a peer
+	// memberlist declared dead after its suspicion period.
+	OnLost func(name string)
+}
+
+// memberlistConfig is memberlist's LAN configuration tightened for a group
+// on one fabric: probe every 100ms with a 50ms timeout, and a suspicion
+// period of SuspicionMult x log10(n) probe intervals (200ms for small
+// groups, longer for big ones), so that a dead member is declared in about
+// 0.2-0.6s while a member that misses one probe is not: it refutes the
+// suspicion in time (memberlist's Lifeguard), and the coordinator confirms
+// before restarting anything.
+func memberlistConfig(c Config, port int) *memberlist.Config {
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = c.Name
+	mc.BindAddr, mc.BindPort = c.BindAddr, port
+	mc.AdvertiseAddr, mc.AdvertisePort = c.BindAddr, port
+	mc.ProbeInterval = 100 * time.Millisecond
+	mc.ProbeTimeout = 50 * time.Millisecond
+	mc.SuspicionMult = 2
+	mc.SuspicionMaxTimeoutMult = 4
+	mc.GossipInterval = 50 * time.Millisecond
+	mc.GossipToTheDeadTime = 2 * time.Second
+	mc.PushPullInterval = 5 * time.Second
+	mc.TCPTimeout = time.Second
+	mc.Logger = log.New(io.Discard, "", 0)
+	return mc
+}
+
+// Node is a running gossip member.
+type Node struct {
+	ml   *memberlist.Memberlist
+	port int
+
+	mu     sync.Mutex
+	closed bool
+}
+
+// Start creates the member's node.
+func Start(c Config) (*Node, error) {
+	port := c.Port
+	if port == 0 {
+		// memberlist needs the same port free for TCP and UDP.
+		var err error
+		if port, err = freePort(c.BindAddr); err != nil {
+			return nil, err
+		}
+	}
+	mc := memberlistConfig(c, port)
+	mc.Events = &events{self: c.Name, onLost: c.OnLost}
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("gossip on %s:%d: %w", c.BindAddr, port, err)
+	}
+	return &Node{ml: ml, port: port}, nil
+}
+
+// Port is the node's gossip port.
+func (n *Node) Port() int { return n.port }
+
+// Join contacts peers (host:port); it succeeds if any answers.
+func (n *Node) Join(peers []string) error {
+	if len(peers) == 0 {
+		return nil
+	}
+	if _, err := n.ml.Join(peers); err != nil {
+		return fmt.Errorf("gossip: join %v: %w", peers, err)
+	}
+	return nil
+}
+
+// Members is how many live members the node sees, itself included.
+func (n *Node) Members() int { return n.ml.NumMembers() }
+
+// Close leaves the cluster quietly and stops the node.
+func (n *Node) Close() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return
+	}
+	n.closed = true
+	_ = n.ml.Leave(200 * time.Millisecond)
+	_ = n.ml.Shutdown()
+}
+
+// events turns memberlist's node events into OnLost calls. A graceful
+// leave (an agent that exits normally) is reported too: the coordinator
+// tells a leave from a death by the member's record.
+type events struct {
+	self   string
+	onLost func(string)
+}
+
+func (e *events) NotifyJoin(*memberlist.Node)   {}
+func (e *events) NotifyUpdate(*memberlist.Node) {}
+func (e *events) NotifyLeave(n *memberlist.Node) {
+	if n.Name != e.self && e.onLost != nil {
+		e.onLost(n.Name)
+	}
+}
+
+func freePort(host string) (int, error) {
+	for i := 0; i < 20; i++ {
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			return 0, fmt.Errorf("gossip: pick a port on %s: %w", host, err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		u, err := net.ListenPacket("udp", net.JoinHostPort(host, strconv.Itoa(port)))
+		if err == nil {
+			u.Close()
+			return port, nil
+		}
+	}
+	return 0, fmt.Errorf("gossip: no port free for both TCP and UDP on %s", host)
+}

@@ -1,0 +1,74 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestKilledAgentIsNoticedBySurvivorsWithinASecond kills -9 one member's
+// agent (its runtime dies with it) and measures until every survivor has
+// been told to restart. Gossip between the agents finds the dead member and
+// the coordinator confirms; without gossip only the member's lease would,
+// after --member-ttl.
+func TestKilledAgentIsNoticedBySurvivorsWithinASecond(t *testing.T) {
+	trials := 5
+	if v, err := strconv.Atoi(os.Getenv("MUSTER_FAULT_TRIALS")); err == nil && v > 0 {
+		trials = v
+	}
+	coord := startCoordinator(t)
+	agentBin := filepath.Join(bins(t), "agent")
+	var took []time.Duration
+	for trial := 0; trial < trials; trial++ {
+		group := fmt.Sprintf("kill-%d", trial)
+		const n = 4
+		var ps []*proc
+		for i := 0; i < n; i++ {
+			ps = append(ps, start(t, agentBin, "run", "--coordinator", coord, "--group", group, "--size", fmt.Sprint(n),
+				"--member-id", fmt.Sprintf("m%d", i), "--address", fmt.Sprintf("127.0.0.%d", i+2), "--ordinal", fmt.Sprint(i),
+				"--", "sh", "-c", "echo started; exec sleep 600"))
+		}
+		for _, p := range ps {
+			p.waitOutput(t, "runtime ready", 30*time.Second)
+		}
+		// Every node has met its peers before one dies.
+		for _, p := range ps {
+			p.waitOutput(t, "gossip: joined peers", 10*time.Second)
+		}
+		victim := ps[trial%n]
+		killed := time.Now()
+		if err := victim.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		deadline := killed.Add(20 * time.Second)
+		for _, p := range ps {
+			if p == victim {
+				continue
+			}
+			for !strings.Contains(p.output(), "group restarting") {
+				if time.Now().After(deadline) {
+					t.Fatalf("trial %d: a survivor was not told to restart within 20s:\n%s", trial, p.output())
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+		took = append(took, time.Since(killed))
+		for _, p := range ps {
+			if p != victim {
+				p.cmd.Process.Signal(syscall.SIGKILL)
+			}
+		}
+	}
+	sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
+	median, worst := took[len(took)/2], took[len(took)-1]
+	t.Logf("kill -9 of one agent of 4 -> every survivor told to restart: median %s, worst %s over %d trials", median.Round(time.Millisecond), worst.Round(time.Millisecond), trials)
+	if median > time.Second {
+		t.Errorf("median %s: gossip should notice a dead member in well under a second", median)
+	}
+}

@@ -451,3 +451,52 @@ if [ "$MUSTER_GENERATION" = 0 ] && [ "$RANK" = 1 ]; then exit 3; fi`
 		}
 	}
 }
+
+func TestReplicaDiesInTheMiddleOfA64MemberRendezvous(t *testing.T) {
+	etcd := testcoord.Etcd(t)
+	cfgA, cfgB := testcoord.Config(t), testcoord.Config(t)
+	cfgA.EtcdEndpoints, cfgB.EtcdEndpoints = []string{etcd}, []string{etcd}
+	a := testcoord.Start(t, cfgA)
+	b := testcoord.Start(t, cfgB)
+	dir := t.TempDir()
+	const n = 64
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	errs := make(chan error, n)
+	run := func(i int) {
+		c := agentConfig(t, a.Addr(), "big", n, i, "sh", "-c", `echo "$RANK" > "$0/$MUSTER_MEMBER_ID.rank"`, dir)
+		c.Address = "127.0.0.1"
+		c.NoGossip = true // 64 gossip nodes on 2 cores only add noise here
+		if i%2 == 0 {
+			c.Coordinators = []string{a.Addr(), b.Addr()}
+		} else {
+			c.Coordinators = []string{b.Addr(), a.Addr()}
+		}
+		errs <- agent.Run(ctx, c)
+	}
+	for i := 0; i < n/2; i++ {
+		go run(i)
+	}
+	waitJoined(t, testcoord.Client(t, b.Addr()), "big", n/2)
+	a.Close() // half the agents lose their replica mid-rendezvous
+	for i := n / 2; i < n; i++ {
+		go run(i)
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Fatalf("agent: %v", err)
+		}
+	}
+	seen := map[string]int{}
+	for i := 0; i < n; i++ {
+		b, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("big-%d.rank", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := strings.TrimSpace(string(b))
+		if prev, dup := seen[r]; dup || r != fmt.Sprint(i) {
+			t.Fatalf("member %d got rank %s (also member %d's): ranks must be the ordinals, unique", i, r, prev)
+		}
+		seen[r] = i
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,6 +19,16 @@ import (
 // the coordinator confirms; without gossip only the member's lease would,
 // after --member-ttl.
 func TestKilledAgentIsNoticedBySurvivorsWithinASecond(t *testing.T) {
+	measureKill(t, "agent")
+}
+
+// TestKilledRuntimeRestartsTheGroup kills -9 one rank's runtime: its agent
+// reports the exit at once and every survivor is told to restart.
+func TestKilledRuntimeRestartsTheGroup(t *testing.T) {
+	measureKill(t, "runtime")
+}
+
+func measureKill(t *testing.T, what string) {
 	trials := 5
 	if v, err := strconv.Atoi(os.Getenv("MUSTER_FAULT_TRIALS")); err == nil && v > 0 {
 		trials = v
@@ -32,7 +43,7 @@ func TestKilledAgentIsNoticedBySurvivorsWithinASecond(t *testing.T) {
 		for i := 0; i < n; i++ {
 			ps = append(ps, start(t, agentBin, "run", "--coordinator", coord, "--group", group, "--size", fmt.Sprint(n),
 				"--member-id", fmt.Sprintf("m%d", i), "--address", fmt.Sprintf("127.0.0.%d", i+2), "--ordinal", fmt.Sprint(i),
-				"--", "sh", "-c", "echo started; exec sleep 600"))
+				"--", "sh", "-c", "echo runtime-pid=$$; exec sleep 600"))
 		}
 		for _, p := range ps {
 			p.waitOutput(t, "runtime ready", 30*time.Second)
@@ -42,8 +53,16 @@ func TestKilledAgentIsNoticedBySurvivorsWithinASecond(t *testing.T) {
 			p.waitOutput(t, "gossip: joined peers", 10*time.Second)
 		}
 		victim := ps[trial%n]
+		pid := victim.cmd.Process.Pid
+		if what == "runtime" {
+			m := regexp.MustCompile(`runtime-pid=(\d+)`).FindStringSubmatch(victim.output())
+			if m == nil {
+				t.Fatalf("no runtime pid in:\n%s", victim.output())
+			}
+			pid, _ = strconv.Atoi(m[1])
+		}
 		killed := time.Now()
-		if err := victim.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
 		deadline := killed.Add(20 * time.Second)
@@ -67,7 +86,7 @@ func TestKilledAgentIsNoticedBySurvivorsWithinASecond(t *testing.T) {
 	}
 	sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
 	median, worst := took[len(took)/2], took[len(took)-1]
-	t.Logf("kill -9 of one agent of 4 -> every survivor told to restart: median %s, worst %s over %d trials", median.Round(time.Millisecond), worst.Round(time.Millisecond), trials)
+	t.Logf("kill -9 of one %s of 4 -> every survivor told to restart: median %s, worst %s over %d trials", what, median.Round(time.Millisecond), worst.Round(time.Millisecond), trials)
 	if median > time.Second {
 		t.Errorf("median %s: gossip should notice a dead member in well under a second", median)
 	}

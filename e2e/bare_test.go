@@ -167,7 +167,19 @@ func (p *proc) waitOutput(t *testing.T, s string, d time.Duration) {
 // startCoordinator runs bin/coordinator and waits until it answers.
 func startCoordinator(t *testing.T, extra ...string) string {
 	t.Helper()
-	addr := freeAddr(t)
+	return startCoordinatorOn(t, "127.0.0.1", extra...)
+}
+
+// startCoordinatorOn runs bin/coordinator serving on host and waits until
+// it answers.
+func startCoordinatorOn(t *testing.T, host string, extra ...string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
 	args := append([]string{"--listen", addr, "--data-dir", t.TempDir(),
 		"--etcd-listen-client", freeAddr(t), "--etcd-listen-peer", freeAddr(t)}, extra...)
 	p := start(t, filepath.Join(bins(t), "coordinator"), args...)

@@ -72,7 +72,7 @@ type Config struct {
 	AgentImage string
 	// ReadyHook, when set, hears each change of a group's readiness or
 	// generation (with its members' ids); it must not block.
-	ReadyHook func(k group.Key, generation int64, ready bool, members []string, message string)
+	ReadyHook func(k group.Key, generation int64, phase group.Phase, ready bool, members []string, message string)
 	// ServerOptions are extra gRPC server options (credentials, interceptors).
 	ServerOptions []grpc.ServerOption
 	Logger        *slog.Logger
@@ -193,10 +193,14 @@ func Start(ctx context.Context, cfg Config) (*Coordinator, error) {
 		}
 		c.kube, c.rest = cs, rc
 		syncer := podready.New(cs, log)
-		c.hubs.ReadyHook = func(k group.Key, gen int64, ready bool, members []string, msg string) {
+		c.hubs.ReadyHook = func(k group.Key, gen int64, phase group.Phase, ready bool, members []string, msg string) {
 			syncer.Set(k.Namespace, k.Name, members, ready, msg)
+			if phase == group.Failed {
+				// The first error, and who had it, where kubectl describe shows it.
+				syncer.Event(k.Namespace, members, "GroupFailed", msg)
+			}
 			if cfg.ReadyHook != nil {
-				cfg.ReadyHook(k, gen, ready, members, msg)
+				cfg.ReadyHook(k, gen, phase, ready, members, msg)
 			}
 		}
 	} else {

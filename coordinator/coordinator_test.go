@@ -471,7 +471,7 @@ func TestReadyHookFollowsGroupReadiness(t *testing.T) {
 	}
 	calls := make(chan call, 16)
 	cfg := testcoord.Config(t)
-	cfg.ReadyHook = func(k group.Key, gen int64, ready bool, members []string, msg string) {
+	cfg.ReadyHook = func(k group.Key, gen int64, _ group.Phase, ready bool, members []string, msg string) {
 		if k.Name == "hooked" {
 			calls <- call{gen, ready, len(members)}
 		}

@@ -26,7 +26,7 @@ type Registry struct {
 	// ReadyHook, when set before the first Acquire, hears every change of a
 	// group's readiness or generation, with the ids of the group's members.
 	// It must not block.
-	ReadyHook func(k group.Key, generation int64, ready bool, members []string, message string)
+	ReadyHook func(k group.Key, generation int64, phase group.Phase, ready bool, members []string, message string)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -115,7 +115,7 @@ type Hub struct {
 	missing []string // what the current barrier waits for, when known
 	rankOf  map[string]int
 	waiters []revWaiter
-	hooked  [2]int64 // generation and readiness last told to ReadyHook
+	hooked  hookKey // what ReadyHook was last told
 
 	// poke asks the hub's goroutine to reconcile again: a restart backoff
 	// ended, with no etcd event to say so. wake is the pending timer.
@@ -136,7 +136,7 @@ func newHub(r *Registry, k group.Key) *Hub {
 		loaded:  make(chan struct{}),
 		changed: make(chan struct{}),
 		rankOf:  map[string]int{},
-		hooked:  [2]int64{-1, -1},
+		hooked:  hookKey{gen: -1},
 		poke:    make(chan struct{}, 1),
 	}
 }
@@ -266,11 +266,7 @@ func (h *Hub) tellReady(v *group.View, ready bool) {
 	if hook == nil || v.State == nil {
 		return
 	}
-	r := int64(0)
-	if ready {
-		r = 1
-	}
-	now := [2]int64{v.State.Generation, r}
+	now := hookKey{gen: v.State.Generation, phase: v.State.Phase, ready: ready}
 	if now == h.hooked {
 		return
 	}
@@ -287,10 +283,19 @@ func (h *Hub) tellReady(v *group.View, ready bool) {
 		}
 	}
 	msg := fmt.Sprintf("generation %d: %s", v.State.Generation, strings.ToLower(string(v.State.Phase)))
-	if ready {
+	switch {
+	case ready:
 		msg = fmt.Sprintf("generation %d: all %d ranks ready", v.State.Generation, len(v.State.Assignment))
+	case v.State.Phase == group.Failed:
+		msg = fmt.Sprintf("group failed in generation %d after %d restarts, not restarting: %s (member %s)", v.State.Generation, v.State.Restarts, v.State.FirstError, v.State.FailedMember)
 	}
-	hook(h.key, v.State.Generation, ready, members, msg)
+	hook(h.key, v.State.Generation, v.State.Phase, ready, members, msg)
+}
+
+type hookKey struct {
+	gen   int64
+	phase group.Phase
+	ready bool
 }
 
 // missing names what the barrier waits for: members of earlier generations

@@ -81,6 +81,32 @@ func (s *Syncer) drain(key string) {
 	}
 }
 
+// Event records a warning event on each of the pods (in the background);
+// pods that do not exist are skipped.
+func (s *Syncer) Event(namespace string, pods []string, reason, message string) {
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		now := metav1.NewTime(time.Now())
+		for _, pod := range pods {
+			p, err := s.cs.CoreV1().Pods(namespace).Get(ctx, pod, metav1.GetOptions{})
+			if err != nil {
+				continue
+			}
+			ev := &v1.Event{
+				ObjectMeta:     metav1.ObjectMeta{GenerateName: pod + ".", Namespace: namespace},
+				InvolvedObject: v1.ObjectReference{Kind: "Pod", Namespace: namespace, Name: pod, UID: p.UID, APIVersion: "v1"},
+				Reason:         reason, Message: message, Type: v1.EventTypeWarning,
+				FirstTimestamp: now, LastTimestamp: now, Count: 1,
+				Source: v1.EventSource{Component: "muster-coordinator"},
+			}
+			if _, err := s.cs.CoreV1().Events(namespace).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
+				s.log.Warn("record pod event", "pod", namespace+"/"+pod, "reason", reason, "err", err)
+			}
+		}
+	}()
+}
+
 func (s *Syncer) patch(u update, pod string) error {
 	status, reason := v1.ConditionFalse, "GroupNotReady"
 	if u.ready {

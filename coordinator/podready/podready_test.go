@@ -47,3 +47,17 @@ func TestSetPatchesOnlyMustersConditionAndSkipsMissingPods(t *testing.T) {
 	s.Set("ns", "g", []string{"g-0"}, false, "restarting to generation 1")
 	check(v1.ConditionFalse)
 }
+
+func TestEventLandsOnExistingPods(t *testing.T) {
+	pod := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "g-0", UID: "u0"}}
+	cs := fake.NewSimpleClientset(pod)
+	s := New(cs, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	s.Event("ns", []string{"g-0", "gone"}, "GroupFailed", "group failed: member g-1 exited with code 2")
+	err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 5*time.Second, true, func(ctx context.Context) (bool, error) {
+		evs, err := cs.CoreV1().Events("ns").List(ctx, metav1.ListOptions{})
+		return err == nil && len(evs.Items) == 1 && evs.Items[0].InvolvedObject.Name == "g-0" && evs.Items[0].Reason == "GroupFailed", nil
+	})
+	if err != nil {
+		t.Fatalf("no GroupFailed event on g-0: %v", err)
+	}
+}

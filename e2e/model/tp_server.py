@@ -519,8 +519,15 @@ def main():
     shard.forward(torch.tensor([encode("warm up")]), last_only=False)
 
     if rank != 0:
-        sys.exit(run_worker(shard, stop, rank, world, gen))
-    sys.exit(run_leader(shard, stop, args, world, gen))
+        code = run_worker(shard, stop, rank, world, gen)
+    else:
+        code = run_leader(shard, stop, args, world, gen)
+    # Skip the interpreter's teardown: destroying a live gloo process group
+    # while its threads run can abort ("terminate called without an active
+    # exception", exit 134) and turn a clean stop into a failure.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run_worker(shard, stop, rank, world, gen):

@@ -302,8 +302,10 @@ func (a *agent) run(ctx context.Context) error {
 				return &ExitError{Code: 1, Err: fmt.Errorf("group %s failed in generation %d: %s (member %s); not restarting", a.cfg.Group, f.GetGeneration(), f.GetReason(), f.GetMemberId())}
 			}
 		case gen := <-readyCh:
-			if gen == procGen {
+			if gen == procGen && proc != nil {
 				readyTimer = nil
+				a.log.Info("runtime ready", "generation", gen)
+				a.report(gen, musterv1.RuntimeState_RUNTIME_STATE_READY, 0, "")
 			}
 		case <-readyTimer:
 			readyTimer = nil
@@ -452,11 +454,12 @@ func (a *agent) watchReady(ctx context.Context, p *process.Process, as *musterv1
 		return
 	default:
 	}
-	a.log.Info("runtime ready", "generation", gen)
-	a.report(gen, musterv1.RuntimeState_RUNTIME_STATE_READY, 0, "")
+	// The main loop reports it, so that a ready report can never overtake
+	// the exit report of a runtime that ended meanwhile.
 	select {
 	case ready <- gen:
-	default: // an older generation's signal is still queued; the loop checks gen
+	case <-p.Done():
+	case <-ctx.Done():
 	}
 }
 
@@ -510,6 +513,7 @@ func (a *agent) send(ctx context.Context, req *musterv1.ReportStatusRequest) {
 			a.log.Warn("status report refused", "state", req.GetState().String(), "err", status.Convert(err).Message())
 			return
 		}
+		a.log.Debug("status report failed; retrying", "state", req.GetState().String(), "err", status.Convert(err).Message(), "retry_in", backoff)
 		select {
 		case <-time.After(backoff):
 		case <-ctx.Done():

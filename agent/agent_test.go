@@ -453,12 +453,9 @@ if [ "$MUSTER_GENERATION" = 0 ] && [ "$RANK" = 1 ]; then exit 3; fi`
 }
 
 func TestReplicaDiesInTheMiddleOfA64MemberRendezvous(t *testing.T) {
-	// It passed every local run but hung once in CI (one agent of 64 never
-	// finished within 2 minutes; cause not found yet), so it runs only on
-	// request until that is understood: MUSTER_LONG_TESTS=1.
-	if os.Getenv("MUSTER_LONG_TESTS") == "" {
-		t.Skip("set MUSTER_LONG_TESTS=1: hung once in CI, under investigation")
-	}
+	// Under load this once caught a member whose late READY report
+	// overtook its EXITED one, so the group never completed; the agent now
+	// orders its reports and the coordinator refuses EXITED -> READY.
 	etcd := testcoord.Etcd(t)
 	cfgA, cfgB := testcoord.Config(t), testcoord.Config(t)
 	cfgA.EtcdEndpoints, cfgB.EtcdEndpoints = []string{etcd}, []string{etcd}
@@ -466,7 +463,7 @@ func TestReplicaDiesInTheMiddleOfA64MemberRendezvous(t *testing.T) {
 	b := testcoord.Start(t, cfgB)
 	dir := t.TempDir()
 	const n = 64
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	errs := make(chan error, n)
 	run := func(i int) {
@@ -490,7 +487,14 @@ func TestReplicaDiesInTheMiddleOfA64MemberRendezvous(t *testing.T) {
 	}
 	for i := 0; i < n; i++ {
 		if err := <-errs; err != nil {
-			t.Fatalf("agent: %v", err)
+			g, gerr := testcoord.Client(t, b.Addr()).GetGroup(context.Background(), &musterv1.GetGroupRequest{Group: &musterv1.GroupRef{Namespace: "test", Name: "big"}})
+			var states []string
+			for _, m := range g.GetMembers() {
+				if m.GetState() != musterv1.RuntimeState_RUNTIME_STATE_EXITED {
+					states = append(states, fmt.Sprintf("%s:%v:live=%v:gen=%d", m.GetId(), m.GetState(), m.GetLive(), m.GetGeneration()))
+				}
+			}
+			t.Fatalf("agent: %v; group phase %v generation %d; members not exited: %v (%v)", err, g.GetPhase(), g.GetGeneration(), states, gerr)
 		}
 	}
 	seen := map[string]int{}

@@ -357,6 +357,11 @@ func (s *Server) ReportStatus(ctx context.Context, req *musterv1.ReportStatusReq
 		if !known {
 			return nil, status.Errorf(codes.NotFound, "%s: not a member (its lease expired or it left); join again", what)
 		}
+		if rec.State == group.StateExited && state != group.StateExited {
+			// A runtime that exited does not become ready again within its
+			// generation: a late report lost a race with the exit report.
+			return &musterv1.ReportStatusResponse{Stale: true, CurrentGeneration: cur}, nil
+		}
 		m := rec
 		m.State, m.ExitCode, m.Reason = state, int(req.GetExitCode()), truncateReason(req.GetReason())
 		ok, _, err := s.store.PutMember(ctx, k, m, clientv3.LeaseID(rec.Lease), rec.ModRev)

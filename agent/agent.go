@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -234,7 +235,7 @@ func (a *agent) run(ctx context.Context) error {
 					lastJoined, lastLog = p.GetJoined(), time.Now()
 					msg := fmt.Sprintf("group %s: %d/%d joined", a.cfg.Group, p.GetJoined(), p.GetSize())
 					if w := p.GetWaitingFor(); len(w) > 0 {
-						msg += ", waiting for " + joinComma(w)
+						msg += ", waiting for " + strings.Join(w, ", ")
 					}
 					a.log.Info(msg, "generation", p.GetGeneration())
 				}
@@ -401,17 +402,6 @@ func (a *agent) peerLost(ctx context.Context, peer string) {
 		return
 	}
 	a.log.Info("gossip: peer lost", "peer", peer, "confirmed", resp.GetConfirmed(), "reason", resp.GetReason())
-}
-
-func joinComma(s []string) string {
-	out := ""
-	for i, x := range s {
-		if i > 0 {
-			out += ", "
-		}
-		out += x
-	}
-	return out
 }
 
 func (a *agent) launch(as *musterv1.Assignment) (*process.Process, error) {

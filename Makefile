@@ -9,7 +9,7 @@ TORCH_PYTHON ?= /usr/bin/python3
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 
-.PHONY: all build test test-short bench proto demo demo-bare clean deps
+.PHONY: all build test test-short bench bench-deps coscheduling-bin proto demo demo-bare clean deps
 
 all: build
 
@@ -32,8 +32,31 @@ test: deps build
 	# each slower and their timings noisier.
 	MUSTER_BIN=$(BIN) TORCH_PYTHON=$(TORCH_PYTHON) $(GO) test -p 1 -count=1 -timeout 25m ./...
 
-bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./coordinator/...
+# bench: every comparison of issue #6/#9 side by side (bench/*/): each
+# benchmark appends rows to $(BENCH_OUT); benchreport turns them into
+# .local/bench.json and a table. Benchmarks report; they assert no timings.
+BENCH_OUT := $(CURDIR)/.local/bench.jsonl
+BENCH_TIMEOUT ?= 25m
+bench: deps bench-deps build kube-bins coscheduling-bin
+	@mkdir -p $(CURDIR)/.local; rm -f $(BENCH_OUT)
+	MUSTER_BIN=$(BIN) TORCH_PYTHON=$(TORCH_PYTHON) MUSTER_BENCH_OUT=$(BENCH_OUT) \
+		$(GO) test -p 1 -count=1 -run '^$$' -bench . -benchtime 1x -timeout $(BENCH_TIMEOUT) ./bench/...; \
+	status=$$?; $(GO) run ./bench/cmd/benchreport $(BENCH_OUT) $(CURDIR)/.local/bench.json; exit $$status
+
+# bench-deps: the anchors that come from Debian (nginx as a reverse proxy,
+# wrk as the load generator).
+bench-deps:
+	@if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then \
+		echo "installing nginx-light and wrk (Debian packages)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx-light wrk; \
+	fi
+
+# coscheduling-bin: scheduler-plugins' upstream Coscheduling plugin in
+# kube-scheduler, built in its own module (tools/coscheduling, pinned to
+# Kubernetes v1.34.4) only when missing. Anchor for the gang benchmarks.
+coscheduling-bin:
+	@test -x $(BIN)/coscheduling-scheduler || { echo "building tools/coscheduling into $(BIN)/coscheduling-scheduler"; \
+		cd tools/coscheduling && $(GO) build -o $(BIN)/coscheduling-scheduler . ; }
 
 $(TOOLS)/protoc-gen-go:
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
@@ -97,6 +120,7 @@ kube-bins:
 	$(GO) build -ldflags '$(KUBE_LDFLAGS)' -o $(BIN)/kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
 	$(GO) build -ldflags '$(KUBE_LDFLAGS)' -o $(BIN)/kubectl k8s.io/kubernetes/cmd/kubectl
 	$(GO) build -ldflags '$(KUBE_LDFLAGS)' -o $(BIN)/scheduler ./scheduler-plugin/cmd/scheduler
+	$(GO) build -ldflags '$(KUBE_LDFLAGS)' -o $(BIN)/kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
 	@test -x $(BIN)/kwok || { echo "installing kwok $(KWOK_VERSION) into $(BIN)"; \
 		GOBIN=$(BIN) $(GO) install sigs.k8s.io/kwok/cmd/kwok@$(KWOK_VERSION); }
 

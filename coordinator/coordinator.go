@@ -28,6 +28,7 @@ import (
 
 	"github.com/muster-dev/muster/coordinator/embedetcd"
 	"github.com/muster-dev/muster/coordinator/group"
+	"github.com/muster-dev/muster/coordinator/health"
 	"github.com/muster-dev/muster/coordinator/hub"
 	"github.com/muster-dev/muster/coordinator/podready"
 	"github.com/muster-dev/muster/coordinator/server"
@@ -58,6 +59,9 @@ type Config struct {
 	// mirrors each group's readiness onto its pods (condition
 	// muster.dev/group-ready, the readiness gate the webhook adds).
 	Kubeconfig string
+	// InCluster connects to Kubernetes like Kubeconfig does, with the pod's
+	// service account (the Helm chart and kustomize base set it).
+	InCluster bool
 	// WebhookListen, when set, serves the mutating admission webhook (TLS,
 	// POST /mutate) on this host:port; with Kubeconfig the coordinator also
 	// registers it with the apiserver (caBundle from WebhookCertDir's CA).
@@ -65,6 +69,15 @@ type Config struct {
 	// WebhookCertDir keeps the webhook's CA and serving certificate
 	// (created on first start); default DataDir/webhook.
 	WebhookCertDir string
+	// WebhookTLSDir, when set, holds the webhook's tls.crt and tls.key as
+	// the deployment made them (a mounted Secret): the coordinator then
+	// makes no certificate and registers nothing, since the deployment owns
+	// the MutatingWebhookConfiguration and its caBundle, and WebhookListen
+	// may be a wildcard address.
+	WebhookTLSDir string
+	// MetricsListen, when set, serves Prometheus metrics (/metrics),
+	// /healthz and /readyz over HTTP on this host:port.
+	MetricsListen string
 	// Advertise is the coordinator address injected agents dial (host:port,
 	// several comma-separated); default the Listen address.
 	Advertise string
@@ -113,6 +126,17 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("--webhook-listen %q: want host:port: %w", c.WebhookListen, err)
 		}
 	}
+	if c.WebhookTLSDir != "" && c.WebhookListen == "" {
+		return errors.New("--webhook-tls-dir is set but --webhook-listen is empty")
+	}
+	if c.InCluster && c.Kubeconfig != "" {
+		return errors.New("--in-cluster and --kubeconfig are both set: give one")
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			return fmt.Errorf("--metrics-listen %q: want host:port: %w", c.MetricsListen, err)
+		}
+	}
 	if c.MaxRestarts < 0 {
 		return fmt.Errorf("--max-restarts %d is negative", c.MaxRestarts)
 	}
@@ -136,6 +160,9 @@ type Coordinator struct {
 	errc  chan error
 	// stopWebhook ends the webhook server.
 	stopWebhook context.CancelFunc
+	health      *health.Checker
+	stopHealth  context.CancelFunc
+	metricsLis  net.Listener
 	once        sync.Once
 }
 
@@ -180,8 +207,13 @@ func Start(ctx context.Context, cfg Config) (*Coordinator, error) {
 	}
 	c.Store = store.New(cli, cfg.Prefix)
 	c.hubs = hub.NewRegistry(c.Store, log, 30*time.Second)
-	if cfg.Kubeconfig != "" {
-		rc, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+	if cfg.Kubeconfig != "" || cfg.InCluster {
+		var rc *rest.Config
+		if cfg.InCluster {
+			rc, err = rest.InClusterConfig()
+		} else {
+			rc, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+		}
 		if err != nil {
 			c.Close()
 			return nil, fmt.Errorf("--kubeconfig %s: %w", cfg.Kubeconfig, err)
@@ -215,6 +247,10 @@ func Start(ctx context.Context, cfg Config) (*Coordinator, error) {
 	}, cfg.ServerOptions...)
 	c.grpc = grpc.NewServer(opts...)
 	musterv1.RegisterRendezvousServer(c.grpc, srv)
+	if err := c.startHealth(log); err != nil {
+		c.Close()
+		return nil, err
+	}
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		c.Close()
@@ -247,13 +283,19 @@ func (c *Coordinator) startWebhook(ctx context.Context, log *slog.Logger) error 
 	if dir == "" {
 		dir = filepath.Join(cfg.DataDir, "webhook")
 	}
-	host, _, _ := net.SplitHostPort(cfg.WebhookListen)
-	if host == "" || host == "0.0.0.0" || host == "::" {
-		return fmt.Errorf("--webhook-listen %q: give the address the apiserver calls (e.g. 127.0.0.1:8443); the certificate names it", cfg.WebhookListen)
-	}
-	caPEM, certFile, keyFile, err := webhook.EnsureCerts(dir, []string{host})
-	if err != nil {
-		return fmt.Errorf("webhook certificates in %s: %w", dir, err)
+	var caPEM []byte
+	var certFile, keyFile string
+	if cfg.WebhookTLSDir != "" {
+		certFile, keyFile = filepath.Join(cfg.WebhookTLSDir, "tls.crt"), filepath.Join(cfg.WebhookTLSDir, "tls.key")
+	} else {
+		host, _, _ := net.SplitHostPort(cfg.WebhookListen)
+		if host == "" || host == "0.0.0.0" || host == "::" {
+			return fmt.Errorf("--webhook-listen %q: give the address the apiserver calls (e.g. 127.0.0.1:8443); the certificate names it", cfg.WebhookListen)
+		}
+		var err error
+		if caPEM, certFile, keyFile, err = webhook.EnsureCerts(dir, []string{host}); err != nil {
+			return fmt.Errorf("webhook certificates in %s: %w", dir, err)
+		}
 	}
 	wc := webhook.DefaultConfig()
 	wc.CoordinatorAddress = cfg.Advertise
@@ -286,7 +328,7 @@ func (c *Coordinator) startWebhook(ctx context.Context, log *slog.Logger) error 
 		}
 	}()
 	log.Info("admission webhook serving", "listen", cfg.WebhookListen, "agent_image", wc.AgentImage, "agents_dial", wc.CoordinatorAddress)
-	if c.kube == nil {
+	if c.kube == nil || cfg.WebhookTLSDir != "" {
 		return nil
 	}
 	url := "https://" + cfg.WebhookListen + "/mutate"
@@ -326,6 +368,10 @@ func (c *Coordinator) Err() <-chan error { return c.errc }
 func (c *Coordinator) Close() { c.once.Do(c.close) }
 
 func (c *Coordinator) close() {
+	if c.stopHealth != nil {
+		c.stopHealth()
+		c.health.Shutdown()
+	}
 	if c.stopWebhook != nil {
 		c.stopWebhook()
 	}

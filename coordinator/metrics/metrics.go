@@ -1,0 +1,93 @@
+// Package metrics exports the coordinator's view of its groups to
+// Prometheus. The numbers are read from etcd at scrape time, so every
+// replica reports the same cluster-wide values (aggregate with max, not
+// sum) and nothing is lost when a replica restarts.
+package metrics
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/muster-dev/muster/coordinator/group"
+)
+
+// Loader reads every group; *store.Store is one.
+type Loader interface {
+	LoadAll(ctx context.Context) ([]*group.View, error)
+}
+
+var phases = []group.Phase{group.Waiting, group.Running, group.Completed, group.Failed}
+
+var (
+	groupsDesc = prometheus.NewDesc("muster_groups",
+		"Groups by phase of their current generation.", []string{"phase"}, nil)
+	sizeDesc = prometheus.NewDesc("muster_group_size",
+		"Members a group expects.", []string{"namespace", "group"}, nil)
+	joinedDesc = prometheus.NewDesc("muster_group_members_joined",
+		"Members that joined the group's current generation.", []string{"namespace", "group"}, nil)
+	readyDesc = prometheus.NewDesc("muster_group_members_ready",
+		"Members of the current generation whose runtime reported ready.", []string{"namespace", "group"}, nil)
+	generationDesc = prometheus.NewDesc("muster_group_generation",
+		"The group's current generation (0 until its first restart).", []string{"namespace", "group"}, nil)
+	restartsDesc = prometheus.NewDesc("muster_group_restarts_total",
+		"Restarts of the group since it was created.", []string{"namespace", "group"}, nil)
+)
+
+// Collector is a prometheus.Collector over the groups in etcd.
+type Collector struct {
+	load    Loader
+	timeout time.Duration
+}
+
+// NewCollector returns a Collector that reads groups with load; a scrape
+// waits at most timeout for etcd.
+func NewCollector(load Loader, timeout time.Duration) *Collector {
+	return &Collector{load: load, timeout: timeout}
+}
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{groupsDesc, sizeDesc, joinedDesc, readyDesc, generationDesc, restartsDesc} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector. When etcd cannot be read the
+// scrape fails (an invalid metric), rather than reporting zero groups.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	views, err := c.load.LoadAll(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(groupsDesc, err)
+		return
+	}
+	byPhase := map[group.Phase]int{}
+	for _, v := range views {
+		if v.State == nil {
+			continue // members of a group whose state is not written yet
+		}
+		st := v.State
+		byPhase[st.Phase]++
+		labels := []string{v.Key.Namespace, v.Key.Name}
+		joined := v.Joined(st.Generation)
+		ready := 0
+		for _, m := range joined {
+			if m.State == group.StateReady {
+				ready++
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(sizeDesc, prometheus.GaugeValue, float64(st.Size), labels...)
+		ch <- prometheus.MustNewConstMetric(joinedDesc, prometheus.GaugeValue, float64(len(joined)), labels...)
+		ch <- prometheus.MustNewConstMetric(readyDesc, prometheus.GaugeValue, float64(ready), labels...)
+		ch <- prometheus.MustNewConstMetric(generationDesc, prometheus.GaugeValue, float64(st.Generation), labels...)
+		ch <- prometheus.MustNewConstMetric(restartsDesc, prometheus.CounterValue, float64(st.Restarts), labels...)
+	}
+	// Every phase, zeros included, so that alerts on a phase see 0 rather
+	// than no data.
+	for _, p := range phases {
+		ch <- prometheus.MustNewConstMetric(groupsDesc, prometheus.GaugeValue, float64(byPhase[p]), string(p))
+	}
+}

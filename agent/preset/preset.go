@@ -1,6 +1,7 @@
 // Package preset turns a rank assignment into the exact command line and
 // environment a model runtime expects. Adding a runtime is one Register
-// call with its own flags and env; see torchrun.go for the shape.
+// call with its own flags and env, plus its golden files in testdata/; see
+// torchrun.go for the shape.
 package preset
 
 import (
@@ -25,6 +26,17 @@ type Assignment struct {
 	Port       int
 	// Address is this member's own address (pod IP).
 	Address string
+	// Peers are every member's address in rank order (Peers[0] is the
+	// leader); filled only for presets with NeedsPeers.
+	Peers []string
+	// GPUsPerNode is the number of GPUs each member has; 0 when unknown.
+	GPUsPerNode int
+	// Interface, when set, is the network interface collective
+	// communication must use (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME).
+	Interface string
+	// Dir is the member's own directory, where the agent writes the
+	// command's Files before starting it.
+	Dir string
 }
 
 // Preset describes one runtime.
@@ -36,6 +48,25 @@ type Preset struct {
 	Args func(a Assignment, argv []string) ([]string, error)
 	// Env returns variables added on top of the common ones.
 	Env func(a Assignment) map[string]string
+	// Files returns files, by name inside Assignment.Dir, that the agent
+	// writes before starting the command (a generated hostfile, a script).
+	Files func(a Assignment) (map[string][]byte, error)
+	// Check refuses a group shape the runtime cannot run (for example a
+	// parallel size that does not match the GPUs). It sees the whole group
+	// (WorldSize, GPUsPerNode) but not yet a rank, so the agent can call it
+	// before joining; note, when not empty, is a remark to log (a check
+	// that was skipped and why).
+	Check func(a Assignment, argv []string) (note string, err error)
+	// NeedsPeers asks the agent for every member's address (Peers).
+	NeedsPeers bool
+	// PortSpan is how many ports, from MASTER_PORT up, the runtime binds on
+	// the leader; the agent picks a MASTER_PORT with all of them free.
+	// 0 means 1.
+	PortSpan int
+	// EnvPrefixes are the prefixes of the environment variables the runtime
+	// reads, so the agent can warn about Kubernetes service links that
+	// collide with them.
+	EnvPrefixes []string
 }
 
 var registry = map[string]Preset{}
@@ -72,6 +103,31 @@ type Command struct {
 	Argv []string
 	// Env holds KEY=VALUE entries to add to the agent's environment.
 	Env []string
+	// Files are written into Assignment.Dir (name -> content) before Argv
+	// starts.
+	Files map[string][]byte
+}
+
+// Check renders argv and runs preset name's group check for a (which needs
+// WorldSize and GPUsPerNode, not a rank). The agent calls it before joining
+// so that a group it cannot run is refused at once, with the numbers.
+func Check(name string, a Assignment, argv []string) (note string, err error) {
+	p, err := Get(name)
+	if err != nil {
+		return "", err
+	}
+	if p.Check == nil {
+		return "", nil
+	}
+	rendered, err := Render(a, argv)
+	if err != nil {
+		return "", err
+	}
+	note, err = p.Check(a, rendered)
+	if err != nil {
+		return "", fmt.Errorf("runtime %s: %w", name, err)
+	}
+	return note, nil
 }
 
 // Build renders argv's templates and applies preset name to a.
@@ -83,13 +139,24 @@ func Build(name string, a Assignment, argv []string) (Command, error) {
 	if len(argv) == 0 {
 		return Command{}, fmt.Errorf("runtime %s: no command given: put it after --", name)
 	}
+	if p.NeedsPeers && len(a.Peers) != a.WorldSize {
+		return Command{}, fmt.Errorf("runtime %s: needs every member's address, got %d of %d", name, len(a.Peers), a.WorldSize)
+	}
+	if _, err := Check(name, a, argv); err != nil {
+		return Command{}, err
+	}
 	rendered, err := Render(a, argv)
 	if err != nil {
 		return Command{}, err
 	}
-	out := rendered
+	cmd := Command{Argv: rendered}
 	if p.Args != nil {
-		if out, err = p.Args(a, rendered); err != nil {
+		if cmd.Argv, err = p.Args(a, rendered); err != nil {
+			return Command{}, fmt.Errorf("runtime %s: %w", name, err)
+		}
+	}
+	if p.Files != nil {
+		if cmd.Files, err = p.Files(a); err != nil {
 			return Command{}, fmt.Errorf("runtime %s: %w", name, err)
 		}
 	}
@@ -104,7 +171,6 @@ func Build(name string, a Assignment, argv []string) (Command, error) {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	cmd := Command{Argv: out}
 	for _, k := range keys {
 		cmd.Env = append(cmd.Env, k+"="+env[k])
 	}
@@ -138,7 +204,7 @@ func Render(a Assignment, argv []string) ([]string, error) {
 func CommonEnv(a Assignment) map[string]string {
 	rank, world, gen := strconv.Itoa(a.Rank), strconv.Itoa(a.WorldSize), strconv.FormatInt(a.Generation, 10)
 	port := strconv.Itoa(a.Port)
-	return map[string]string{
+	env := map[string]string{
 		"MUSTER_NAMESPACE":           a.Namespace,
 		"MUSTER_GROUP":               a.Group,
 		"MUSTER_MEMBER_ID":           a.Member,
@@ -155,6 +221,17 @@ func CommonEnv(a Assignment) map[string]string {
 		"MASTER_PORT":                port,
 		"TORCHELASTIC_RESTART_COUNT": gen,
 	}
+	if a.Interface != "" {
+		// NCCL picks the first non-loopback interface by itself, which in a
+		// pod with several networks is often not the one that reaches the
+		// peers; Gloo (torch.distributed's CPU backend, which vLLM and
+		// SGLang also use) has its own variable.
+		// https://docs.nvidia.com/deeplearning/nccl/user-guide/docs/env.html#nccl-socket-ifname
+		// https://pytorch.org/docs/stable/distributed.html#common-environment-variables
+		env["NCCL_SOCKET_IFNAME"] = a.Interface
+		env["GLOO_SOCKET_IFNAME"] = a.Interface
+	}
+	return env
 }
 
 // insertAfter returns argv with flags inserted at index i.

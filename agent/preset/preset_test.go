@@ -84,7 +84,7 @@ func TestBuildErrors(t *testing.T) {
 		argv         []string
 		want         string
 	}{
-		{"unknown preset", "nope", []string{"x"}, `runtime "nope" is not a known preset; use one of: env, torchrun`},
+		{"unknown preset", "nope", []string{"x"}, `runtime "nope" is not a known preset; use one of: deepspeed, env, ray, sglang, torchrun, vllm`},
 		{"no command", "env", nil, "no command given"},
 		{"unknown field", "env", []string{"x", "{{.Rnak}}"}, `argument 1 "{{.Rnak}}"`},
 		{"bad template", "env", []string{"x", "{{.Rank"}, "bad template"},

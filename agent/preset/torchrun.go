@@ -22,8 +22,9 @@ import (
 // RANK and WORLD_SIZE are not set: torchrun computes them per worker.
 func init() {
 	Register(Preset{
-		Name:    "torchrun",
-		Summary: "torchrun/torch.distributed.run: adds --nnodes --node_rank --master_addr --master_port",
+		Name:        "torchrun",
+		Summary:     "torchrun/torch.distributed.run: adds --nnodes --node_rank --master_addr --master_port",
+		EnvPrefixes: []string{"TORCH_", "NCCL_"},
 		Args: func(a Assignment, argv []string) ([]string, error) {
 			at := 1
 			for i := 0; i < len(argv); i++ {

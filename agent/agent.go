@@ -46,6 +46,22 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return &ExitError{Code: 2, Err: err}
 	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	cfg.Logger = log.With("group", cfg.Namespace+"/"+cfg.Group, "member", cfg.MemberID)
+	// A group shape the runtime cannot run is refused here, before joining,
+	// rather than by every launch of every generation until the restart
+	// budget runs out.
+	note, err := preset.Check(cfg.Runtime, cfg.groupAssignment(), cfg.Command)
+	if err != nil {
+		return &ExitError{Code: 2, Err: err}
+	}
+	if note != "" {
+		cfg.Logger.Info(note, "runtime", cfg.Runtime)
+	}
+	warnServiceLinks(cfg.Logger, cfg.Runtime, os.Environ())
 	a, err := newAgent(cfg)
 	if err != nil {
 		return &ExitError{Code: 1, Err: err}
@@ -76,23 +92,25 @@ type pendingReport struct {
 	done chan struct{}
 }
 
+// newAgent makes the agent for cfg, which Run has validated and given a
+// logger.
 func newAgent(cfg Config) (*agent, error) {
 	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	p, err := preset.Get(cfg.Runtime)
+	if err != nil {
+		return nil, err
 	}
-	log = log.With("group", cfg.Namespace+"/"+cfg.Group, "member", cfg.MemberID)
+	span := max(p.PortSpan, 1)
 	port := cfg.MasterPort
 	if port == 0 {
 		// Every member picks a port on its own address; the leader's
 		// becomes MASTER_PORT. Picking it here also proves the address is
 		// this host's.
-		l, err := net.Listen("tcp", net.JoinHostPort(cfg.Address, "0"))
-		if err != nil {
+		if port, err = freePortBlock(cfg.Address, span, listenTCP); err != nil {
 			return nil, fmt.Errorf("--address %s: cannot listen there (is it this host's address?): %w", cfg.Address, err)
 		}
-		port = l.Addr().(*net.TCPAddr).Port
-		l.Close()
+	} else if busy := busyInBlock(cfg.Address, port, span); busy != 0 && span > 1 {
+		log.Warn(fmt.Sprintf("--master-port %d: runtime %s uses ports %d-%d on the leader, and %d is taken now", port, cfg.Runtime, port, port+span-1, busy))
 	}
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	target := cfg.Coordinators[0]
@@ -253,7 +271,7 @@ func (a *agent) run(ctx context.Context) error {
 				}
 				setEndpoint(target)
 				go a.joinPeers(ctx, as.GetGeneration())
-				proc, err = a.launch(as)
+				proc, err = a.launch(ctx, as)
 				procGen = as.GetGeneration()
 				if err != nil {
 					a.log.Error("runtime failed to start", "err", err)
@@ -404,14 +422,22 @@ func (a *agent) peerLost(ctx context.Context, peer string) {
 	a.log.Info("gossip: peer lost", "peer", peer, "confirmed", resp.GetConfirmed(), "reason", resp.GetReason())
 }
 
-func (a *agent) launch(as *musterv1.Assignment) (*process.Process, error) {
-	asg := preset.Assignment{
-		Namespace: a.cfg.Namespace, Group: a.cfg.Group, Member: a.cfg.MemberID,
-		Rank: int(as.GetRank()), WorldSize: int(as.GetWorldSize()), Generation: as.GetGeneration(),
-		LeaderAddr: as.GetLeaderAddress(), Port: int(as.GetMasterPort()), Address: a.cfg.Address,
+func (a *agent) launch(ctx context.Context, as *musterv1.Assignment) (*process.Process, error) {
+	asg := a.cfg.groupAssignment()
+	asg.Rank, asg.WorldSize, asg.Generation = int(as.GetRank()), int(as.GetWorldSize()), as.GetGeneration()
+	asg.LeaderAddr, asg.Port = as.GetLeaderAddress(), int(as.GetMasterPort())
+	if p, _ := preset.Get(a.cfg.Runtime); p.NeedsPeers {
+		peers, err := a.peers(ctx, asg.Generation, asg.WorldSize)
+		if err != nil {
+			return nil, err
+		}
+		asg.Peers = peers
 	}
 	cmd, err := preset.Build(a.cfg.Runtime, asg, a.cfg.Command)
 	if err != nil {
+		return nil, err
+	}
+	if err := writeFiles(asg.Dir, cmd.Files); err != nil {
 		return nil, err
 	}
 	a.log.Info("barrier released; launching runtime", "generation", asg.Generation, "rank", asg.Rank, "world_size", asg.WorldSize,

@@ -220,6 +220,14 @@ func TestAgentRejectsBadConfiguration(t *testing.T) {
 		{"bad coordinator", func(c *agent.Config) { c.Coordinators = []string{"nohost"} }, `--coordinator "nohost"`},
 		{"negative ordinal", func(c *agent.Config) { c.Ordinal = ord(-2) }, "--ordinal -2"},
 		{"member id with slash", func(c *agent.Config) { c.MemberID = "a/b" }, "--member-id"},
+		{"negative GPUs per node", func(c *agent.Config) { c.GPUsPerNode = -1 }, "--gpus-per-node -1"},
+		{"interface with a space", func(c *agent.Config) { c.Interface = "eth0 eth1" }, `--interface "eth0 eth1"`},
+		{"vllm parallel size against the group's GPUs", func(c *agent.Config) {
+			c.Runtime, c.GPUsPerNode, c.Command = "vllm", 8, []string{"vllm", "serve", "m", "--tensor-parallel-size", "8"}
+		}, "runtime vllm: tensor-parallel-size 8 x pipeline-parallel-size 1 = 8 GPUs, but the group has 2 nodes x 8 GPUs per node = 16"},
+		{"deepspeed without GPUs per node", func(c *agent.Config) {
+			c.Runtime, c.Command = "deepspeed", []string{"deepspeed", "infer.py"}
+		}, "--gpus-per-node"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -35,8 +35,20 @@ type Config struct {
 	Ordinal *int64
 	Runtime string
 	// MasterPort is the port the runtime's rendezvous uses if this member
-	// leads; 0 picks a free port on Address.
+	// leads; 0 picks a free port on Address (with the ports the preset
+	// derives from it free as well).
 	MasterPort int
+	// GPUsPerNode is the number of GPUs this member has, for the presets
+	// that size the group by it (vllm checks tensor x pipeline parallel
+	// size, deepspeed writes it as the hostfile's slots); 0 is unknown.
+	GPUsPerNode int
+	// Interface, when set, names the network interface collective
+	// communication uses (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME).
+	Interface string
+	// Dir is where the agent writes the files a preset generates (a
+	// hostfile, a script); empty uses a directory per member under the
+	// system's temporary directory.
+	Dir string
 	// ReadyPort, when set, makes the leader report ready only once its
 	// runtime accepts TCP connections on Address:ReadyPort.
 	ReadyPort int
@@ -135,6 +147,12 @@ func (c *Config) Validate() error {
 	}
 	if c.MasterPort < 0 || c.MasterPort > 65535 {
 		return fmt.Errorf("--master-port %d is not a TCP port (0 picks a free one)", c.MasterPort)
+	}
+	if c.GPUsPerNode < 0 {
+		return fmt.Errorf("--gpus-per-node %d is negative (0 means unknown)", c.GPUsPerNode)
+	}
+	if strings.ContainsAny(c.Interface, " \t\n") {
+		return fmt.Errorf("--interface %q: want an interface name such as eth0, without spaces (NCCL also takes a prefix, =exact, ^excluded or a comma list)", c.Interface)
 	}
 	if c.ReadyPort < 0 || c.ReadyPort > 65535 {
 		return fmt.Errorf("--port %d is not a TCP port", c.ReadyPort)

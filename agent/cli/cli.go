@@ -27,6 +27,16 @@ When any member's runtime fails, every member stops its runtime and starts
 it again with the same rank (MUSTER_GENERATION counts restarts). The agent
 exits 0 when every rank exited 0, and forwards SIGTERM/SIGINT to COMMAND.
 
+--runtime picks how COMMAND gets its rank (see "Runtime presets" below):
+vllm, sglang, deepspeed and torchrun insert their launcher's multi-node
+flags after the launcher (vllm serve MODEL, -m sglang.launch_server,
+deepspeed, torchrun), ray starts a Ray cluster and runs COMMAND on the
+leader only. The agent refuses a group the runtime cannot run before it
+joins (vllm: tensor x pipeline parallel size against nodes x
+--gpus-per-node), and warns about Kubernetes service-link variables such as
+VLLM_PORT=tcp://... that the runtime would misread (fix:
+enableServiceLinks: false).
+
 In a pod the webhook sets every flag through the environment; on a bare
 host pass them, e.g.:
 
@@ -99,6 +109,8 @@ func Parse(args []string, stderr io.Writer) (agent.Config, slog.Level, error) {
 	fs.StringVar(&ordinal, "ordinal", envOrEmpty("MUSTER_ORDINAL"), "rank hint: ranks follow ordinals in numeric order; empty orders by arrival [MUSTER_ORDINAL]")
 	fs.StringVar(&cfg.Runtime, "runtime", cfg.Runtime, "runtime preset: "+strings.Join(preset.Names(), ", ")+" [MUSTER_RUNTIME]")
 	fs.IntVar(&cfg.MasterPort, "master-port", envInt("MUSTER_MASTER_PORT"), "MASTER_PORT if this member leads; 0 picks a free port [MUSTER_MASTER_PORT]")
+	fs.IntVar(&cfg.GPUsPerNode, "gpus-per-node", envInt("MUSTER_GPUS_PER_NODE"), "GPUs of this member (the webhook sets it from the container's nvidia.com/gpu limit): vllm refuses a tensor x pipeline parallel size that does not match nodes x GPUs, deepspeed writes it as the hostfile's slots; 0: unknown, the vllm check is skipped [MUSTER_GPUS_PER_NODE]")
+	fs.StringVar(&cfg.Interface, "interface", envOrEmpty("MUSTER_INTERFACE"), "network interface for collective communication, set as NCCL_SOCKET_IFNAME and GLOO_SOCKET_IFNAME for every runtime; empty: the libraries choose [MUSTER_INTERFACE]")
 	fs.IntVar(&cfg.ReadyPort, "port", envInt("MUSTER_PORT"), "serving port of the runtime: the leader reports ready once it accepts connections there; 0: ready once started [MUSTER_PORT]")
 	fs.IntVar(&cfg.EndpointPort, "endpoint-port", envInt("MUSTER_ENDPOINT_PORT"), "serve the group's endpoint here: the leader proxies to --port, other ranks to the leader; 503 until every rank is ready; 0: no endpoint [MUSTER_ENDPOINT_PORT]")
 	fs.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "a runtime alive but not ready this long after launch counts as failed (the group restarts); 0 waits forever")

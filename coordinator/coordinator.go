@@ -310,6 +310,7 @@ func (c *Coordinator) startWebhook(ctx context.Context, log *slog.Logger) error 
 		if sp, err := spclientset.NewForConfig(c.rest); err == nil {
 			wc.SizeLookup = webhook.PodGroupSizes(sp)
 		}
+		wc.GangLookup = webhook.UpstreamPodGroups(c.kube)
 	}
 	if err := wc.Validate(); err != nil {
 		return fmt.Errorf("webhook: %w", err)

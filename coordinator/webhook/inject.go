@@ -7,6 +7,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/muster-dev/muster/scheduler-plugin/group"
 )
 
 // agentRun is what the main container's command starts with once wrapped.
@@ -62,13 +64,28 @@ func (h *handler) inject(pod *corev1.Pod, m member) (warnings []string) {
 	if !slices.ContainsFunc(spec.ReadinessGates, func(g corev1.PodReadinessGate) bool { return g.ConditionType == ReadinessGate }) {
 		spec.ReadinessGates = append(spec.ReadinessGates, corev1.PodReadinessGate{ConditionType: ReadinessGate})
 	}
-	if pod.Annotations[AnnotationInjected] != "true" {
-		if pod.Annotations == nil {
-			pod.Annotations = map[string]string{}
-		}
-		pod.Annotations[AnnotationInjected] = "true"
+	if pod.Annotations == nil {
+		pod.Annotations = map[string]string{}
 	}
+	if pod.Labels == nil {
+		pod.Labels = map[string]string{}
+	}
+	// The group as the webhook resolved it (from a PodGroup, a
+	// LeaderWorkerSet, ...) is written down in muster's own terms, so the
+	// scheduler, the coordinator and a reader of the pod see one answer.
+	setIfAbsent(pod.Labels, group.LabelGroup, m.group)
+	setIfAbsent(pod.Annotations, group.AnnotationSize, strconv.Itoa(m.size))
+	if m.topologyKey != "" {
+		setIfAbsent(pod.Annotations, group.AnnotationTopologyKey, m.topologyKey)
+	}
+	setIfAbsent(pod.Annotations, AnnotationInjected, "true")
 	return warnings
+}
+
+func setIfAbsent(m map[string]string, k, v string) {
+	if _, ok := m[k]; !ok {
+		m[k] = v
+	}
 }
 
 func wrapped(command []string) bool {
@@ -127,6 +144,17 @@ func (h *handler) env(m member) []corev1.EnvVar {
 	env = append(env, lit("MUSTER_ENDPOINT_PORT", strconv.Itoa(m.endpointPort)))
 	if m.timeout != "" {
 		env = append(env, lit("MUSTER_TIMEOUT", m.timeout))
+	}
+	if m.gpus > 0 {
+		env = append(env, lit("MUSTER_GPUS_PER_NODE", strconv.FormatInt(m.gpus, 10)))
+	}
+	if m.rankOrder != "" {
+		env = append(env, lit("MUSTER_RANK_ORDER", m.rankOrder))
+	}
+	if m.rankOrder == RankOrderTopology {
+		// Written by muster's scheduler before the pod is bound, so it is
+		// there when the kubelet resolves the env.
+		env = append(env, ref("MUSTER_TOPOLOGY_DOMAIN", "metadata.annotations['"+AnnotationTopologyDomain+"']"))
 	}
 	return env
 }

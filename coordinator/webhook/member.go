@@ -25,7 +25,11 @@ type member struct {
 	endpointPort int
 	timeout      string // "" when not annotated
 	ordinal      int    // -1 when the pod has no index
-	container    int    // index in spec.containers of the container to wrap
+	// topologyKey is the upstream PodGroup's topology key ("" for none).
+	topologyKey string
+	rankOrder   string // "" when not annotated
+	gpus        int64  // nvidia.com/gpu limit of the wrapped container
+	container   int    // index in spec.containers of the container to wrap
 }
 
 // sizeLookupTimeout keeps a PodGroup lookup well inside the apiserver's
@@ -37,6 +41,7 @@ var (
 	labelsPath      = field.NewPath("metadata", "labels")
 	annotationsPath = field.NewPath("metadata", "annotations")
 	containersPath  = field.NewPath("spec", "containers")
+	sgPath          = field.NewPath("spec", "schedulingGroup", "podGroupName")
 )
 
 // read defaults, then validates, the group fields of an annotated pod.
@@ -49,7 +54,8 @@ func (h *handler) read(ctx context.Context, pod *corev1.Pod) (member, field.Erro
 	ann := pod.Annotations
 	var errs field.ErrorList
 
-	name, namePath, fromPodGroupLabel := groupName(pod)
+	name, src := group.Name(pod)
+	namePath := sourcePath(src)
 	if name == "" {
 		errs = append(errs, field.Required(labelsPath.Key(group.LabelGroup),
 			"add label muster.dev/group: NAME (the same on every pod of the group)"))
@@ -59,16 +65,24 @@ func (h *handler) read(ctx context.Context, pod *corev1.Pod) (member, field.Erro
 		}
 	}
 	m.group = name
+	// A pod may name its group twice: muster's (or scheduler-plugins')
+	// label and the upstream PodGroup in spec.schedulingGroup.
+	sg := group.SchedulingGroup(pod)
+	if sg != "" && name != "" && sg != name {
+		errs = append(errs, field.Invalid(sgPath, sg, fmt.Sprintf(
+			"the pod's %s is %q but spec.schedulingGroup.podGroupName is %q: one group has one name; make them equal or drop the label", src.Field(), name, sg)))
+	}
 
 	sizePath := annotationsPath.Key(group.AnnotationSize)
-	switch v, ok := ann[group.AnnotationSize]; {
-	case ok:
-		n, err := strconv.Atoi(strings.TrimSpace(v))
-		if err != nil || n < 1 {
-			errs = append(errs, field.Invalid(sizePath, v, "must be a positive whole number (the number of pods in the group)"))
-		}
-		m.size = n
-	case fromPodGroupLabel && len(errs) == 0: // no lookup for a bad name
+	lwsSizePath := annotationsPath.Key(group.AnnotationLWSSize)
+	_, hasSize := ann[group.AnnotationSize]
+	switch lws, hasLWS := ann[group.AnnotationLWSSize]; {
+	case hasSize:
+		m.size = positive(&errs, sizePath, ann[group.AnnotationSize])
+	case src == group.SourceLeaderWorkerSet && hasLWS:
+		// LeaderWorkerSet sets the group size on each of its pods.
+		m.size = positive(&errs, lwsSizePath, lws)
+	case src == group.SourcePodGroupLabel && len(errs) == 0: // no lookup for a bad name
 		// The scheduler takes the size from the PodGroup's minMember; the
 		// agent needs it too, so read it now.
 		n, err := h.lookupSize(ctx, sizePath, pod.Namespace, name)
@@ -76,9 +90,24 @@ func (h *handler) read(ctx context.Context, pod *corev1.Pod) (member, field.Erro
 			errs = append(errs, err)
 		}
 		m.size = n
-	case !fromPodGroupLabel:
+	case src != group.SourcePodGroupLabel && sg == "":
 		errs = append(errs, field.Required(sizePath,
-			"set it to the number of pods in the group (only pods labelled "+group.LabelPodGroup+" may take it from their PodGroup)"))
+			"set it to the number of pods in the group (only pods labelled "+group.LabelPodGroup+" or naming a PodGroup in spec.schedulingGroup may take it from their PodGroup)"))
+	}
+	if sg != "" && len(errs) == 0 {
+		// The upstream PodGroup's gang minCount is the size; a pod that
+		// also says muster.dev/size must agree with it.
+		minCount, topo, err := h.lookupGang(ctx, pod.Namespace, sg)
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case hasSize && minCount != m.size:
+			errs = append(errs, field.Invalid(sizePath, ann[group.AnnotationSize], fmt.Sprintf(
+				"PodGroup %q (podgroups.scheduling.k8s.io) has gang minCount %d but %s is %d: one group has one size; make them equal or drop the annotation", sg, minCount, group.AnnotationSize, m.size)))
+		default:
+			m.size = minCount
+		}
+		m.topologyKey = topo
 	}
 
 	if v, ok := ann[AnnotationRuntime]; ok {
@@ -105,8 +134,19 @@ func (h *handler) read(ctx context.Context, pod *corev1.Pod) (member, field.Erro
 			errs = append(errs, field.Invalid(annotationsPath.Key(group.AnnotationTopologyKey), v, "must be a node label key: "+msg))
 		}
 	}
-	if v, ok := ann[AnnotationRankOrder]; ok && !slices.Contains(RankOrders, strings.TrimSpace(v)) {
-		errs = append(errs, field.NotSupported(annotationsPath.Key(AnnotationRankOrder), v, RankOrders))
+	if v, ok := ann[group.AnnotationTopologyKey]; ok && m.topologyKey != "" && strings.TrimSpace(v) != m.topologyKey {
+		errs = append(errs, field.Invalid(annotationsPath.Key(group.AnnotationTopologyKey), v, fmt.Sprintf(
+			"PodGroup %q asks for one %q domain: make them equal or drop the annotation", group.SchedulingGroup(pod), m.topologyKey)))
+	}
+	if v, ok := ann[AnnotationRankOrder]; ok {
+		m.rankOrder = strings.TrimSpace(v)
+		switch {
+		case !slices.Contains(RankOrders, m.rankOrder):
+			errs = append(errs, field.NotSupported(annotationsPath.Key(AnnotationRankOrder), v, RankOrders))
+		case m.rankOrder == RankOrderTopology && m.topologyKey == "" && strings.TrimSpace(ann[group.AnnotationTopologyKey]) == "":
+			errs = append(errs, field.Required(annotationsPath.Key(group.AnnotationTopologyKey),
+				"muster.dev/rank-order: topology ranks members by the domain of a node label: name it here (e.g. topology.kubernetes.io/zone or a rack label)"))
+		}
 	}
 
 	cs := pod.Spec.Containers
@@ -124,6 +164,9 @@ func (h *handler) read(ctx context.Context, pod *corev1.Pod) (member, field.Erro
 				"no container of that name; the pod's containers are "+strings.Join(names, ", ")))
 		}
 	}
+	if q, ok := cs[m.container].Resources.Limits[ResourceGPU]; ok {
+		m.gpus = q.Value()
+	}
 	if len(cs[m.container].Command) == 0 {
 		errs = append(errs, field.Required(containersPath.Index(m.container).Child("command"),
 			"muster wraps the container's command with its agent; set command (and args) explicitly"))
@@ -131,19 +174,49 @@ func (h *handler) read(ctx context.Context, pod *corev1.Pod) (member, field.Erro
 	return m, append(errs, portConflicts(pod, m, endpointPath)...)
 }
 
-// groupName is the pod's group and where it came from: muster's label,
-// else scheduler-plugins' label, else the upstream PodGroup the pod names.
-func groupName(pod *corev1.Pod) (name string, from *field.Path, podGroupLabel bool) {
-	if v := pod.Labels[group.LabelGroup]; v != "" {
-		return v, labelsPath.Key(group.LabelGroup), false
+// sourcePath is the field a group name was read from, for errors.
+func sourcePath(src group.Source) *field.Path {
+	switch src {
+	case group.SourcePodGroupLabel:
+		return labelsPath.Key(group.LabelPodGroup)
+	case group.SourceSchedulingGroup:
+		return sgPath
+	case group.SourceLeaderWorkerSet:
+		return labelsPath.Key(group.LabelLWSName)
 	}
-	if v := pod.Labels[group.LabelPodGroup]; v != "" {
-		return v, labelsPath.Key(group.LabelPodGroup), true
+	return labelsPath.Key(group.LabelGroup)
+}
+
+// positive parses a group size.
+func positive(errs *field.ErrorList, path *field.Path, v string) int {
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil || n < 1 {
+		*errs = append(*errs, field.Invalid(path, v, "must be a positive whole number (the number of pods in the group)"))
 	}
-	if sg := pod.Spec.SchedulingGroup; sg != nil && sg.PodGroupName != nil && *sg.PodGroupName != "" {
-		return *sg.PodGroupName, field.NewPath("spec", "schedulingGroup", "podGroupName"), false
+	return n
+}
+
+// lookupGang reads the gang minCount and topology key of the
+// scheduling.k8s.io PodGroup a pod names in spec.schedulingGroup.
+func (h *handler) lookupGang(ctx context.Context, namespace, name string) (int, string, *field.Error) {
+	if h.cfg.GangLookup == nil {
+		return 0, "", field.Required(annotationsPath.Key(group.AnnotationSize),
+			"set it to the number of pods in the group (this webhook does not read scheduling.k8s.io PodGroups)")
 	}
-	return "", nil, false
+	ctx, cancel := context.WithTimeout(ctx, sizeLookupTimeout)
+	defer cancel()
+	g, found, err := h.cfg.GangLookup(ctx, namespace, name)
+	switch {
+	case err != nil:
+		return 0, "", field.InternalError(sgPath, fmt.Errorf("look up PodGroup %q: %w", name, err))
+	case !found:
+		return 0, "", field.NotFound(sgPath, fmt.Sprintf(
+			"no PodGroup %q (podgroups.scheduling.k8s.io) in namespace %q; create it before its pods", name, namespace))
+	case g.MinCount < 1:
+		return 0, "", field.Invalid(sgPath, name, fmt.Sprintf(
+			"PodGroup %q has no gang policy (spec.schedulingPolicy.gang.minCount); muster needs the group's size: give it a gang policy, or set %s", name, group.AnnotationSize))
+	}
+	return g.MinCount, g.TopologyKey, nil
 }
 
 func (h *handler) lookupSize(ctx context.Context, sizePath *field.Path, namespace, name string) (int, *field.Error) {

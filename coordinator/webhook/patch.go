@@ -26,6 +26,7 @@ type operation struct {
 // fixed order.
 func diff(old, new *corev1.Pod) []operation {
 	var ops []operation
+	ops = diffMap(ops, "/metadata/labels", old.Labels, new.Labels)
 	ops = diffMap(ops, "/metadata/annotations", old.Annotations, new.Annotations)
 	ops = diffList(ops, "/spec/volumes", old.Spec.Volumes, new.Spec.Volumes)
 	ops = diffList(ops, "/spec/initContainers", old.Spec.InitContainers, new.Spec.InitContainers)

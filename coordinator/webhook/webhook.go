@@ -13,9 +13,11 @@ import (
 	"slices"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/kubernetes"
 	spclientset "sigs.k8s.io/scheduler-plugins/pkg/generated/clientset/versioned"
 )
 
@@ -50,7 +52,21 @@ const (
 )
 
 // RankOrders are the values muster.dev/rank-order accepts.
-var RankOrders = []string{"ordinal", "topology"}
+var RankOrders = []string{"ordinal", RankOrderTopology}
+
+// RankOrderTopology gives members in one topology domain neighbouring
+// ranks; the scheduler writes each member's domain into
+// AnnotationTopologyDomain when it binds the pod.
+const RankOrderTopology = "topology"
+
+// AnnotationTopologyDomain is set by muster's scheduler on a bound member
+// of a group with rank-order topology: the value of the group's topology
+// key on the pod's node. The agent reads it through the downward API.
+const AnnotationTopologyDomain = "muster.dev/topology-domain"
+
+// ResourceGPU is the extended resource whose limit tells the agent how many
+// GPUs its pod has (MUSTER_GPUS_PER_NODE).
+const ResourceGPU = corev1.ResourceName("nvidia.com/gpu")
 
 // SizeLookup finds the size of a group whose pods carry no muster.dev/size,
 // from the PodGroup of the same name; found is false when there is none.
@@ -76,6 +92,41 @@ type Config struct {
 	// scheduling.x-k8s.io/pod-group that have no muster.dev/size (see
 	// PodGroupSizes). Without it such pods are denied.
 	SizeLookup SizeLookup
+	// GangLookup, if set, reads the scheduling.k8s.io PodGroup that pods
+	// name in spec.schedulingGroup (see UpstreamPodGroups). Without it such
+	// pods need muster.dev/size.
+	GangLookup GangLookup
+}
+
+// Gang is what muster reads from an upstream PodGroup.
+type Gang struct {
+	MinCount    int    // spec.schedulingPolicy.gang.minCount; 0 without a gang policy
+	TopologyKey string // spec.schedulingConstraints.topology[0].key
+}
+
+// GangLookup finds the upstream PodGroup a pod names.
+type GangLookup func(ctx context.Context, namespace, name string) (g Gang, found bool, err error)
+
+// UpstreamPodGroups is a GangLookup that reads podgroups.scheduling.k8s.io
+// (Kubernetes 1.37, GenericWorkload), as kube-scheduler does.
+func UpstreamPodGroups(cs kubernetes.Interface) GangLookup {
+	return func(ctx context.Context, namespace, name string) (Gang, bool, error) {
+		pg, err := cs.SchedulingV1beta1().PodGroups(namespace).Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return Gang{}, false, nil
+		}
+		if err != nil {
+			return Gang{}, false, fmt.Errorf("get PodGroup %s/%s: %w", namespace, name, err)
+		}
+		var g Gang
+		if gp := pg.Spec.SchedulingPolicy.Gang; gp != nil {
+			g.MinCount = int(gp.MinCount)
+		}
+		if c := pg.Spec.SchedulingConstraints; c != nil && len(c.Topology) > 0 {
+			g.TopologyKey = c.Topology[0].Key
+		}
+		return g, true, nil
+	}
 }
 
 // DefaultConfig is the configuration for one machine: the coordinator's

@@ -33,6 +33,17 @@ func testConfig() Config {
 		}
 		return 0, false, nil
 	}
+	cfg.GangLookup = func(_ context.Context, ns, name string) (Gang, bool, error) {
+		switch name {
+		case "train":
+			return Gang{MinCount: 3, TopologyKey: "topology.muster.dev/rack"}, true, nil
+		case "upstream-pg":
+			return Gang{MinCount: 2}, true, nil
+		case "no-gang":
+			return Gang{}, true, nil
+		}
+		return Gang{}, false, nil
+	}
 	return cfg
 }
 
@@ -260,6 +271,7 @@ func TestInvalid(t *testing.T) {
 	}
 	noLookup := testConfig()
 	noLookup.SizeLookup = nil
+	noLookup.GangLookup = nil
 	podGroup := func(p *corev1.Pod) {
 		delete(p.Labels, "muster.dev/group")
 		delete(p.Annotations, "muster.dev/size")
@@ -277,6 +289,54 @@ func TestInvalid(t *testing.T) {
 			name:   "no group",
 			change: func(p *corev1.Pod) { delete(p.Labels, "muster.dev/group") },
 			want:   []string{`metadata.labels[muster.dev/group]: Required value: add label muster.dev/group: NAME (the same on every pod of the group)`},
+		},
+		{
+			name: "label and schedulingGroup name different groups",
+			change: func(p *corev1.Pod) {
+				p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: new("upstream-pg")}
+			},
+			want: []string{`spec.schedulingGroup.podGroupName: Invalid value: "upstream-pg": the pod's metadata.labels[muster.dev/group] is "g" but spec.schedulingGroup.podGroupName is "upstream-pg": one group has one name`},
+		},
+		{
+			name: "size disagrees with the PodGroup's minCount",
+			change: func(p *corev1.Pod) {
+				p.Labels["muster.dev/group"] = "upstream-pg"
+				p.Annotations["muster.dev/size"] = "5"
+				p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: new("upstream-pg")}
+			},
+			want: []string{`metadata.annotations[muster.dev/size]: Invalid value: "5": PodGroup "upstream-pg" (podgroups.scheduling.k8s.io) has gang minCount 2 but muster.dev/size is 5`},
+		},
+		{
+			name: "upstream PodGroup missing",
+			change: func(p *corev1.Pod) {
+				delete(p.Labels, "muster.dev/group")
+				p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: new("nowhere")}
+			},
+			want: []string{`spec.schedulingGroup.podGroupName: Not found: "no PodGroup \"nowhere\" (podgroups.scheduling.k8s.io) in namespace`},
+		},
+		{
+			name: "upstream PodGroup without a gang policy",
+			change: func(p *corev1.Pod) {
+				delete(p.Labels, "muster.dev/group")
+				delete(p.Annotations, "muster.dev/size")
+				p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: new("no-gang")}
+			},
+			want: []string{`spec.schedulingGroup.podGroupName: Invalid value: "no-gang": PodGroup "no-gang" has no gang policy`},
+		},
+		{
+			name: "topology key disagrees with the PodGroup's",
+			change: func(p *corev1.Pod) {
+				delete(p.Labels, "muster.dev/group")
+				delete(p.Annotations, "muster.dev/size")
+				p.Annotations["muster.dev/topology-key"] = "topology.kubernetes.io/zone"
+				p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: new("train")}
+			},
+			want: []string{`metadata.annotations[muster.dev/topology-key]: Invalid value: "topology.kubernetes.io/zone": PodGroup "train" asks for one "topology.muster.dev/rack" domain`},
+		},
+		{
+			name:   "rank order by topology without a topology key",
+			change: ann("muster.dev/rank-order", "topology"),
+			want:   []string{`metadata.annotations[muster.dev/topology-key]: Required value: muster.dev/rank-order: topology ranks members by the domain of a node label`},
 		},
 		{
 			name:   "group not a label value",
@@ -318,17 +378,18 @@ func TestInvalid(t *testing.T) {
 		{
 			name:   "no size with muster's label",
 			change: func(p *corev1.Pod) { delete(p.Annotations, "muster.dev/size") },
-			want:   []string{`metadata.annotations[muster.dev/size]: Required value: set it to the number of pods in the group (only pods labelled scheduling.x-k8s.io/pod-group may take it from their PodGroup)`},
+			want:   []string{`metadata.annotations[muster.dev/size]: Required value: set it to the number of pods in the group (only pods labelled scheduling.x-k8s.io/pod-group or naming a PodGroup in spec.schedulingGroup may take it from their PodGroup)`},
 		},
 		{
-			name: "no size with an upstream schedulingGroup",
+			name: "no size with an upstream schedulingGroup and no PodGroup reader",
+			cfg:  &noLookup,
 			change: func(p *corev1.Pod) {
 				delete(p.Labels, "muster.dev/group")
 				delete(p.Annotations, "muster.dev/size")
 				name := "pg"
 				p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: &name}
 			},
-			want: []string{`metadata.annotations[muster.dev/size]: Required value: set it to the number of pods in the group`},
+			want: []string{`metadata.annotations[muster.dev/size]: Required value: set it to the number of pods in the group (this webhook does not read scheduling.k8s.io PodGroups)`},
 		},
 		{
 			name:   "no size and no PodGroup",
@@ -511,10 +572,23 @@ func TestGroupSources(t *testing.T) {
 			p.Labels["scheduling.x-k8s.io/pod-group"] = "other"
 			p.Annotations["muster.dev/size"] = " 6 "
 		}, "other", "6", true},
-		{"upstream schedulingGroup", func(p *corev1.Pod) {
+		{"upstream schedulingGroup sized by its gang minCount", func(p *corev1.Pod) {
 			delete(p.Labels, "muster.dev/group")
+			delete(p.Annotations, "muster.dev/size")
 			p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: &pgName}
 		}, pgName, "2", true},
+		{"upstream schedulingGroup and an agreeing label and size", func(p *corev1.Pod) {
+			p.Labels["muster.dev/group"] = pgName
+			p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: &pgName}
+		}, pgName, "2", true},
+		{"LeaderWorkerSet labels", func(p *corev1.Pod) {
+			delete(p.Labels, "muster.dev/group")
+			delete(p.Annotations, "muster.dev/size")
+			p.Labels["leaderworkerset.sigs.k8s.io/name"] = "vllm"
+			p.Labels["leaderworkerset.sigs.k8s.io/group-index"] = "1"
+			p.Labels["leaderworkerset.sigs.k8s.io/worker-index"] = "2"
+			p.Annotations["leaderworkerset.sigs.k8s.io/size"] = "4"
+		}, "vllm-1", "4", false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

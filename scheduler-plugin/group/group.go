@@ -20,6 +20,15 @@ const (
 	AnnotationTimeout     = "muster.dev/timeout"
 )
 
+// LeaderWorkerSet (sigs.k8s.io/lws v0.7.0, api/leaderworkerset/v1) labels
+// and annotations: every pod of one LWS group carries the set's name and
+// the group's index, and the group size.
+const (
+	LabelLWSName       = "leaderworkerset.sigs.k8s.io/name"
+	LabelLWSGroupIndex = "leaderworkerset.sigs.k8s.io/group-index"
+	AnnotationLWSSize  = "leaderworkerset.sigs.k8s.io/size"
+)
+
 // Key identifies a group: group names are scoped by namespace.
 type Key struct {
 	Namespace string
@@ -28,30 +37,88 @@ type Key struct {
 
 func (k Key) String() string { return k.Namespace + "/" + k.Name }
 
-// Of returns the group pod belongs to; ok is false for a pod of no group.
-// muster's own label wins over scheduler-plugins' label.
-func Of(pod *v1.Pod) (Key, bool) {
-	name := pod.Labels[LabelGroup]
-	if name == "" {
-		name = pod.Labels[LabelPodGroup]
+// Source says where a pod's group name came from.
+type Source int
+
+const (
+	SourceNone            Source = iota
+	SourceLabel                  // muster.dev/group
+	SourcePodGroupLabel          // scheduling.x-k8s.io/pod-group (size from its PodGroup's minMember)
+	SourceSchedulingGroup        // spec.schedulingGroup.podGroupName (size from the scheduling.k8s.io PodGroup's gang minCount)
+	SourceLeaderWorkerSet        // LWS name and group index: "<name>-<index>", the leader pod's name
+)
+
+// Field is where the name was read, for messages.
+func (s Source) Field() string {
+	switch s {
+	case SourceLabel:
+		return "metadata.labels[" + LabelGroup + "]"
+	case SourcePodGroupLabel:
+		return "metadata.labels[" + LabelPodGroup + "]"
+	case SourceSchedulingGroup:
+		return "spec.schedulingGroup.podGroupName"
+	case SourceLeaderWorkerSet:
+		return "metadata.labels[" + LabelLWSName + "]-[" + LabelLWSGroupIndex + "]"
 	}
+	return ""
+}
+
+// Name returns the pod's group name and where it came from, in this order:
+// muster's label, scheduler-plugins' label, the upstream PodGroup the pod
+// names, its LeaderWorkerSet group. "" and SourceNone for a pod of no group.
+func Name(pod *v1.Pod) (string, Source) {
+	if v := pod.Labels[LabelGroup]; v != "" {
+		return v, SourceLabel
+	}
+	if v := pod.Labels[LabelPodGroup]; v != "" {
+		return v, SourcePodGroupLabel
+	}
+	if v := SchedulingGroup(pod); v != "" {
+		return v, SourceSchedulingGroup
+	}
+	if set, idx := pod.Labels[LabelLWSName], pod.Labels[LabelLWSGroupIndex]; set != "" && idx != "" {
+		return set + "-" + idx, SourceLeaderWorkerSet
+	}
+	return "", SourceNone
+}
+
+// SchedulingGroup is the scheduling.k8s.io PodGroup the pod names in
+// spec.schedulingGroup (Kubernetes 1.37, feature gate GenericWorkload), or "".
+func SchedulingGroup(pod *v1.Pod) string {
+	if sg := pod.Spec.SchedulingGroup; sg != nil && sg.PodGroupName != nil {
+		return *sg.PodGroupName
+	}
+	return ""
+}
+
+// Of returns the group pod belongs to; ok is false for a pod of no group.
+func Of(pod *v1.Pod) (Key, bool) {
+	name, _ := Name(pod)
 	if name == "" {
 		return Key{}, false
 	}
 	return Key{Namespace: pod.Namespace, Name: name}, true
 }
 
-// Size reads the group size from the pod's muster.dev/size annotation.
-// present is false when the annotation is absent (the size may then come
-// from a PodGroup); err names the annotation and the fix.
+// Size reads the group size from the pod's muster.dev/size annotation, or
+// for a LeaderWorkerSet pod from LWS's size annotation. present is false
+// when neither is there (the size may then come from a PodGroup); err names
+// the annotation and the fix.
 func Size(pod *v1.Pod) (size int, present bool, err error) {
-	v, ok := pod.Annotations[AnnotationSize]
+	key := AnnotationSize
+	v, ok := pod.Annotations[key]
+	if !ok {
+		if _, src := Name(pod); src == SourceLeaderWorkerSet {
+			key = AnnotationLWSSize
+			v, ok = pod.Annotations[key]
+		}
+	}
 	if !ok {
 		return 0, false, nil
 	}
 	n, perr := strconv.Atoi(strings.TrimSpace(v))
 	if perr != nil || n < 1 {
-		return 0, true, fmt.Errorf("annotation %s=%q is not a positive whole number; set it to the number of pods in the group", AnnotationSize, v)
+		return 0, true, fmt.Errorf("annotation %s=%q is not a positive whole number; set it to the number of pods in the group", key, v)
 	}
 	return n, true, nil
 }

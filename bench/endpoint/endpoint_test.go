@@ -1,0 +1,160 @@
+package endpoint
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/muster-dev/muster/bench/report"
+)
+
+// Settings of the three measurements. Rounds alternate the targets (direct,
+// muster, nginx, direct, ...) so that load from other work on the machine
+// falls on all three alike.
+const (
+	rounds = 2
+
+	rate      = 1000 // requests per second, open loop
+	rateSpell = 5 * time.Second
+
+	wrkThreads = 2
+	wrkConns   = 64
+	wrkSpell   = 5 * time.Second
+
+	streams     = 200
+	streamsConc = 4
+)
+
+type target struct {
+	name string // "muster", or the anchor's name
+	base string
+}
+
+// BenchmarkEndpoint compares the agent's endpoint with calling the runtime
+// directly and with nginx in front of it: latency at a fixed rate, maximum
+// throughput, and time to the first event of a streamed completion.
+func BenchmarkEndpoint(b *testing.B) {
+	if _, err := exec.LookPath("wrk"); err != nil {
+		b.Fatal("wrk not found: run make bench-deps (apt-get install nginx-light wrk)")
+	}
+	began := time.Now()
+	e := startAll(b)
+	targets := []target{{"direct", e.direct}, {"muster", e.muster}, {"nginx", e.nginx}}
+	ctx := context.Background()
+	setup := fmt.Sprintf("runtime: Go net/http (JSON %d B; SSE %d events %s apart) launched by the real bin/agent run "+
+		"(group of 1, real bin/coordinator, --port = runtime, --endpoint-port = muster); nginx %s master + %d workers "+
+		"(= GOMAXPROCS of the Go proxy), upstream keepalive 64, proxy_buffering off for the stream; "+
+		"loopback; 2 cores shared by client, proxy and runtime, nothing pinned",
+		len(completion), streamEvents, streamGap, nginxVersion(), e.nginxWorkers)
+
+	// Fixed rate: latency of POST /v1/completions.
+	lat := map[string]*sample{}
+	for _, t := range targets {
+		lat[t.name] = &sample{}
+		fixedRate(ctx, t.base+"/v1/completions", rate, time.Second) // warm up
+	}
+	for range rounds {
+		for _, t := range targets {
+			lat[t.name].add(fixedRate(ctx, t.base+"/v1/completions", rate, rateSpell))
+		}
+	}
+	rateParams := fmt.Sprintf("open-loop Go net/http client (Debian has no wrk2), %d req/s, %d x %s per target interleaved, "+
+		"latency from each request's due time; %s", rate, rounds, rateSpell, setup)
+	addLatencyRows(b, "endpoint latency at fixed rate", lat, rateParams)
+
+	// Maximum throughput with wrk.
+	rps := map[string][]float64{}
+	failed := map[string]int{}
+	for range rounds {
+		for _, t := range targets {
+			r, f := wrk(b, t.base+"/v1/completions", wrkThreads, wrkConns, wrkSpell)
+			rps[t.name] = append(rps[t.name], r)
+			failed[t.name] += f
+		}
+	}
+	wrkParams := fmt.Sprintf("wrk -t%d -c%d, POST /v1/completions, %d x %s per target interleaved, median of rounds; %s",
+		wrkThreads, wrkConns, rounds, wrkSpell, setup)
+	ours := report.Summarize(rps["muster"])
+	for _, anchor := range []string{"direct", "nginx"} {
+		a := report.Summarize(rps[anchor])
+		report.Add(b, report.Row{
+			Name: "endpoint max throughput", Unit: "req/s", Better: report.Higher,
+			Ours: ours.Median, Anchor: anchor, AnchorValue: a.Median, Params: wrkParams,
+			OursSpread:   roundsSpread(rps["muster"], failed["muster"]),
+			AnchorSpread: roundsSpread(rps[anchor], failed[anchor]),
+		})
+	}
+
+	// Time to first event of a streamed completion.
+	first := map[string]*sample{}
+	for _, t := range targets {
+		first[t.name] = &sample{}
+	}
+	for range rounds {
+		for _, t := range targets {
+			first[t.name].add(ttfb(ctx, t.base+"/v1/stream", streams/rounds, streamsConc))
+		}
+	}
+	streamParams := fmt.Sprintf("%d streamed completions per target, %d at a time, %d rounds interleaved; "+
+		"time from sending POST /v1/stream to reading its first event (every stream checked whole); %s",
+		streams, streamsConc, rounds, setup)
+	addLatencyRows(b, "endpoint stream time to first byte", first, streamParams)
+	b.Logf("endpoint suite took %s", time.Since(began).Round(time.Second))
+}
+
+// addLatencyRows adds p50 and p99 rows: against direct the absolute values
+// (the proxy can only add to them), against nginx the latency each proxy
+// adds to direct's (difference of the percentiles, not a percentile of
+// paired differences: requests are not paired).
+func addLatencyRows(b *testing.B, name string, s map[string]*sample, params string) {
+	b.Helper()
+	st := map[string]report.Stats{}
+	for k, v := range s {
+		st[k] = report.Summarize(v.us)
+	}
+	spread := func(k string) string {
+		return fmt.Sprintf("p50 %s, p99 %s, max %s µs, n=%d, failed %d",
+			report.Fmt(st[k].Median), report.Fmt(st[k].P99), report.Fmt(st[k].Max), st[k].N, s[k].failed)
+	}
+	for _, q := range []struct {
+		name string
+		of   func(report.Stats) float64
+	}{{"p50", func(x report.Stats) float64 { return x.Median }}, {"p99", func(x report.Stats) float64 { return x.P99 }}} {
+		ours, direct, nginx := q.of(st["muster"]), q.of(st["direct"]), q.of(st["nginx"])
+		report.Add(b, report.Row{
+			Name: name + " " + q.name + " (absolute)", Unit: "µs", Better: report.Lower,
+			Ours: ours, Anchor: "direct", AnchorValue: direct, Params: params,
+			OursSpread: spread("muster"), AnchorSpread: spread("direct"),
+			Note: "absolute latency through muster's endpoint vs calling the runtime directly; direct is the floor",
+		})
+		row := report.Row{
+			Name: name + " " + q.name + " (added over direct)", Unit: "µs", Better: report.Lower,
+			Ours: ours - direct, Anchor: "nginx", AnchorValue: nginx - direct, Params: params,
+			OursSpread: spread("muster"), AnchorSpread: spread("nginx"),
+			Note: fmt.Sprintf("latency the proxy adds: its %s minus direct's (%s µs)", q.name, report.Fmt(direct)),
+		}
+		if row.Ours <= 0 || row.AnchorValue <= 0 {
+			row.Note += "; an added latency at or below 0 is within the noise, so the ratio is undefined (0)"
+		}
+		report.Add(b, row)
+	}
+}
+
+func roundsSpread(rps []float64, failed int) string {
+	parts := make([]string, len(rps))
+	for i, r := range rps {
+		parts[i] = report.Fmt(r)
+	}
+	return fmt.Sprintf("rounds %s req/s, failed %d", strings.Join(parts, ", "), failed)
+}
+
+func nginxVersion() string {
+	out, err := exec.Command(nginxBin, "-v").CombinedOutput()
+	if err != nil {
+		return "(version unknown)"
+	}
+	return strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(string(out)), "nginx version: "))
+}

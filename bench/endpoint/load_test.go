@@ -1,0 +1,206 @@
+package endpoint
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+const requestBody = `{"prompt":"hello","max_tokens":20}`
+
+// client keeps enough idle connections that no load here ever reconnects.
+func client() *http.Client {
+	return &http.Client{
+		Timeout:   10 * time.Second,
+		Transport: &http.Transport{MaxIdleConns: 1024, MaxIdleConnsPerHost: 1024, DisableCompression: true},
+	}
+}
+
+// sample is one target's measurements: latencies in µs and failures.
+type sample struct {
+	us     []float64
+	failed int
+}
+
+func (s *sample) add(o sample) {
+	s.us = append(s.us, o.us...)
+	s.failed += o.failed
+}
+
+func post(ctx context.Context, c *http.Client, url string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(requestBody))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	return c.Do(req)
+}
+
+// fixedRate sends POST url at rate requests per second for d, open loop:
+// request i is due at start + i/rate whether or not earlier ones have
+// answered, and its latency counts from when it was due, so a stall is
+// charged to every request it delays (no coordinated omission; this is
+// what wrk2 does, and Debian has no wrk2, only the closed-loop wrk).
+func fixedRate(ctx context.Context, url string, rate int, d time.Duration) sample {
+	c := client()
+	defer c.CloseIdleConnections()
+	n := int(d.Seconds() * float64(rate))
+	interval := time.Second / time.Duration(rate)
+	lat := make([]time.Duration, n)
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for i := range n {
+		due := t0.Add(time.Duration(i) * interval)
+		if w := time.Until(due); w > 0 {
+			time.Sleep(w)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := post(ctx, c, url)
+			if err != nil {
+				lat[i] = -1
+				return
+			}
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != http.StatusOK {
+				lat[i] = -1
+				return
+			}
+			lat[i] = time.Since(due)
+		}()
+	}
+	wg.Wait()
+	var s sample
+	for _, l := range lat {
+		if l < 0 {
+			s.failed++
+			continue
+		}
+		s.us = append(s.us, float64(l)/float64(time.Microsecond))
+	}
+	return s
+}
+
+// ttfb streams n completions from url, conc at a time, and returns the
+// time from sending each request to reading its first event. A stream that
+// fails or lacks any of its events counts as failed.
+func ttfb(ctx context.Context, url string, n, conc int) sample {
+	c := client()
+	defer c.CloseIdleConnections()
+	var (
+		mu  sync.Mutex
+		s   sample
+		wg  sync.WaitGroup
+		sem = make(chan struct{}, conc)
+	)
+	for range n {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			first, err := stream(ctx, c, url)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				s.failed++
+				return
+			}
+			s.us = append(s.us, float64(first)/float64(time.Microsecond))
+		}()
+	}
+	wg.Wait()
+	return s
+}
+
+// stream reads one streamed completion and returns its time to first event.
+func stream(ctx context.Context, c *http.Client, url string) (time.Duration, error) {
+	t0 := time.Now()
+	resp, err := post(ctx, c, url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("status %s", resp.Status)
+	}
+	rd := bufio.NewReader(resp.Body)
+	var first time.Duration
+	events := 0
+	for {
+		line, err := rd.ReadString('\n')
+		if strings.HasPrefix(line, "data: ") {
+			if events == 0 {
+				first = time.Since(t0)
+			}
+			events++
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
+	if events != streamEvents+1 {
+		return 0, fmt.Errorf("%d events, want %d and [DONE]", events, streamEvents)
+	}
+	return first, nil
+}
+
+// wrkScript makes wrk send the same POST as the other clients.
+const wrkScript = `wrk.method = "POST"
+wrk.body = '` + requestBody + `'
+wrk.headers["Content-Type"] = "application/json"
+`
+
+var (
+	wrkRPS    = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	wrkNon2xx = regexp.MustCompile(`Non-2xx or 3xx responses:\s+(\d+)`)
+	wrkSocket = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
+)
+
+// wrk runs Debian's wrk (closed loop: each connection sends its next
+// request when the last one is answered) against url and returns the
+// requests per second and the failed requests and socket errors.
+func wrk(b *testing.B, url string, threads, conns int, d time.Duration) (float64, int) {
+	b.Helper()
+	script := filepath.Join(b.TempDir(), "post.lua")
+	if err := os.WriteFile(script, []byte(wrkScript), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	out, err := exec.Command("wrk", "-t", strconv.Itoa(threads), "-c", strconv.Itoa(conns),
+		"-d", fmt.Sprintf("%ds", int(d.Seconds())), "-s", script, url).CombinedOutput()
+	if err != nil {
+		b.Fatalf("wrk %s: %v\n%s", url, err, out)
+	}
+	m := wrkRPS.FindSubmatch(out)
+	if m == nil {
+		b.Fatalf("wrk %s: no Requests/sec in its output:\n%s", url, out)
+	}
+	rps, _ := strconv.ParseFloat(string(m[1]), 64)
+	failed := 0
+	if m := wrkNon2xx.FindSubmatch(out); m != nil {
+		n, _ := strconv.Atoi(string(m[1]))
+		failed += n
+	}
+	if m := wrkSocket.FindSubmatch(out); m != nil {
+		for _, g := range m[1:] {
+			n, _ := strconv.Atoi(string(g))
+			failed += n
+		}
+	}
+	return rps, failed
+}

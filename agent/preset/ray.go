@@ -20,7 +20,8 @@ const rayScript = "ray.sh"
 // https://docs.ray.io/en/latest/cluster/vms/user-guides/launching-clusters/on-premises.html
 // (manual cluster: head, then `ray start --address=<head-node-address:port>`
 // on each worker) and https://docs.ray.io/en/latest/ray-core/api/doc/ray.nodes.html
-// (ray.nodes() lists the nodes with "Alive"), the check vLLM's own
+// (ray.nodes() lists the nodes with "Alive"; Ray marks it a DeveloperAPI
+// that may change across minor releases), the same check vLLM's own
 // examples/online_serving/multi-node-serving.sh makes before serving.
 //
 // Both roles run the generated /bin/sh script, because Ray must be started

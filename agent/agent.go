@@ -109,8 +109,10 @@ func newAgent(cfg Config) (*agent, error) {
 		if port, err = freePortBlock(cfg.Address, span, listenTCP); err != nil {
 			return nil, fmt.Errorf("--address %s: cannot listen there (is it this host's address?): %w", cfg.Address, err)
 		}
-	} else if busy := busyInBlock(cfg.Address, port, span); busy != 0 && span > 1 {
-		log.Warn(fmt.Sprintf("--master-port %d: runtime %s uses ports %d-%d on the leader, and %d is taken now", port, cfg.Runtime, port, port+span-1, busy))
+	} else if span > 1 {
+		if busy := busyInBlock(cfg.Address, port, span); busy != 0 {
+			log.Warn(fmt.Sprintf("--master-port %d: runtime %s uses ports %d-%d on the leader, and %d is taken now", port, cfg.Runtime, port, port+span-1, busy))
+		}
 	}
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	target := cfg.Coordinators[0]

@@ -346,5 +346,3 @@ func toJSON(t *testing.T, v any) string {
 }
 
 func equalJSON(t *testing.T, a, b any) bool { return toJSON(t, a) == toJSON(t, b) }
-
-

@@ -26,7 +26,7 @@ deps:
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-torch protobuf-compiler; \
 	fi
 
-test: deps build
+test: deps build lws-bin
 	# -p 1: one package at a time. Several start a Kubernetes control plane
 	# and torch processes; on 2 cores running them side by side only makes
 	# each slower and their timings noisier.
@@ -109,7 +109,7 @@ NODE_BACKEND ?= process
 # Seconds `make cluster` waits for the cluster to be ready.
 CLUSTER_WAIT ?= 300
 
-.PHONY: kube-bins cluster cluster-down
+.PHONY: kube-bins lws-bin cluster cluster-down
 
 # kube-bins: go build relinks only what changed (about a second per binary
 # when nothing did; a cold build of all of them takes several minutes on 2
@@ -123,6 +123,16 @@ kube-bins:
 	$(GO) build -ldflags '$(KUBE_LDFLAGS)' -o $(BIN)/kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
 	@test -x $(BIN)/kwok || { echo "installing kwok $(KWOK_VERSION) into $(BIN)"; \
 		GOBIN=$(BIN) $(GO) install sigs.k8s.io/kwok/cmd/kwok@$(KWOK_VERSION); }
+
+# lws-bin: the LeaderWorkerSet controller (sigs.k8s.io/lws, the version
+# tools/lws/go.mod pins) for e2e/lws. It is a module of its own because LWS
+# pins older Kubernetes libraries than ours. Built only when missing or older
+# than tools/lws/go.mod: about 2 minutes cold on 2 cores, from the Go module
+# proxy alone.
+lws-bin:
+	@test $(BIN)/lws-controller -nt tools/lws/go.mod || { echo "building the LeaderWorkerSet controller into $(BIN)/lws-controller"; \
+		cd tools/lws && v=$$($(GO) list -m -f '{{.Version}}' sigs.k8s.io/lws) && \
+		$(GO) build -ldflags "-X sigs.k8s.io/lws/pkg/version.GitVersion=$$v" -o $(BIN)/lws-controller sigs.k8s.io/lws/cmd; }
 
 # cluster starts `bin/cluster up` in its own session (it outlives make and a
 # Ctrl-C in this terminal), then waits for its ready marker.

@@ -1,0 +1,657 @@
+package lws_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	watchtools "k8s.io/client-go/tools/watch"
+	"sigs.k8s.io/yaml"
+
+	"github.com/muster-dev/muster/e2e/cluster"
+	"github.com/muster-dev/muster/e2e/cluster/clustertest"
+	"github.com/muster-dev/muster/e2e/lws"
+	"github.com/muster-dev/muster/e2e/procnode"
+)
+
+func TestMain(m *testing.M) { clustertest.Main(m) }
+
+const (
+	lwsName = "tp-lws"
+	groups  = 2
+	size    = 4
+)
+
+// TestLeaderWorkerSet: a LeaderWorkerSet of 2 groups x 4 pods, made by the
+// real LWS controller, becomes two muster groups: injected, gang-scheduled
+// per group (into one rack each), ranked by LWS's worker index, running the
+// real torch model and answering at every pod's endpoint. Deleting a worker
+// of one group heals that group in place; the other never notices.
+func TestLeaderWorkerSet(t *testing.T) {
+	torchPython(t)
+	root, err := clustertest.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeBins := clustertest.Bins(t)
+	began := time.Now()
+	lwsBin, moduleDir, err := lws.Build(t.Context(), root, kubeBins)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(began); d > 5*time.Second {
+		t.Logf("make lws-bin took %s", d.Round(time.Second))
+	}
+	crds, err := lws.CRDs(moduleDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bins := musterBins(t, root)
+	c := clustertest.New(t, func(cfg *cluster.Config) {
+		pcfg := procnode.DefaultConfig(kubeBins)
+		pcfg.AgentBin = filepath.Join(bins, "agent")
+		if !pcfg.WithPodNetwork() {
+			t.Fatal("pods need a network namespace (root and iproute2) for Services to get EndpointSlices")
+		}
+		cfg.Nodes = procnode.New(pcfg)
+		cfg.Binaries.Coordinator = filepath.Join(bins, "coordinator")
+		cfg.CRDs = append(cfg.CRDs, crds...)
+	})
+	began = time.Now()
+	if _, err := lws.Start(t.Context(), c, lwsBin, moduleDir); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("LWS controller running, its webhooks reachable, in %s", time.Since(began).Round(time.Millisecond))
+
+	cs := c.Clientset()
+	ns := clustertest.Namespace(t, c)
+	gang := watchGang(t, cs, ns)
+
+	start := time.Now()
+	applyManifest(t, c, ns, root)
+	pods := waitPods(t, c, ns, 3*time.Minute, "both groups Ready", allReady)
+	t.Logf("%d groups x %d pods created by LWS, injected, gang-scheduled and Ready in %s", groups, size, time.Since(start).Round(time.Millisecond))
+
+	racks := rackOf(t, cs)
+	for gi := 0; gi < groups; gi++ {
+		var rack string
+		for _, p := range inGroup(pods, gi) {
+			checkMember(t, cs, ns, p, "0")
+			if rack == "" {
+				rack = racks[p.Spec.NodeName]
+			} else if racks[p.Spec.NodeName] != rack {
+				t.Errorf("group %d spans racks %s and %s (%s on %s): muster.dev/topology-key should keep it in one", gi, rack, racks[p.Spec.NodeName], p.Name, p.Spec.NodeName)
+			}
+		}
+	}
+	if v := gang.violations(); len(v) > 0 {
+		t.Errorf("pods bound before their whole group existed:\n  %s", strings.Join(v, "\n  "))
+	}
+
+	// The Service over all 8 pods: every address answers with its own
+	// group's model (both have the same weights, so the same answer).
+	addrs := groupAddrs(t, cs, ns, pods)
+	var first *prediction
+	for gi := 0; gi < groups; gi++ {
+		for _, addr := range addrs[gi] {
+			got, hdr := predict(t, addr)
+			if got.WorldSize != size || len(got.Outputs) != 2 || hdr.Get("X-Muster-Generation") != "0" {
+				t.Fatalf("group %d at %s: prediction %+v, generation %q; want world size %d, 2 outputs, generation 0", gi, addr, got, hdr.Get("X-Muster-Generation"), size)
+			}
+			if first == nil {
+				first = &got
+			} else if got.Outputs[0].NextToken != first.Outputs[0].NextToken || got.Outputs[1].NextToken != first.Outputs[1].NextToken {
+				t.Errorf("group %d at %s answered %+v, another address %+v", gi, addr, got, *first)
+			}
+		}
+	}
+
+	// A worker of group 1 is deleted. LWS (restartPolicy None) recreates
+	// that pod alone; muster restarts group 1 in place, in a new
+	// generation with the same ranks. Group 0 keeps answering throughout,
+	// in generation 0.
+	victim := fmt.Sprintf("%s-1-2", lwsName)
+	before := map[string]types.UID{}
+	for _, p := range pods {
+		before[p.Name] = p.UID
+	}
+	if _, ok := before[victim]; !ok {
+		t.Fatalf("no pod %s among %v", victim, names(pods))
+	}
+	probe := startProbe(addrs[0])
+	healStart := time.Now()
+	if err := cs.CoreV1().Pods(ns).Delete(context.Background(), victim, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pods = waitPods(t, c, ns, 3*time.Minute, "group 1 healed", func(ps []v1.Pod) bool {
+		for _, p := range ps {
+			if p.Name == victim && p.UID == before[victim] {
+				return false // still the old pod
+			}
+		}
+		return allReady(ps)
+	})
+	healed := addrsOf(t, groupAddrs(t, cs, ns, pods)[1])
+	for _, addr := range healed {
+		got, hdr := predict(t, addr)
+		if g := hdr.Get("X-Muster-Generation"); g == "0" || g == "" {
+			t.Errorf("group 1 at %s answers in generation %q after a member was replaced, want a new one", addr, g)
+		}
+		if got.Outputs[0].NextToken != first.Outputs[0].NextToken {
+			t.Errorf("group 1 at %s after healing answered %+v, before %+v", addr, got, *first)
+		}
+	}
+	t.Logf("worker %s deleted: group 1 re-formed and answering at its %d pods in %s", victim, size, time.Since(healStart).Round(time.Millisecond))
+	ok, failed, gens := probe.stop()
+	if ok == 0 || len(failed) > 0 || len(gens) != 1 || gens["0"] == 0 {
+		t.Errorf("group 0 while group 1 healed: %d answers, generations %v, %d failures %v; want every request answered in generation 0", ok, gens, len(failed), failed)
+	} else {
+		t.Logf("group 0 answered all %d requests during the heal, in generation 0", ok)
+	}
+	for _, p := range pods {
+		gi, _ := strconv.Atoi(p.Labels[lws.LabelGroupIndex])
+		switch {
+		case p.Name == victim:
+			checkMember(t, cs, ns, p, "")
+		case gi == 0:
+			checkMember(t, cs, ns, p, "0")
+			if p.UID != before[p.Name] {
+				t.Errorf("%s of group 0 was recreated", p.Name)
+			}
+		default:
+			// Restarted in place: the same pod, a later generation.
+			checkMember(t, cs, ns, p, "")
+			if p.UID != before[p.Name] {
+				t.Errorf("%s of group 1 was recreated; only %s should have been (restartPolicy None)", p.Name, victim)
+			}
+		}
+	}
+	if v := gang.violations(); len(v) > 0 {
+		t.Errorf("pods bound before their whole group existed:\n  %s", strings.Join(v, "\n  "))
+	}
+}
+
+// checkMember checks that p was injected, joined the group LWS's labels
+// name (tp-lws-<group-index>, size from LWS's size annotation) with its
+// worker index as ordinal, and last launched its runtime with that rank in
+// generation gen ("" for any but 0).
+func checkMember(t *testing.T, cs kubernetes.Interface, ns string, p v1.Pod, gen string) {
+	t.Helper()
+	if p.Spec.SchedulerName != "muster-scheduler" || len(p.Spec.InitContainers) == 0 || p.Spec.Containers[0].Command[0] != "/muster/bin/agent" {
+		t.Errorf("%s was not injected: scheduler %q, %d init containers, command %v", p.Name, p.Spec.SchedulerName, len(p.Spec.InitContainers), p.Spec.Containers[0].Command)
+		return
+	}
+	worker := p.Labels[lws.LabelWorkerIndex]
+	want := map[string]string{
+		"MUSTER_GROUP":   lwsName + "-" + p.Labels[lws.LabelGroupIndex],
+		"MUSTER_SIZE":    strconv.Itoa(size),
+		"MUSTER_ORDINAL": worker,
+	}
+	for _, e := range p.Spec.Containers[0].Env {
+		if w, ok := want[e.Name]; ok {
+			if e.Value != w {
+				t.Errorf("%s (labels %s=%s %s=%s): %s=%q, want %q", p.Name, lws.LabelGroupIndex, p.Labels[lws.LabelGroupIndex], lws.LabelWorkerIndex, worker, e.Name, e.Value, w)
+			}
+			delete(want, e.Name)
+		}
+	}
+	if len(want) > 0 {
+		t.Errorf("%s: no %v in its env", p.Name, want)
+	}
+	g, rank, world := lastRank(t, cs, ns, p.Name)
+	if rank != worker || world != strconv.Itoa(size) || (gen != "" && g != gen) || (gen == "" && (g == "" || g == "0")) {
+		t.Errorf("%s: rank %s of %s in generation %s; want rank %s (its worker index) of %d, generation %s", p.Name, rank, world, g, worker, size, orAny(gen))
+	}
+}
+
+func orAny(gen string) string {
+	if gen == "" {
+		return "> 0"
+	}
+	return gen
+}
+
+// applyManifest creates deploy/examples/lws-torch.yaml in ns, with the
+// repository's path for __MUSTER_REPO__; unknown fields are refused.
+func applyManifest(t *testing.T, c *cluster.Cluster, ns, root string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(root, "deploy", "examples", "lws-torch.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dyn, err := dynamic.NewForConfig(c.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := 0
+	for _, doc := range strings.Split(strings.ReplaceAll(string(b), "__MUSTER_REPO__", root), "\n---\n") {
+		var meta metav1.TypeMeta
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			t.Fatal(err)
+		}
+		switch meta.Kind {
+		case "Service":
+			var svc v1.Service
+			if err := yaml.UnmarshalStrict([]byte(doc), &svc); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Clientset().CoreV1().Services(ns).Create(context.Background(), &svc, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		case "LeaderWorkerSet":
+			var obj unstructured.Unstructured
+			if err := yaml.Unmarshal([]byte(doc), &obj.Object); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := dyn.Resource(lws.Resource).Namespace(ns).Create(context.Background(), &obj, metav1.CreateOptions{FieldValidation: "Strict"}); err != nil {
+				t.Fatalf("create LeaderWorkerSet: %v", err)
+			}
+		default:
+			t.Fatalf("unexpected kind %q in lws-torch.yaml", meta.Kind)
+		}
+		kinds++
+	}
+	if kinds != 2 {
+		t.Fatalf("lws-torch.yaml: %d objects, want a Service and a LeaderWorkerSet", kinds)
+	}
+}
+
+// waitPods waits until done holds for the pods of the LeaderWorkerSet
+// and returns them; on timeout it says where each pod is.
+func waitPods(t *testing.T, c *cluster.Cluster, ns string, timeout time.Duration, what string, done func([]v1.Pod) bool) []v1.Pod {
+	t.Helper()
+	cs := c.Clientset()
+	var pods []v1.Pod
+	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		if err := c.Err(); err != nil {
+			return false, err
+		}
+		list, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: lws.LabelName + "=" + lwsName})
+		if err != nil {
+			return false, nil
+		}
+		pods = list.Items
+		return done(pods), nil
+	})
+	if err != nil {
+		var b strings.Builder
+		for _, p := range pods {
+			fmt.Fprintf(&b, "\n  %s group=%s worker=%s node=%q ip=%s phase=%s conditions=%s", p.Name, p.Labels[lws.LabelGroupIndex], p.Labels[lws.LabelWorkerIndex], p.Spec.NodeName, p.Status.PodIP, p.Status.Phase, conditions(&p))
+			logs, _ := cs.CoreV1().Pods(ns).GetLogs(p.Name, &v1.PodLogOptions{Container: "model"}).DoRaw(context.Background())
+			fmt.Fprintf(&b, "\n    log tail: %s", tail(string(logs), 6))
+		}
+		if evs, err := cs.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{}); err == nil {
+			for _, e := range evs.Items {
+				if e.Type == v1.EventTypeWarning {
+					fmt.Fprintf(&b, "\n  event %s/%s: %s: %s", e.InvolvedObject.Kind, e.InvolvedObject.Name, e.Reason, e.Message)
+				}
+			}
+		}
+		for _, name := range []string{"scheduler", "lws-controller", "coordinator"} {
+			log, _ := os.ReadFile(filepath.Join(c.Dir(), "logs", name+".log"))
+			fmt.Fprintf(&b, "\n  %s log tail:\n      %s", name, tail(string(log), 12))
+		}
+		t.Fatalf("%s: not within %s (%v):%s", what, timeout, err, b.String())
+	}
+	return pods
+}
+
+// allReady: every group has its size of live pods, all Ready.
+func allReady(pods []v1.Pod) bool {
+	for gi := 0; gi < groups; gi++ {
+		ps := inGroup(pods, gi)
+		if len(ps) != size {
+			return false
+		}
+		for i := range ps {
+			if ps[i].DeletionTimestamp != nil || !podReady(&ps[i]) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func inGroup(pods []v1.Pod, gi int) []v1.Pod {
+	var out []v1.Pod
+	for _, p := range pods {
+		if p.Labels[lws.LabelGroupIndex] == strconv.Itoa(gi) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func names(pods []v1.Pod) []string {
+	var out []string
+	for _, p := range pods {
+		out = append(out, p.Name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// rackOf maps node names to their rack label.
+func rackOf(t *testing.T, cs kubernetes.Interface) map[string]string {
+	t.Helper()
+	nodes, err := cs.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, n := range nodes.Items {
+		out[n.Name] = n.Labels["topology.muster.dev/rack"]
+	}
+	return out
+}
+
+// groupAddrs waits until the Service's EndpointSlices list every pod of
+// pods as a ready endpoint, and returns their addresses (as kube-proxy
+// would see them) by group index.
+func groupAddrs(t *testing.T, cs kubernetes.Interface, ns string, pods []v1.Pod) map[int][]string {
+	t.Helper()
+	group := map[string]int{}
+	for _, p := range pods {
+		group[p.Status.PodIP], _ = strconv.Atoi(p.Labels[lws.LabelGroupIndex])
+	}
+	var out map[int][]string
+	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		list, err := cs.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=tp-lws-api"})
+		if err != nil {
+			return false, nil
+		}
+		out = map[int][]string{}
+		n := 0
+		for _, sl := range list.Items {
+			if len(sl.Ports) == 0 || sl.Ports[0].Port == nil {
+				continue
+			}
+			for _, ep := range sl.Endpoints {
+				if len(ep.Addresses) == 0 || ep.Conditions.Ready == nil || !*ep.Conditions.Ready {
+					continue
+				}
+				gi, ok := group[ep.Addresses[0]]
+				if !ok {
+					continue // a pod that is gone; the slice catches up
+				}
+				out[gi] = append(out[gi], fmt.Sprintf("%s:%d", ep.Addresses[0], *sl.Ports[0].Port))
+				n++
+			}
+		}
+		return n == len(pods), nil
+	})
+	if err != nil {
+		t.Fatalf("Service tp-lws-api: ready endpoints by group %v, want all %d pods", out, len(pods))
+	}
+	return out
+}
+
+func addrsOf(t *testing.T, addrs []string) []string {
+	t.Helper()
+	if len(addrs) != size {
+		t.Fatalf("%d addresses %v, want %d", len(addrs), addrs, size)
+	}
+	return addrs
+}
+
+// probe asks a group's addresses for predictions in turn until stopped,
+// counting answers by generation and failures.
+type probe struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	ok     int
+	failed []string
+	gens   map[string]int
+}
+
+func startProbe(addrs []string) *probe {
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &probe{cancel: cancel, done: make(chan struct{}), gens: map[string]int{}}
+	client := &http.Client{Timeout: 10 * time.Second}
+	go func() {
+		defer close(p.done)
+		for i := 0; ctx.Err() == nil; i++ {
+			addr := addrs[i%len(addrs)]
+			resp, err := client.Post("http://"+addr+"/v1/predict", "application/json", strings.NewReader(`{"inputs": [[1,2,3,4,5]]}`))
+			if err != nil {
+				p.failed = append(p.failed, fmt.Sprintf("%s: %v", addr, err))
+			} else {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					p.failed = append(p.failed, fmt.Sprintf("%s: %s", addr, resp.Status))
+				} else {
+					p.ok++
+					p.gens[resp.Header.Get("X-Muster-Generation")]++
+				}
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	return p
+}
+
+func (p *probe) stop() (ok int, failed []string, gens map[string]int) {
+	p.cancel()
+	<-p.done
+	return p.ok, p.failed, p.gens
+}
+
+// gangWatch follows the namespace's pods in the order the apiserver
+// changed them and notes every pod bound to a node while fewer than size
+// pods of its LWS group existed.
+type gangWatch struct {
+	mu  sync.Mutex
+	bad []string
+	err error
+}
+
+func watchGang(t *testing.T, cs kubernetes.Interface, ns string) *gangWatch {
+	t.Helper()
+	list, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	lw := &cache.ListWatch{WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+		return cs.CoreV1().Pods(ns).Watch(ctx, o)
+	}}
+	rw, err := watchtools.NewRetryWatcherWithContext(ctx, list.ResourceVersion, lw)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	g := &gangWatch{}
+	done := make(chan struct{})
+	t.Cleanup(func() { cancel(); rw.Stop(); <-done })
+	go func() {
+		defer close(done)
+		pods := map[string]*v1.Pod{}
+		for ev := range rw.ResultChan() {
+			p, ok := ev.Object.(*v1.Pod)
+			if !ok {
+				if ev.Type == watch.Error {
+					g.mu.Lock()
+					g.err = fmt.Errorf("pod watch: %v", ev.Object)
+					g.mu.Unlock()
+				}
+				continue
+			}
+			if ev.Type == watch.Deleted {
+				delete(pods, p.Name)
+				continue
+			}
+			prev := pods[p.Name]
+			pods[p.Name] = p
+			if p.Spec.NodeName == "" || (prev != nil && prev.UID == p.UID && prev.Spec.NodeName != "") {
+				continue
+			}
+			members := 0
+			for _, q := range pods {
+				if q.Labels[lws.LabelName] == p.Labels[lws.LabelName] && q.Labels[lws.LabelGroupIndex] == p.Labels[lws.LabelGroupIndex] {
+					members++
+				}
+			}
+			if members < size {
+				g.mu.Lock()
+				g.bad = append(g.bad, fmt.Sprintf("%s bound to %s while its group had %d of %d pods", p.Name, p.Spec.NodeName, members, size))
+				g.mu.Unlock()
+			}
+		}
+	}()
+	return g
+}
+
+func (g *gangWatch) violations() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.err != nil {
+		return append([]string{g.err.Error()}, g.bad...)
+	}
+	return append([]string(nil), g.bad...)
+}
+
+// The helpers below are copied from e2e/kube/kube_test.go (unexported
+// there); they belong in a shared test package.
+
+var (
+	buildOnce sync.Once
+	builtDir  string
+	buildErr  error
+)
+
+// musterBins builds bin/agent and bin/coordinator from this tree into a
+// directory of their own, so a test never runs a stale one.
+func musterBins(t *testing.T, root string) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		builtDir, buildErr = os.MkdirTemp("", "muster-lws-bin-")
+		if buildErr != nil {
+			return
+		}
+		for _, c := range []string{"agent", "coordinator"} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(builtDir, c), "./"+c+"/cmd/"+c)
+			cmd.Dir = root
+			if out, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("build %s: %v\n%s", c, err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtDir
+}
+
+func torchPython(t *testing.T) string {
+	t.Helper()
+	if err := exec.Command("/usr/bin/python3", "-c", "import torch.distributed").Run(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("/usr/bin/python3 has no torch (%v); .ci/run must install python3-torch", err)
+		}
+		t.Skip("/usr/bin/python3 has no torch: apt-get install -y python3-torch")
+	}
+	return "/usr/bin/python3"
+}
+
+func podReady(p *v1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == v1.PodReady {
+			return c.Status == v1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func conditions(p *v1.Pod) string {
+	var out []string
+	for _, c := range p.Status.Conditions {
+		out = append(out, string(c.Type)+"="+string(c.Status))
+	}
+	return strings.Join(out, ",")
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n      ")
+}
+
+var rankRE = regexp.MustCompile(`barrier released; launching runtime.* generation=(\d+) rank=(\d+) world_size=(\d+)`)
+
+// lastRank reads the rank and generation the agent last launched with,
+// from the pod's log.
+func lastRank(t *testing.T, cs kubernetes.Interface, ns, pod string) (gen, rank, world string) {
+	t.Helper()
+	logs, err := cs.CoreV1().Pods(ns).GetLogs(pod, &v1.PodLogOptions{Container: "model"}).DoRaw(context.Background())
+	if err != nil {
+		t.Fatalf("logs of %s: %v", pod, err)
+	}
+	sc := bufio.NewScanner(bytes.NewReader(logs))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if m := rankRE.FindStringSubmatch(sc.Text()); m != nil {
+			gen, rank, world = m[1], m[2], m[3]
+		}
+	}
+	return gen, rank, world
+}
+
+type prediction struct {
+	Outputs []struct {
+		NextToken int `json:"next_token"`
+	} `json:"outputs"`
+	WorldSize int `json:"world_size"`
+}
+
+func predict(t *testing.T, addr string) (prediction, http.Header) {
+	t.Helper()
+	var p prediction
+	var hdr http.Header
+	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+		resp, err := http.Post("http://"+addr+"/v1/predict", "application/json", strings.NewReader(`{"inputs": [[1,2,3,4,5], [40, 41, 42]]}`))
+		if err != nil {
+			return false, nil
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 {
+			return false, nil
+		}
+		hdr = resp.Header
+		return true, json.Unmarshal(b, &p)
+	})
+	if err != nil {
+		t.Fatalf("no prediction from %s: %v", addr, err)
+	}
+	return p, hdr
+}

@@ -30,9 +30,13 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/sets"
+	utilfeature "k8s.io/apiserver/pkg/util/feature"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/features"
+	"k8s.io/kubernetes/pkg/scheduler/framework/plugins/feature"
+	"k8s.io/kubernetes/pkg/scheduler/framework/plugins/topologyaware"
 
 	spv1alpha1 "sigs.k8s.io/scheduler-plugins/apis/scheduling/v1alpha1"
 	spclientset "sigs.k8s.io/scheduler-plugins/pkg/generated/clientset/versioned"
@@ -74,31 +78,50 @@ type Gang struct {
 	// reported remembers the last warning sent per pod, so that a pod
 	// retried in a loop does not flood the event stream.
 	reported map[string]string
+
+	// upstreamGang is true when this scheduler runs with Kubernetes'
+	// GenericWorkload gate: pods naming a scheduling.k8s.io PodGroup in
+	// spec.schedulingGroup are then placed by the scheduler's own pod-group
+	// cycle (plugins GangScheduling, TopologyPlacementGenerator), and
+	// MusterGang steps aside for them at every extension point, so no pod
+	// is ever held by both. With the gate off, MusterGang places them.
+	upstreamGang bool
+	// topology generates the upstream pod-group cycle's placements: the
+	// upstream plugin, fed muster.dev/topology-key when the PodGroup names
+	// no topology of its own.
+	topology fwk.PlacementGeneratePlugin
 }
 
 var (
-	_ fwk.QueueSortPlugin   = &Gang{}
-	_ fwk.PreEnqueuePlugin  = &Gang{}
-	_ fwk.PreFilterPlugin   = &Gang{}
-	_ fwk.PostFilterPlugin  = &Gang{}
-	_ fwk.ReservePlugin     = &Gang{}
-	_ fwk.PermitPlugin      = &Gang{}
-	_ fwk.PostBindPlugin    = &Gang{}
-	_ fwk.EnqueueExtensions = &Gang{}
+	_ fwk.QueueSortPlugin         = &Gang{}
+	_ fwk.PreEnqueuePlugin        = &Gang{}
+	_ fwk.PreFilterPlugin         = &Gang{}
+	_ fwk.PostFilterPlugin        = &Gang{}
+	_ fwk.ReservePlugin           = &Gang{}
+	_ fwk.PermitPlugin            = &Gang{}
+	_ fwk.PostBindPlugin          = &Gang{}
+	_ fwk.EnqueueExtensions       = &Gang{}
+	_ fwk.PlacementGeneratePlugin = &Gang{}
 )
 
 // New builds the plugin. It takes no arguments.
 func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
 	registerMetrics()
 	g := &Gang{
-		handle:    h,
-		pods:      h.SharedInformerFactory().Core().V1().Pods().Lister(),
-		log:       klog.FromContext(ctx).WithValues("plugin", Name),
-		firstSeen: map[group.Key]time.Time{},
-		reported:  map[string]string{},
-		waiting:   map[group.Key]bool{},
-		stop:      ctx.Done(),
+		handle:       h,
+		pods:         h.SharedInformerFactory().Core().V1().Pods().Lister(),
+		log:          klog.FromContext(ctx).WithValues("plugin", Name),
+		firstSeen:    map[group.Key]time.Time{},
+		reported:     map[string]string{},
+		waiting:      map[group.Key]bool{},
+		stop:         ctx.Done(),
+		upstreamGang: utilfeature.DefaultFeatureGate.Enabled(features.GenericWorkload),
 	}
+	tp, err := topologyaware.New(ctx, nil, h, feature.NewSchedulerFeaturesFromGates(utilfeature.DefaultFeatureGate))
+	if err != nil {
+		return nil, fmt.Errorf("%s: topology placement: %w", Name, err)
+	}
+	g.topology = tp
 	if err := g.watchPodGroups(ctx); err != nil {
 		return nil, err
 	}
@@ -150,6 +173,27 @@ func (g *Gang) podGroupLister() splisters.PodGroupLister {
 
 // Name returns the plugin's name.
 func (g *Gang) Name() string { return Name }
+
+// groupOf is the group MusterGang places pod in; ok is false for a pod of
+// no group and for one the scheduler's own pod-group cycle places (see
+// upstreamGang).
+func (g *Gang) groupOf(pod *v1.Pod) (group.Key, bool) {
+	if g.upstreamGang && group.SchedulingGroup(pod) != "" {
+		return group.Key{}, false
+	}
+	return group.Of(pod)
+}
+
+// GeneratePlacements serves the upstream pod-group cycle (groups named by
+// spec.schedulingGroup): the candidate placements are those of Kubernetes'
+// own TopologyPlacementGenerator, one per domain of the PodGroup's
+// topology key; a PodGroup without one takes muster.dev/topology-key from
+// its pods, so either way of asking for one domain works on either kind of
+// group. Only one PlacementGenerate plugin runs per profile: MusterGang
+// replaces TopologyPlacementGenerator in muster's profile.
+func (g *Gang) GeneratePlacements(ctx context.Context, state fwk.PodGroupCycleState, pg fwk.PodGroupInfo, parent *fwk.Placement) (*fwk.GeneratePlacementsResult, *fwk.Status) {
+	return g.topology.GeneratePlacements(ctx, state, withTopologyKey(pg), parent)
+}
 
 // Less orders the queue: priority first, then groups by the creation time
 // of their first pod (first come, first served), members of one group
@@ -206,7 +250,7 @@ func (g *Gang) groupTime(k group.Key, created time.Time) time.Time {
 
 // PreEnqueue keeps a member out of the queue until its whole group exists.
 func (g *Gang) PreEnqueue(ctx context.Context, pod *v1.Pod) *fwk.Status {
-	key, ok := group.Of(pod)
+	key, ok := g.groupOf(pod)
 	if !ok {
 		return nil
 	}
@@ -227,7 +271,7 @@ func (g *Gang) PreEnqueue(ctx context.Context, pod *v1.Pod) *fwk.Status {
 // PreFilter runs the whole-group fit check and pins the pod to its node in
 // the plan.
 func (g *Gang) PreFilter(ctx context.Context, state fwk.CycleState, pod *v1.Pod, nodes []fwk.NodeInfo) (*fwk.PreFilterResult, *fwk.Status) {
-	key, ok := group.Of(pod)
+	key, ok := g.groupOf(pod)
 	if !ok {
 		return nil, fwk.NewStatus(fwk.Skip)
 	}
@@ -273,7 +317,7 @@ func (g *Gang) PreFilterExtensions() fwk.PreFilterExtensions { return nil }
 
 // PostFilter releases the group when one of its members found no node.
 func (g *Gang) PostFilter(ctx context.Context, state fwk.CycleState, pod *v1.Pod, _ fwk.NodeToStatusReader) (*fwk.PostFilterResult, *fwk.Status) {
-	key, ok := group.Of(pod)
+	key, ok := g.groupOf(pod)
 	if !ok {
 		return nil, fwk.NewStatus(fwk.Unschedulable)
 	}
@@ -290,7 +334,7 @@ func (g *Gang) Reserve(ctx context.Context, state fwk.CycleState, pod *v1.Pod, n
 // Unreserve releases every other reservation of the group when one member
 // is rejected (permit timeout, a failed bind, a rejected peer).
 func (g *Gang) Unreserve(ctx context.Context, state fwk.CycleState, pod *v1.Pod, nodeName string) {
-	if key, ok := group.Of(pod); ok {
+	if key, ok := g.groupOf(pod); ok {
 		g.rejectWaiting(key, fmt.Sprintf("group %s: member %s was rejected; releasing the whole group", key.Name, pod.Name))
 	}
 }
@@ -298,7 +342,7 @@ func (g *Gang) Unreserve(ctx context.Context, state fwk.CycleState, pod *v1.Pod,
 // Permit holds a reserved member until every member is reserved, then
 // lets the whole group bind.
 func (g *Gang) Permit(ctx context.Context, state fwk.CycleState, pod *v1.Pod, nodeName string) (*fwk.Status, time.Duration) {
-	key, ok := group.Of(pod)
+	key, ok := g.groupOf(pod)
 	if !ok {
 		return nil, 0
 	}
@@ -341,7 +385,7 @@ func (g *Gang) Permit(ctx context.Context, state fwk.CycleState, pod *v1.Pod, no
 
 // PostBind records the group's time to bind once its last member is bound.
 func (g *Gang) PostBind(ctx context.Context, state fwk.CycleState, pod *v1.Pod, nodeName string) {
-	key, ok := group.Of(pod)
+	key, ok := g.groupOf(pod)
 	if !ok {
 		return
 	}
@@ -402,7 +446,7 @@ func (g *Gang) markWaiting(k group.Key, waiting bool) {
 // rejectWaiting releases every member of group k waiting at Permit.
 func (g *Gang) rejectWaiting(k group.Key, msg string) {
 	g.handle.IterateOverWaitingPods(func(wp fwk.WaitingPod) {
-		if wk, ok := group.Of(wp.GetPod()); ok && wk == k {
+		if wk, ok := g.groupOf(wp.GetPod()); ok && wk == k {
 			wp.Reject(Name, msg)
 		}
 	})

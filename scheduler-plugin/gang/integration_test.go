@@ -43,11 +43,22 @@ type groupSpec struct {
 	sizeOf      func(i int) string // per-member size, for disagreement tests
 	noSize      bool
 	podGroupLbl bool // use scheduling.x-k8s.io/pod-group instead of muster.dev/group
+	// upstream: the pods name a scheduling.k8s.io PodGroup (created by
+	// createGroup, gang minCount = members) in spec.schedulingGroup and
+	// carry no muster label or size.
+	upstream    bool
+	pgTopology  string            // the upstream PodGroup's topology key
+	annotations map[string]string // added to every member
 }
 
 func newNamespace(t *testing.T, cs kubernetes.Interface) string {
 	t.Helper()
-	name := strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))
+	name := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '-'
+	}, strings.ToLower(t.Name()))
 	if len(name) > 50 {
 		name = name[:50]
 	}
@@ -96,10 +107,23 @@ func createGroup(t *testing.T, cs kubernetes.Interface, ns string, g groupSpec) 
 		if g.topologyKey != "" {
 			ann["muster.dev/topology-key"] = g.topologyKey
 		}
+		for k, v := range g.annotations {
+			ann[k] = v
+		}
+		var sg *v1.PodSchedulingGroup
+		if g.upstream {
+			delete(labels, "muster.dev/group")
+			delete(ann, "muster.dev/size")
+			sg = &v1.PodSchedulingGroup{PodGroupName: &g.name}
+			if i == 0 {
+				createUpstreamPodGroup(t, cs, ns, g.name, g.members, g.pgTopology)
+			}
+		}
 		pod := &v1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%d", g.name, i), Namespace: ns, Labels: labels, Annotations: ann},
 			Spec: v1.PodSpec{
-				SchedulerName: "muster-scheduler",
+				SchedulerName:   "muster-scheduler",
+				SchedulingGroup: sg,
 				Containers: []v1.Container{{
 					Name: "model", Image: "model", Command: []string{"serve"},
 					Resources: v1.ResourceRequirements{
@@ -126,11 +150,22 @@ func boundNodes(t *testing.T, cs kubernetes.Interface, ns, group string) map[str
 	}
 	out := map[string]string{}
 	for _, p := range pods.Items {
-		if p.Labels["muster.dev/group"] == group || p.Labels["scheduling.x-k8s.io/pod-group"] == group {
+		if groupOfPod(&p) == group {
 			out[p.Name] = p.Spec.NodeName
 		}
 	}
 	return out
+}
+
+// groupOfPod is the group a test pod was created in, whichever kind.
+func groupOfPod(p *v1.Pod) string {
+	if sg := p.Spec.SchedulingGroup; sg != nil && sg.PodGroupName != nil {
+		return *sg.PodGroupName
+	}
+	if g := p.Labels["muster.dev/group"]; g != "" {
+		return g
+	}
+	return p.Labels["scheduling.x-k8s.io/pod-group"]
 }
 
 func countBound(m map[string]string) int {

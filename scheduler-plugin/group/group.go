@@ -18,7 +18,27 @@ const (
 	AnnotationSize        = "muster.dev/size"
 	AnnotationTopologyKey = "muster.dev/topology-key"
 	AnnotationTimeout     = "muster.dev/timeout"
+	// AnnotationRankOrder "topology" asks for ranks that follow placement;
+	// the scheduler then writes each member's domain (the value of the
+	// group's topology key on its node) into AnnotationTopologyDomain
+	// before binding it, where the agent reads it (downward API).
+	AnnotationRankOrder      = "muster.dev/rank-order"
+	AnnotationTopologyDomain = "muster.dev/topology-domain"
+	RankOrderTopology        = "topology"
+	// AnnotationRankTopologyKey is the node label rank-order topology
+	// groups by; without it, the group's muster.dev/topology-key (which
+	// then also keeps the group in one domain of that key).
+	AnnotationRankTopologyKey = "muster.dev/rank-topology-key"
 )
+
+// RankTopologyKey is the node label whose domains rank-order topology
+// keeps together ("" for none).
+func RankTopologyKey(pod *v1.Pod) string {
+	if k := strings.TrimSpace(pod.Annotations[AnnotationRankTopologyKey]); k != "" {
+		return k
+	}
+	return TopologyKey(pod)
+}
 
 // LeaderWorkerSet (sigs.k8s.io/lws v0.7.0, api/leaderworkerset/v1) labels
 // and annotations: every pod of one LWS group carries the set's name and

@@ -573,6 +573,7 @@ func (a *agent) join(ctx context.Context, gen int64) (*musterv1.JoinResponse, er
 	req := &musterv1.JoinRequest{
 		Group: a.ref, MemberId: a.cfg.MemberID, Address: a.cfg.Address, Ordinal: a.cfg.Ordinal,
 		Size: int32(a.cfg.Size), Runtime: a.cfg.Runtime, MasterPort: int32(a.port), Generation: gen,
+		RankOrder: a.cfg.RankOrder, TopologyDomain: a.cfg.TopologyDomain,
 	}
 	if a.gossip != nil {
 		req.GossipPort = int32(a.gossip.Port())

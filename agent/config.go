@@ -45,6 +45,12 @@ type Config struct {
 	// Interface, when set, names the network interface collective
 	// communication uses (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME).
 	Interface string
+	// RankOrder is "ordinal" (default) or "topology": members reporting
+	// the same TopologyDomain get neighbouring ranks, ordinal 0 stays rank 0.
+	RankOrder string
+	// TopologyDomain is where this member runs (e.g. its rack), for
+	// RankOrder topology; in a pod muster's scheduler writes it.
+	TopologyDomain string
 	// Dir is where the agent writes the files a preset generates (a
 	// hostfile, a script); empty uses a directory per member under the
 	// system's temporary directory.
@@ -150,6 +156,11 @@ func (c *Config) Validate() error {
 	}
 	if c.GPUsPerNode < 0 {
 		return fmt.Errorf("--gpus-per-node %d is negative (0 means unknown)", c.GPUsPerNode)
+	}
+	switch c.RankOrder {
+	case "", "ordinal", "topology":
+	default:
+		return fmt.Errorf("--rank-order %q: want ordinal (ranks follow ordinals) or topology (members of one --topology-domain get neighbouring ranks)", c.RankOrder)
 	}
 	if strings.ContainsAny(c.Interface, " \t\n") {
 		return fmt.Errorf("--interface %q: want an interface name such as eth0, without spaces (NCCL also takes a prefix, =exact, ^excluded or a comma list)", c.Interface)

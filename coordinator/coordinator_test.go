@@ -33,6 +33,8 @@ type member struct {
 	addr   string
 	ordin  *int64
 	size   int32
+	// rankOrder and domain go into Join (rank order topology).
+	rankOrder, domain string
 	events chan *musterv1.GroupEvent
 	errs   chan error
 	cancel context.CancelFunc
@@ -46,7 +48,7 @@ func (m *member) join(gen int64) *musterv1.JoinResponse {
 	m.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	resp, err := m.c.Join(ctx, &musterv1.JoinRequest{Group: ref(m.group), MemberId: m.id, Address: m.addr, Ordinal: m.ordin, Size: m.size, MasterPort: 29500, Generation: gen})
+	resp, err := m.c.Join(ctx, &musterv1.JoinRequest{Group: ref(m.group), MemberId: m.id, Address: m.addr, Ordinal: m.ordin, Size: m.size, MasterPort: 29500, Generation: gen, RankOrder: m.rankOrder, TopologyDomain: m.domain})
 	if err != nil {
 		m.t.Fatalf("join %s: %v", m.id, err)
 	}
@@ -177,6 +179,64 @@ func TestBarrierReleasesEveryoneAtOnceWithOrdinalRanks(t *testing.T) {
 		} else if leader != a.LeaderAddress {
 			t.Errorf("members disagree on the leader: %s vs %s", leader, a.LeaderAddress)
 		}
+	}
+}
+
+// With rank order topology, members of one domain hold neighbouring ranks,
+// ordinal 0 stays rank 0, and the group status says so.
+func TestRanksFollowTopologyOnRequest(t *testing.T) {
+	co := testcoord.Start(t, testcoord.Config(t))
+	c := testcoord.Client(t, co.Addr())
+	domains := []string{"rack-a", "rack-b", "rack-a", "rack-b"} // by ordinal
+	want := map[string]int32{"p-0": 0, "p-2": 1, "p-1": 2, "p-3": 3}
+	var ms []*member
+	for i, d := range domains {
+		m := newMember(t, c, "placed", fmt.Sprintf("p-%d", i), fmt.Sprintf("127.0.0.%d", i+2), 4, ord(int64(i)))
+		m.rankOrder, m.domain = "topology", d
+		ms = append(ms, m)
+	}
+	// A member that asks for ordinal order is refused, naming both orders.
+	for _, m := range ms {
+		m.join(-1)
+		m.watch()
+		if m == ms[0] {
+			_, err := c.Join(context.Background(), &musterv1.JoinRequest{Group: ref("placed"), MemberId: "odd", Address: "127.0.0.9", Size: 4, RankOrder: "ordinal"})
+			if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), `rank order "ordinal" disagrees with the group's "topology"`) {
+				t.Fatalf("join with another rank order: %v, want InvalidArgument naming both", err)
+			}
+		}
+	}
+	for _, m := range ms {
+		if a := m.assignment(); a.Rank != want[m.id] {
+			t.Errorf("%s (%s): rank %d, want %d", m.id, m.domain, a.Rank, want[m.id])
+		}
+	}
+	g := getGroup(t, c, "placed")
+	if g.RankOrder != "topology" {
+		t.Errorf("group status rank_order %q, want topology", g.RankOrder)
+	}
+	var order []string
+	for _, m := range g.Members {
+		order = append(order, fmt.Sprintf("%d:%s@%s", m.Rank, m.Id, m.TopologyDomain))
+	}
+	if got := strings.Join(order, " "); got != "0:p-0@rack-a 1:p-2@rack-a 2:p-1@rack-b 3:p-3@rack-b" {
+		t.Errorf("group status members %s", got)
+	}
+	// Without the request, ranks follow ordinals whatever the domains.
+	for i, d := range domains {
+		m := newMember(t, c, "ordinal", fmt.Sprintf("q-%d", i), fmt.Sprintf("127.0.0.%d", i+2), 4, ord(int64(i)))
+		m.domain = d
+		m.join(-1)
+		m.watch()
+		ms[i] = m
+	}
+	for i, m := range ms {
+		if a := m.assignment(); a.Rank != int32(i) {
+			t.Errorf("%s: rank %d, want its ordinal %d", m.id, a.Rank, i)
+		}
+	}
+	if g := getGroup(t, c, "ordinal"); g.RankOrder != "ordinal" {
+		t.Errorf("group status rank_order %q, want ordinal", g.RankOrder)
 	}
 }
 

@@ -42,12 +42,22 @@ func ReleaseAt(v *View, now time.Time) time.Time {
 	return at
 }
 
+// Rank orders (State.RankOrder).
+const (
+	RankOrderOrdinal  = "ordinal"
+	RankOrderTopology = "topology"
+)
+
 // AssignRanks chooses the members of a generation and their ranks. Members
 // that had a rank before keep it; the others take the free ranks in order of
 // their ordinal hint (numeric order, hinted members first) and then of
-// arrival (etcd create revision). It returns member ids in rank order, at
-// most size of them; members left over are not part of the generation.
-func AssignRanks(prev map[string]int, joined []Member, size int) []string {
+// arrival (etcd create revision). With rank order topology, those others
+// are then regrouped by topology domain: the first of them (the lowest
+// ordinal: the leader) first, then the rest of its domain, then each other
+// domain in the order its first member comes, so members of one domain hold
+// neighbouring ranks. It returns member ids in rank order, at most size of
+// them; members left over are not part of the generation.
+func AssignRanks(prev map[string]int, joined []Member, size int, rankOrder string) []string {
 	out := make([]string, size)
 	taken := make([]bool, size)
 	var rest []Member
@@ -71,6 +81,19 @@ func AssignRanks(prev map[string]int, joined []Member, size int) []string {
 		}
 		return a.ID < b.ID
 	})
+	if rankOrder == RankOrderTopology {
+		lead := ""
+		if taken[0] {
+			for _, m := range joined {
+				if m.ID == out[0] {
+					lead = m.Domain
+				}
+			}
+		} else if len(rest) > 0 {
+			lead = rest[0].Domain
+		}
+		rest = byDomain(rest, lead)
+	}
 	r := 0
 	for _, m := range rest {
 		for r < size && taken[r] {
@@ -86,6 +109,24 @@ func AssignRanks(prev map[string]int, joined []Member, size int) []string {
 		if !taken[i] {
 			return out[:i]
 		}
+	}
+	return out
+}
+
+// byDomain stably regroups ms by Domain: lead's domain first (rank 0's),
+// then the others in order of first appearance.
+func byDomain(ms []Member, lead string) []Member {
+	order := []string{lead}
+	by := map[string][]Member{}
+	for _, m := range ms {
+		if _, ok := by[m.Domain]; !ok && m.Domain != lead {
+			order = append(order, m.Domain)
+		}
+		by[m.Domain] = append(by[m.Domain], m)
+	}
+	out := make([]Member, 0, len(ms))
+	for _, d := range order {
+		out = append(out, by[d]...)
 	}
 	return out
 }
@@ -121,7 +162,7 @@ func Decide(v *View, now time.Time) (Decision, bool) {
 func release(st *State, v *View, joined []Member) Decision {
 	next := st.clone()
 	next.Phase = Running
-	next.Assignment = AssignRanks(st.Ranks, joined, st.Size)
+	next.Assignment = AssignRanks(st.Ranks, joined, st.Size, st.RankOrder)
 	if next.Ranks == nil {
 		next.Ranks = map[string]int{}
 	}

@@ -47,8 +47,11 @@ const (
 // State is the group's record, one etcd key changed only by
 // compare-and-swap, so every replica agrees on one history.
 type State struct {
-	Size        int    `json:"size"`
-	Runtime     string `json:"runtime"`
+	Size    int    `json:"size"`
+	Runtime string `json:"runtime"`
+	// RankOrder is RankOrderTopology when members of one topology domain
+	// get neighbouring ranks; "" (ordinal) otherwise.
+	RankOrder   string `json:"rank_order,omitempty"`
 	Generation  int64  `json:"generation"`
 	Phase       Phase  `json:"phase"`
 	Restarts    int    `json:"restarts"`
@@ -95,6 +98,8 @@ type Member struct {
 	Ordinal    *int64 `json:"ordinal,omitempty"`
 	MasterPort int    `json:"master_port,omitempty"`
 	GossipPort int    `json:"gossip_port,omitempty"`
+	// Domain is the member's topology domain (rank order topology).
+	Domain string `json:"domain,omitempty"`
 	// Generation is the last generation the member joined.
 	Generation int64        `json:"generation"`
 	State      RuntimeState `json:"state,omitempty"`

@@ -15,6 +15,7 @@ func TestAssignRanks(t *testing.T) {
 		prev   map[string]int
 		joined []Member
 		size   int
+		order  string
 		want   []string
 	}{
 		{
@@ -59,6 +60,43 @@ func TestAssignRanks(t *testing.T) {
 			want: []string{"b", "new", "a"},
 		},
 		{
+			name:  "topology: one domain's members get neighbouring ranks, ordinal 0 stays rank 0",
+			order: RankOrderTopology,
+			joined: []Member{
+				{ID: "p-3", Ordinal: ord(3), Domain: "rack-a", CreateRev: 1},
+				{ID: "p-1", Ordinal: ord(1), Domain: "rack-b", CreateRev: 2},
+				{ID: "p-0", Ordinal: ord(0), Domain: "rack-a", CreateRev: 3},
+				{ID: "p-2", Ordinal: ord(2), Domain: "rack-b", CreateRev: 4},
+				{ID: "p-4", Ordinal: ord(4), Domain: "rack-c", CreateRev: 5},
+				{ID: "p-5", Ordinal: ord(5), Domain: "rack-a", CreateRev: 6},
+			},
+			size: 6,
+			want: []string{"p-0", "p-3", "p-5", "p-1", "p-2", "p-4"},
+		},
+		{
+			name: "ordinal order ignores domains",
+			joined: []Member{
+				{ID: "p-1", Ordinal: ord(1), Domain: "rack-b"},
+				{ID: "p-0", Ordinal: ord(0), Domain: "rack-a"},
+				{ID: "p-2", Ordinal: ord(2), Domain: "rack-a"},
+			},
+			size: 3,
+			want: []string{"p-0", "p-1", "p-2"},
+		},
+		{
+			name:  "topology: kept ranks stay, newcomers are grouped by domain, rank 0's first",
+			order: RankOrderTopology,
+			prev:  map[string]int{"p-0": 0},
+			joined: []Member{
+				{ID: "p-0", Ordinal: ord(0), Domain: "rack-a"},
+				{ID: "p-1", Ordinal: ord(1), Domain: "rack-b"},
+				{ID: "p-2", Ordinal: ord(2), Domain: "rack-a"},
+				{ID: "p-3", Ordinal: ord(3), Domain: "rack-b"},
+			},
+			size: 4,
+			want: []string{"p-0", "p-2", "p-1", "p-3"},
+		},
+		{
 			name: "extra members are left out",
 			joined: []Member{
 				{ID: "a", CreateRev: 1}, {ID: "b", CreateRev: 2}, {ID: "c", CreateRev: 3},
@@ -69,7 +107,7 @@ func TestAssignRanks(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := AssignRanks(tc.prev, tc.joined, tc.size)
+			got := AssignRanks(tc.prev, tc.joined, tc.size, tc.order)
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("AssignRanks = %v, want %v", got, tc.want)
 			}

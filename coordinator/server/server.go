@@ -122,6 +122,14 @@ func (s *Server) Join(ctx context.Context, req *musterv1.JoinRequest) (*musterv1
 	if p := req.GetGossipPort(); p < 0 || p > 65535 {
 		return nil, invalid("%s: gossip_port %d is not a port (0-65535)", what, p)
 	}
+	switch req.GetRankOrder() {
+	case "", group.RankOrderOrdinal, group.RankOrderTopology:
+	default:
+		return nil, invalid("%s: rank_order %q is not %q or %q", what, req.GetRankOrder(), group.RankOrderOrdinal, group.RankOrderTopology)
+	}
+	if len(req.GetTopologyDomain()) > 253 {
+		return nil, invalid("%s: topology_domain is %d bytes; at most 253", what, len(req.GetTopologyDomain()))
+	}
 	runtime := req.GetRuntime()
 	if runtime == "" {
 		runtime = "env"
@@ -217,6 +225,7 @@ func (s *Server) planJoin(h *hub.Hub, k group.Key, id string, req *musterv1.Join
 		st := v.State
 		if st == nil {
 			ns := group.NewState(int(req.GetSize()), runtime, s.opts.MaxRestarts)
+			ns.RankOrder = rankOrder(req)
 			p.create = &ns
 			return
 		}
@@ -227,6 +236,10 @@ func (s *Server) planJoin(h *hub.Hub, k group.Key, id string, req *musterv1.Join
 		}
 		if runtime != st.Runtime {
 			p.err = invalid("%s: runtime %q disagrees with the group's runtime %q; every member must use the same runtime", what, runtime, st.Runtime)
+			return
+		}
+		if ro := rankOrder(req); ro != st.RankOrder && !st.Phase.Terminal() {
+			p.err = invalid("%s: rank order %q disagrees with the group's %q; every member must use the same", what, rankOrderName(ro), rankOrderName(st.RankOrder))
 			return
 		}
 		rec, known := v.Members[id]
@@ -248,6 +261,7 @@ func (s *Server) planJoin(h *hub.Hub, k group.Key, id string, req *musterv1.Join
 				return
 			}
 			ns := group.NewState(st.Size, runtime, s.opts.MaxRestarts)
+			ns.RankOrder = rankOrder(req)
 			p.reset = &ns
 			return
 		}
@@ -276,9 +290,10 @@ func (s *Server) planJoin(h *hub.Hub, k group.Key, id string, req *musterv1.Join
 		m := group.Member{
 			ID: id, Address: req.GetAddress(), Ordinal: req.Ordinal,
 			MasterPort: int(req.GetMasterPort()), GossipPort: int(req.GetGossipPort()), Generation: target,
+			Domain: req.GetTopologyDomain(),
 		}
 		if known {
-			if rec.Generation == target && rec.Address == m.Address && rec.MasterPort == m.MasterPort && rec.GossipPort == m.GossipPort {
+			if rec.Generation == target && rec.Address == m.Address && rec.MasterPort == m.MasterPort && rec.GossipPort == m.GossipPort && rec.Domain == m.Domain {
 				p.resp = &musterv1.JoinResponse{Generation: target, Joined: int32(len(v.Joined(st.Generation))), Size: int32(st.Size)}
 				return
 			}
@@ -508,6 +523,7 @@ func toProto(v *group.View) *musterv1.Group {
 		Phase: phaseProto(st.Phase), Ready: v.Ready(), Restarts: int32(st.Restarts),
 		LeaderAddress: st.LeaderAddress, MasterPort: int32(st.MasterPort),
 		FirstError: st.FirstError, FailedMember: st.FailedMember,
+		RankOrder: rankOrderName(st.RankOrder),
 	}
 	if st.Phase != group.Failed {
 		g.FirstError, g.FailedMember = st.LastError, st.LastErrorMember
@@ -523,7 +539,7 @@ func toProto(v *group.View) *musterv1.Group {
 		if live {
 			pm.Address, pm.Ordinal, pm.Generation = m.Address, m.Ordinal, m.Generation
 			pm.State, pm.ExitCode, pm.Reason = stateProto(m.State), int32(m.ExitCode), m.Reason
-			pm.GossipPort = int32(m.GossipPort)
+			pm.GossipPort, pm.TopologyDomain = int32(m.GossipPort), m.Domain
 		}
 		g.Members = append(g.Members, pm)
 	}
@@ -537,6 +553,22 @@ func toProto(v *group.View) *musterv1.Group {
 		}
 	}
 	return g
+}
+
+// rankOrder is the request's rank order as the group state keeps it:
+// "" for ordinal, the default.
+func rankOrder(req *musterv1.JoinRequest) string {
+	if ro := req.GetRankOrder(); ro == group.RankOrderTopology {
+		return ro
+	}
+	return ""
+}
+
+func rankOrderName(ro string) string {
+	if ro == "" {
+		return group.RankOrderOrdinal
+	}
+	return ro
 }
 
 func phaseProto(p group.Phase) musterv1.Phase {

@@ -129,6 +129,11 @@ func (h *handler) read(ctx context.Context, pod *corev1.Pod) (member, field.Erro
 			errs = append(errs, field.Invalid(annotationsPath.Key(group.AnnotationTimeout), v, "must be a positive duration such as 90s or 5m"))
 		}
 	}
+	if v, ok := ann[group.AnnotationRankTopologyKey]; ok {
+		for _, msg := range validation.IsQualifiedName(strings.TrimSpace(v)) {
+			errs = append(errs, field.Invalid(annotationsPath.Key(group.AnnotationRankTopologyKey), v, "must be a node label key: "+msg))
+		}
+	}
 	if v, ok := ann[group.AnnotationTopologyKey]; ok {
 		for _, msg := range validation.IsQualifiedName(strings.TrimSpace(v)) {
 			errs = append(errs, field.Invalid(annotationsPath.Key(group.AnnotationTopologyKey), v, "must be a node label key: "+msg))
@@ -143,9 +148,9 @@ func (h *handler) read(ctx context.Context, pod *corev1.Pod) (member, field.Erro
 		switch {
 		case !slices.Contains(RankOrders, m.rankOrder):
 			errs = append(errs, field.NotSupported(annotationsPath.Key(AnnotationRankOrder), v, RankOrders))
-		case m.rankOrder == RankOrderTopology && m.topologyKey == "" && strings.TrimSpace(ann[group.AnnotationTopologyKey]) == "":
-			errs = append(errs, field.Required(annotationsPath.Key(group.AnnotationTopologyKey),
-				"muster.dev/rank-order: topology ranks members by the domain of a node label: name it here (e.g. topology.kubernetes.io/zone or a rack label)"))
+		case m.rankOrder == RankOrderTopology && m.topologyKey == "" && group.RankTopologyKey(pod) == "":
+			errs = append(errs, field.Required(annotationsPath.Key(group.AnnotationRankTopologyKey),
+				"muster.dev/rank-order: topology ranks members by the domain of a node label: name it here (e.g. a rack label), or in muster.dev/topology-key to also keep the group in one domain"))
 		}
 	}
 

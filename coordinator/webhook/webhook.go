@@ -19,6 +19,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
 	spclientset "sigs.k8s.io/scheduler-plugins/pkg/generated/clientset/versioned"
+
+	"github.com/muster-dev/muster/scheduler-plugin/group"
 )
 
 // The pod annotations only the webhook reads; the group's label, size,
@@ -30,7 +32,7 @@ const (
 	AnnotationRuntime      = "muster.dev/runtime"       // preset name
 	AnnotationPort         = "muster.dev/port"          // the runtime's serving port
 	AnnotationEndpointPort = "muster.dev/endpoint-port" // the agent's endpoint port
-	AnnotationRankOrder    = "muster.dev/rank-order"    // ordinal | topology
+	AnnotationRankOrder    = group.AnnotationRankOrder  // ordinal | topology
 	AnnotationContainer    = "muster.dev/container"     // the container to wrap; default the first
 )
 
@@ -57,12 +59,10 @@ var RankOrders = []string{"ordinal", RankOrderTopology}
 // RankOrderTopology gives members in one topology domain neighbouring
 // ranks; the scheduler writes each member's domain into
 // AnnotationTopologyDomain when it binds the pod.
-const RankOrderTopology = "topology"
-
-// AnnotationTopologyDomain is set by muster's scheduler on a bound member
-// of a group with rank-order topology: the value of the group's topology
-// key on the pod's node. The agent reads it through the downward API.
-const AnnotationTopologyDomain = "muster.dev/topology-domain"
+const (
+	RankOrderTopology        = group.RankOrderTopology
+	AnnotationTopologyDomain = group.AnnotationTopologyDomain
+)
 
 // ResourceGPU is the extended resource whose limit tells the agent how many
 // GPUs its pod has (MUSTER_GPUS_PER_NODE).

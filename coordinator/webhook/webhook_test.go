@@ -336,7 +336,7 @@ func TestInvalid(t *testing.T) {
 		{
 			name:   "rank order by topology without a topology key",
 			change: ann("muster.dev/rank-order", "topology"),
-			want:   []string{`metadata.annotations[muster.dev/topology-key]: Required value: muster.dev/rank-order: topology ranks members by the domain of a node label`},
+			want:   []string{`metadata.annotations[muster.dev/rank-topology-key]: Required value: muster.dev/rank-order: topology ranks members by the domain of a node label`},
 		},
 		{
 			name:   "group not a label value",

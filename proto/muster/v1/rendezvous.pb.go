@@ -209,9 +209,16 @@ type JoinRequest struct {
 	Generation int64 `protobuf:"varint,8,opt,name=generation,proto3" json:"generation,omitempty"`
 	// gossip_port is where the member's agent gossips with its peers (TCP
 	// and UDP on address); 0 if it does not.
-	GossipPort    int32 `protobuf:"varint,9,opt,name=gossip_port,json=gossipPort,proto3" json:"gossip_port,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	GossipPort int32 `protobuf:"varint,9,opt,name=gossip_port,json=gossipPort,proto3" json:"gossip_port,omitempty"`
+	// rank_order is "ordinal" (or empty: ranks follow ordinals) or
+	// "topology": members of one topology domain get neighbouring ranks, the
+	// lowest ordinal stays rank 0. Every member must agree.
+	RankOrder string `protobuf:"bytes,10,opt,name=rank_order,json=rankOrder,proto3" json:"rank_order,omitempty"`
+	// topology_domain is where the member runs (e.g. its node's rack label
+	// value), for rank_order "topology".
+	TopologyDomain string `protobuf:"bytes,11,opt,name=topology_domain,json=topologyDomain,proto3" json:"topology_domain,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *JoinRequest) Reset() {
@@ -305,6 +312,20 @@ func (x *JoinRequest) GetGossipPort() int32 {
 		return x.GossipPort
 	}
 	return 0
+}
+
+func (x *JoinRequest) GetRankOrder() string {
+	if x != nil {
+		return x.RankOrder
+	}
+	return ""
+}
+
+func (x *JoinRequest) GetTopologyDomain() string {
+	if x != nil {
+		return x.TopologyDomain
+	}
+	return ""
 }
 
 type JoinResponse struct {
@@ -1442,9 +1463,11 @@ type Group struct {
 	MasterPort    int32  `protobuf:"varint,9,opt,name=master_port,json=masterPort,proto3" json:"master_port,omitempty"`
 	// first_error and failed_member keep the first failure that ended the
 	// group (phase FAILED), or the last restart's cause otherwise.
-	FirstError    string    `protobuf:"bytes,10,opt,name=first_error,json=firstError,proto3" json:"first_error,omitempty"`
-	FailedMember  string    `protobuf:"bytes,11,opt,name=failed_member,json=failedMember,proto3" json:"failed_member,omitempty"`
-	Members       []*Member `protobuf:"bytes,12,rep,name=members,proto3" json:"members,omitempty"`
+	FirstError   string    `protobuf:"bytes,10,opt,name=first_error,json=firstError,proto3" json:"first_error,omitempty"`
+	FailedMember string    `protobuf:"bytes,11,opt,name=failed_member,json=failedMember,proto3" json:"failed_member,omitempty"`
+	Members      []*Member `protobuf:"bytes,12,rep,name=members,proto3" json:"members,omitempty"`
+	// rank_order is how ranks were chosen: "ordinal" or "topology".
+	RankOrder     string `protobuf:"bytes,13,opt,name=rank_order,json=rankOrder,proto3" json:"rank_order,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1563,6 +1586,13 @@ func (x *Group) GetMembers() []*Member {
 	return nil
 }
 
+func (x *Group) GetRankOrder() string {
+	if x != nil {
+		return x.RankOrder
+	}
+	return ""
+}
+
 type Member struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1573,13 +1603,15 @@ type Member struct {
 	// live is true while the member's lease is held.
 	Live bool `protobuf:"varint,5,opt,name=live,proto3" json:"live,omitempty"`
 	// generation is the last generation the member joined.
-	Generation    int64        `protobuf:"varint,6,opt,name=generation,proto3" json:"generation,omitempty"`
-	State         RuntimeState `protobuf:"varint,7,opt,name=state,proto3,enum=muster.v1.RuntimeState" json:"state,omitempty"`
-	ExitCode      int32        `protobuf:"varint,8,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
-	Reason        string       `protobuf:"bytes,9,opt,name=reason,proto3" json:"reason,omitempty"`
-	GossipPort    int32        `protobuf:"varint,10,opt,name=gossip_port,json=gossipPort,proto3" json:"gossip_port,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Generation int64        `protobuf:"varint,6,opt,name=generation,proto3" json:"generation,omitempty"`
+	State      RuntimeState `protobuf:"varint,7,opt,name=state,proto3,enum=muster.v1.RuntimeState" json:"state,omitempty"`
+	ExitCode   int32        `protobuf:"varint,8,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	Reason     string       `protobuf:"bytes,9,opt,name=reason,proto3" json:"reason,omitempty"`
+	GossipPort int32        `protobuf:"varint,10,opt,name=gossip_port,json=gossipPort,proto3" json:"gossip_port,omitempty"`
+	// topology_domain is the domain the member reported (rank_order topology).
+	TopologyDomain string `protobuf:"bytes,11,opt,name=topology_domain,json=topologyDomain,proto3" json:"topology_domain,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Member) Reset() {
@@ -1682,6 +1714,13 @@ func (x *Member) GetGossipPort() int32 {
 	return 0
 }
 
+func (x *Member) GetTopologyDomain() string {
+	if x != nil {
+		return x.TopologyDomain
+	}
+	return ""
+}
+
 var File_muster_v1_rendezvous_proto protoreflect.FileDescriptor
 
 const file_muster_v1_rendezvous_proto_rawDesc = "" +
@@ -1689,7 +1728,7 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	"\x1amuster/v1/rendezvous.proto\x12\tmuster.v1\"<\n" +
 	"\bGroupRef\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"\xaa\x02\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\xf2\x02\n" +
 	"\vJoinRequest\x12)\n" +
 	"\x05group\x18\x01 \x01(\v2\x13.muster.v1.GroupRefR\x05group\x12\x1b\n" +
 	"\tmember_id\x18\x02 \x01(\tR\bmemberId\x12\x18\n" +
@@ -1703,7 +1742,11 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	"generation\x18\b \x01(\x03R\n" +
 	"generation\x12\x1f\n" +
 	"\vgossip_port\x18\t \x01(\x05R\n" +
-	"gossipPortB\n" +
+	"gossipPort\x12\x1d\n" +
+	"\n" +
+	"rank_order\x18\n" +
+	" \x01(\tR\trankOrder\x12'\n" +
+	"\x0ftopology_domain\x18\v \x01(\tR\x0etopologyDomainB\n" +
 	"\n" +
 	"\b_ordinal\"Z\n" +
 	"\fJoinResponse\x12\x1e\n" +
@@ -1800,7 +1843,7 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	"\x11ListGroupsRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\">\n" +
 	"\x12ListGroupsResponse\x12(\n" +
-	"\x06groups\x18\x01 \x03(\v2\x10.muster.v1.GroupR\x06groups\"\x91\x03\n" +
+	"\x06groups\x18\x01 \x03(\v2\x10.muster.v1.GroupR\x06groups\"\xb0\x03\n" +
 	"\x05Group\x12%\n" +
 	"\x03ref\x18\x01 \x01(\v2\x13.muster.v1.GroupRefR\x03ref\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x05R\x04size\x12\x18\n" +
@@ -1818,7 +1861,9 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	" \x01(\tR\n" +
 	"firstError\x12#\n" +
 	"\rfailed_member\x18\v \x01(\tR\ffailedMember\x12+\n" +
-	"\amembers\x18\f \x03(\v2\x11.muster.v1.MemberR\amembers\"\xaa\x02\n" +
+	"\amembers\x18\f \x03(\v2\x11.muster.v1.MemberR\amembers\x12\x1d\n" +
+	"\n" +
+	"rank_order\x18\r \x01(\tR\trankOrder\"\xd3\x02\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1d\n" +
@@ -1833,7 +1878,8 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	"\x06reason\x18\t \x01(\tR\x06reason\x12\x1f\n" +
 	"\vgossip_port\x18\n" +
 	" \x01(\x05R\n" +
-	"gossipPortB\n" +
+	"gossipPort\x12'\n" +
+	"\x0ftopology_domain\x18\v \x01(\tR\x0etopologyDomainB\n" +
 	"\n" +
 	"\b_ordinal*}\n" +
 	"\fRuntimeState\x12\x1d\n" +

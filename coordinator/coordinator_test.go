@@ -26,18 +26,18 @@ func ord(v int64) *int64 { return &v }
 
 // member is a raw API client standing in for an agent.
 type member struct {
-	t      *testing.T
-	c      musterv1.RendezvousClient
-	group  string
-	id     string
-	addr   string
-	ordin  *int64
-	size   int32
+	t     *testing.T
+	c     musterv1.RendezvousClient
+	group string
+	id    string
+	addr  string
+	ordin *int64
+	size  int32
 	// rankOrder and domain go into Join (rank order topology).
 	rankOrder, domain string
-	events chan *musterv1.GroupEvent
-	errs   chan error
-	cancel context.CancelFunc
+	events            chan *musterv1.GroupEvent
+	errs              chan error
+	cancel            context.CancelFunc
 }
 
 func newMember(t *testing.T, c musterv1.RendezvousClient, group, id, addr string, size int32, o *int64) *member {

@@ -203,4 +203,3 @@ func TestRankOrderTopologyWritesEachMembersDomain(t *testing.T) {
 		}
 	}
 }
-

@@ -24,7 +24,6 @@ import (
 	"helm.sh/helm/v3/pkg/lint"
 	"helm.sh/helm/v3/pkg/lint/support"
 
-	"github.com/muster-dev/muster/coordinator/webhook"
 	"github.com/muster-dev/muster/e2e/cluster"
 	"github.com/muster-dev/muster/e2e/cluster/clustertest"
 	"github.com/muster-dev/muster/e2e/deploy"
@@ -105,6 +104,9 @@ func TestDryRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := newApplier(t, c)
+	// muster's webhook, registered the way the coordinator registers it
+	// outside a cluster, so that the examples' pods go through it.
+	startWebhook(t, c)
 
 	for _, v := range chartValues {
 		t.Run("chart/"+v.name, func(t *testing.T) { a.applyAll(t, render(t, v.values)) })
@@ -123,7 +125,9 @@ func TestDryRun(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			a.applyAll(t, objects(t, s))
+			objs := objects(t, s)
+			a.applyAll(t, objs)
+			a.injectAll(t, objs)
 		})
 	}
 }
@@ -182,11 +186,7 @@ func (a *applier) apply(ctx context.Context, o *unstructured.Unstructured) (*uns
 // same policies; only where it calls differs.
 func webhookMatchesRegister(t *testing.T, c *cluster.Cluster, a *applier) {
 	ctx := t.Context()
-	const name = "muster-register-reference"
-	if err := webhook.Register(ctx, c.Clientset(), name, "https://127.0.0.1:1/mutate", []byte("unused")); err != nil {
-		t.Fatal(err)
-	}
-	ref, err := c.Clientset().AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, name, metav1.GetOptions{})
+	ref, err := c.Clientset().AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, registeredName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

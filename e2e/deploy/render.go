@@ -113,14 +113,20 @@ func Objects(stream string) ([]*unstructured.Unstructured, error) {
 		if err != nil {
 			return nil, err
 		}
-		var m map[string]any
-		if err := yaml.Unmarshal(doc, &m); err != nil {
+		j, err := yaml.YAMLToJSON(doc)
+		if err != nil {
 			return nil, fmt.Errorf("decode document %d: %w\n%s", len(out)+1, err, doc)
 		}
-		if len(m) == 0 {
-			continue
+		if s := string(bytes.TrimSpace(j)); s == "null" || s == "{}" {
+			continue // an empty document
 		}
-		out = append(out, &unstructured.Unstructured{Object: m})
+		// Unstructured's own decoding keeps integers int64, as the
+		// apiserver's clients expect.
+		o := &unstructured.Unstructured{}
+		if err := o.UnmarshalJSON(j); err != nil {
+			return nil, fmt.Errorf("decode document %d: %w\n%s", len(out)+1, err, doc)
+		}
+		out = append(out, o)
 	}
 }
 

@@ -6,8 +6,9 @@
 // the group forms or restarts.
 //
 // HTTP/1.1 responses are streamed through unbuffered (server-sent events,
-// chunked bodies), and HTTP/2 cleartext (h2c) is accepted and forwarded as
-// h2c, so gRPC works too.
+// chunked bodies) while the request body still flows (full duplex), and
+// HTTP/2 cleartext (h2c) is accepted and forwarded as h2c, so gRPC works
+// too.
 package proxy
 
 import (
@@ -143,6 +144,15 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.h2.ServeHTTP(w, r)
 		return
 	}
+	// Full duplex: the request body keeps flowing to the upstream while the
+	// response flows back. Without it the HTTP/1 server drains and closes
+	// the request body as soon as the response headers are written; the
+	// transport reads that body once more after its Content-Length (to
+	// check there is no more), and when that read comes after the close
+	// it fails and the transport tears down the upstream connection: a
+	// streamed answer cut right after its headers (unexpected EOF), more
+	// often the faster the runtime answers and the busier the machine.
+	_ = http.NewResponseController(w).EnableFullDuplex()
 	p.h1.ServeHTTP(w, r)
 }
 

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -90,6 +91,65 @@ func TestStreamsUnbuffered(t *testing.T) {
 				t.Fatalf("rest %q lacks the second part", rest)
 			}
 		})
+	}
+}
+
+// The request body keeps flowing while the response streams back (full
+// duplex). Without that, writing the response headers made the server
+// drain and close the request body, and the transport, whose read of the
+// body then failed, tore down the upstream connection: streams were cut
+// right after their headers (unexpected EOF). Here the upstream answers
+// before it has read the body, which makes that ordering certain instead
+// of a race.
+func TestRequestBodyFlowsWhileResponseStreams(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = http.NewResponseController(w).EnableFullDuplex()
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "data: first\n\n")
+		w.(http.Flusher).Flush()
+		b, err := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "data: got %q err %v\n\n", b, err)
+	}))
+	defer up.Close()
+	_, url := startProxy(t, Target{Ready: true, Upstream: strings.TrimPrefix(up.URL, "http://")})
+
+	pr, pw := io.Pipe()
+	req, err := http.NewRequest(http.MethodPost, url+"/v1/completions", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.ContentLength = int64(len("hello world"))
+	go pw.Write([]byte("hello "))
+	type result struct {
+		resp *http.Response
+		err  error
+	}
+	got := make(chan result, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		got <- result{resp, err}
+	}()
+	var resp *http.Response
+	select {
+	case r := <-got:
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		resp = r.resp
+	case <-time.After(5 * time.Second):
+		pw.CloseWithError(errors.New("test gave up"))
+		t.Fatal("no response headers while the request body was still being sent: the proxy waited for the whole body")
+	}
+	defer resp.Body.Close()
+	rd := bufio.NewReader(resp.Body)
+	if line, err := rd.ReadString('\n'); line != "data: first\n" {
+		t.Fatalf("first line %q (%v)", line, err)
+	}
+	pw.Write([]byte("world"))
+	pw.Close()
+	rest, err := io.ReadAll(rd)
+	if err != nil || !strings.Contains(string(rest), `data: got "hello world" err <nil>`) {
+		t.Fatalf("after the first event: %q, read error %v; want the upstream to get the whole body and the stream to end cleanly", rest, err)
 	}
 }
 

@@ -1,0 +1,14 @@
+// Package sched benchmarks gang scheduling (issue #6 comparison 4, issue #9
+// "Measure against it"): muster's scheduler against the stock
+// kube-scheduler (default-scheduler, no gang semantics: the upper bound),
+// scheduler-plugins' Coscheduling (coscheduling) and Kubernetes 1.37's own
+// gang scheduling (upstream-gang), each alone against the same apiserver
+// and the same 200 kwok nodes of 8 GPUs, with the same client QPS/burst.
+//
+// The benchmarks are in the package's tests:
+//
+//	MUSTER_BIN=$PWD/bin go test -run '^$' -bench . -benchtime 1x ./bench/sched
+//
+// They need bin/scheduler, bin/kube-scheduler (make kube-bins) and
+// bin/coscheduling-scheduler (make coscheduling-bin).
+package sched

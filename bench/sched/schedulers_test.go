@@ -1,0 +1,149 @@
+package sched
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/muster-dev/muster/e2e/cluster"
+	"github.com/muster-dev/muster/e2e/cluster/clustertest"
+)
+
+// Every scheduler gets the same client rate limit: kube-scheduler's default
+// (50 QPS / 100 burst) would cap each of them at about 50 binds a second and
+// hide every difference between them.
+const (
+	schedulerQPS   = 1000
+	schedulerBurst = 2000
+)
+
+// groupAPI is how a scheduler is told that pods form a gang.
+type groupAPI int
+
+const (
+	// noGroups: plain pods, nothing ties them together.
+	noGroups groupAPI = iota
+	// musterGroups: label muster.dev/group, annotation muster.dev/size (and
+	// muster.dev/topology-key).
+	musterGroups
+	// coschedulingGroups: label scheduling.x-k8s.io/pod-group naming a
+	// scheduler-plugins PodGroup (scheduling.x-k8s.io/v1alpha1, minMember).
+	coschedulingGroups
+	// upstreamGroups: spec.schedulingGroup.podGroupName naming a
+	// scheduling.k8s.io/v1beta1 PodGroup (gang minCount, topology key).
+	upstreamGroups
+)
+
+// scheduler is one of the schedulers compared: muster's and the anchors.
+type scheduler struct {
+	// name is "muster-scheduler" or the anchor's name in the report.
+	name string
+	// bin is the binary's file name in the bin dir.
+	bin string
+	// config is a KubeSchedulerConfiguration template, relative to the repo
+	// root; "" means a single default-scheduler profile.
+	config string
+	// profile is the schedulerName the pods carry.
+	profile string
+	// gates turns Kubernetes 1.37's gang scheduling on in the scheduler
+	// (the apiserver always has it on here).
+	gates  bool
+	groups groupAPI
+	// topology says whether the scheduler can keep a gang in one domain.
+	topology bool
+}
+
+const ours = "muster-scheduler"
+
+// schedulers: muster's first, then the anchors in the order of the report.
+var schedulers = []scheduler{
+	// As `make cluster` runs it: deploy/scheduler/config.yaml, gate on.
+	{name: ours, bin: "scheduler", config: "deploy/scheduler/config.yaml", profile: "muster-scheduler", gates: true, groups: musterGroups, topology: true},
+	// The stock scheduler: no gang semantics at all, the upper bound.
+	{name: "default-scheduler", bin: "kube-scheduler", profile: "default-scheduler", groups: noGroups},
+	{name: "coscheduling", bin: "coscheduling-scheduler", config: "tools/coscheduling/config.yaml", profile: "coscheduling", groups: coschedulingGroups},
+	{name: "upstream-gang", bin: "kube-scheduler", profile: "default-scheduler", gates: true, groups: upstreamGroups, topology: true},
+}
+
+// gangGates are the gates of Kubernetes 1.37's gang scheduling (DESIGN.md).
+const gangGates = "GenericWorkload=true,TopologyAwareWorkloadScheduling=true"
+
+// binaryHint says how to build a missing scheduler binary.
+var binaryHint = map[string]string{
+	"scheduler":              "make kube-bins",
+	"kube-scheduler":         "make kube-bins",
+	"coscheduling-scheduler": "make coscheduling-bin",
+}
+
+// start runs the scheduler against c until the returned stop is called (or
+// the benchmark ends). run names its log (<cluster dir>/logs) and config.
+func (s scheduler) start(b *testing.B, c *cluster.Cluster, run string) (stop func()) {
+	b.Helper()
+	bin := filepath.Join(clustertest.Bins(b), s.bin)
+	if _, err := os.Stat(bin); err != nil {
+		b.Fatalf("%s: %v (%s builds it)", s.name, err, binaryHint[s.bin])
+	}
+	conf, err := s.writeConfig(c, run)
+	if err != nil {
+		b.Fatal(err)
+	}
+	// No serving port: nothing here reads the scheduler's endpoints.
+	args := []string{"--config=" + conf, "--secure-port=0"}
+	if s.gates {
+		args = append(args, "--feature-gates="+gangGates)
+	}
+	p, err := c.StartProcess("sched-"+run, bin, args...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var once sync.Once
+	stop = func() { once.Do(func() { p.Stop(5 * time.Second) }) }
+	b.Cleanup(stop)
+	return stop
+}
+
+// writeConfig writes the scheduler's configuration for this cluster: its
+// template (or one default-scheduler profile) with the cluster's
+// kubeconfig, the common client rate limit and no leader election.
+func (s scheduler) writeConfig(c *cluster.Cluster, run string) (string, error) {
+	conf := map[string]any{
+		"apiVersion": "kubescheduler.config.k8s.io/v1",
+		"kind":       "KubeSchedulerConfiguration",
+		"profiles":   []any{map[string]any{"schedulerName": s.profile}},
+	}
+	if s.config != "" {
+		root, err := clustertest.RepoRoot()
+		if err != nil {
+			return "", err
+		}
+		path := filepath.Join(root, s.config)
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return "", fmt.Errorf("%s: scheduler config: %w", s.name, err)
+		}
+		conf = map[string]any{}
+		if err := yaml.Unmarshal(data, &conf); err != nil {
+			return "", fmt.Errorf("%s: parse %s: %w", s.name, path, err)
+		}
+	}
+	conf["leaderElection"] = map[string]any{"leaderElect": false}
+	conf["clientConnection"] = map[string]any{"kubeconfig": c.Kubeconfig(), "qps": schedulerQPS, "burst": schedulerBurst}
+	data, err := yaml.Marshal(conf)
+	if err != nil {
+		return "", fmt.Errorf("%s: encode scheduler config: %w", s.name, err)
+	}
+	path := filepath.Join(c.StateDir(), "sched-"+run+".yaml")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		return "", fmt.Errorf("%s: write scheduler config: %w", s.name, err)
+	}
+	return path, nil
+}
+
+// qpsParam is the client setting every row states.
+var qpsParam = "client qps " + strconv.Itoa(schedulerQPS) + "/burst " + strconv.Itoa(schedulerBurst) + " for every scheduler"

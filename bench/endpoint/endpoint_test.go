@@ -119,6 +119,11 @@ func addLatencyRows(b *testing.B, name string, s map[string]*sample, params stri
 		return fmt.Sprintf("p50 %s, p99 %s, max %s µs, n=%d, failed %d",
 			report.Fmt(st[k].Median), report.Fmt(st[k].P99), report.Fmt(st[k].Max), st[k].N, s[k].failed)
 	}
+	for k, v := range s {
+		if v.failed > 0 {
+			b.Logf("%s via %s: %d failed, the first with: %s", name, k, v.failed, v.firstErr)
+		}
+	}
 	for _, q := range []struct {
 		name string
 		of   func(report.Stats) float64

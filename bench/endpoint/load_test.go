@@ -29,13 +29,24 @@ func client() *http.Client {
 
 // sample is one target's measurements: latencies in µs and failures.
 type sample struct {
-	us     []float64
-	failed int
+	us       []float64
+	failed   int
+	firstErr string // what the first failure said
 }
 
 func (s *sample) add(o sample) {
 	s.us = append(s.us, o.us...)
 	s.failed += o.failed
+	if s.firstErr == "" {
+		s.firstErr = o.firstErr
+	}
+}
+
+func (s *sample) fail(err error) {
+	s.failed++
+	if s.firstErr == "" {
+		s.firstErr = err.Error()
+	}
 }
 
 func post(ctx context.Context, c *http.Client, url string) (*http.Response, error) {
@@ -58,6 +69,7 @@ func fixedRate(ctx context.Context, url string, rate int, d time.Duration) sampl
 	n := int(d.Seconds() * float64(rate))
 	interval := time.Second / time.Duration(rate)
 	lat := make([]time.Duration, n)
+	errs := make([]error, n)
 	var wg sync.WaitGroup
 	t0 := time.Now()
 	for i := range n {
@@ -70,23 +82,23 @@ func fixedRate(ctx context.Context, url string, rate int, d time.Duration) sampl
 			defer wg.Done()
 			resp, err := post(ctx, c, url)
 			if err != nil {
-				lat[i] = -1
+				errs[i] = err
 				return
 			}
 			_, err = io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
-			if err != nil || resp.StatusCode != http.StatusOK {
-				lat[i] = -1
-				return
+			if err == nil && resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("status %s", resp.Status)
 			}
+			errs[i] = err
 			lat[i] = time.Since(due)
 		}()
 	}
 	wg.Wait()
 	var s sample
-	for _, l := range lat {
-		if l < 0 {
-			s.failed++
+	for i, l := range lat {
+		if errs[i] != nil {
+			s.fail(errs[i])
 			continue
 		}
 		s.us = append(s.us, float64(l)/float64(time.Microsecond))
@@ -115,7 +127,7 @@ func ttfb(ctx context.Context, url string, n, conc int) sample {
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
-				s.failed++
+				s.fail(err)
 				return
 			}
 			s.us = append(s.us, float64(first)/float64(time.Microsecond))

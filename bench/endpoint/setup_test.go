@@ -39,6 +39,9 @@ func start(b *testing.B, env []string, name string, args ...string) *proc {
 	}
 	go func() { _ = p.cmd.Wait(); out.Close(); close(p.done) }()
 	b.Cleanup(func() {
+		if b.Failed() {
+			b.Logf("output of %s:\n%s", strings.Join(p.cmd.Args, " "), p.output())
+		}
 		select {
 		case <-p.done:
 			return

@@ -115,6 +115,8 @@ func TestDryRun(t *testing.T) {
 		t.Run(dir, func(t *testing.T) { a.applyAll(t, kustomize(t, dir)) })
 	}
 	t.Run("webhook-matches-register", func(t *testing.T) { webhookMatchesRegister(t, c, a) })
+	t.Run("scheduler-runs-chart-config", func(t *testing.T) { schedulerRunsChartConfig(t, c) })
+	t.Run("coordinator-takes-chart-args", coordinatorTakesChartArgs)
 	examples, err := deploy.Examples(root)
 	if err != nil || len(examples) == 0 {
 		t.Fatalf("no examples in deploy/examples (%v)", err)

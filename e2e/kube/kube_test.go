@@ -201,9 +201,19 @@ var rankRE = regexp.MustCompile(`barrier released; launching runtime.* generatio
 // from the pod's log (kubectl logs).
 func lastRank(t *testing.T, cs kubernetes.Interface, ns, pod string) (gen, rank, world string) {
 	t.Helper()
+	gen, rank, world, err := rankFromLogs(cs, ns, pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return gen, rank, world
+}
+
+// rankFromLogs is lastRank for callers that poll: an error while the
+// container has not started yet.
+func rankFromLogs(cs kubernetes.Interface, ns, pod string) (gen, rank, world string, err error) {
 	logs, err := cs.CoreV1().Pods(ns).GetLogs(pod, &v1.PodLogOptions{Container: "model"}).DoRaw(context.Background())
 	if err != nil {
-		t.Fatalf("logs of %s: %v", pod, err)
+		return "", "", "", fmt.Errorf("logs of %s: %w", pod, err)
 	}
 	sc := bufio.NewScanner(bytes.NewReader(logs))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
@@ -212,7 +222,7 @@ func lastRank(t *testing.T, cs kubernetes.Interface, ns, pod string) (gen, rank,
 			gen, rank, world = m[1], m[2], m[3]
 		}
 	}
-	return gen, rank, world
+	return gen, rank, world, nil
 }
 
 type prediction struct {
@@ -253,6 +263,7 @@ func TestGroupsOnKubernetes(t *testing.T) {
 	t.Run("StatefulSetServedBehindOneEndpoint", func(t *testing.T) { statefulSetGroup(t, c, root) })
 	t.Run("PlainPods", func(t *testing.T) { plainPodsGroup(t, c) })
 	t.Run("IndexedJobCompletes", func(t *testing.T) { indexedJobGroup(t, c, root) })
+	t.Run("RanksFollowPlacementAndRestartKeepsNodes", func(t *testing.T) { ranksFollowPlacement(t, c) })
 }
 
 func statefulSetGroup(t *testing.T, c *cluster.Cluster, root string) {

@@ -1,0 +1,140 @@
+package kube
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/muster-dev/muster/e2e/cluster"
+	"github.com/muster-dev/muster/e2e/cluster/clustertest"
+)
+
+// ranksFollowPlacement: four pods annotated muster.dev/rank-order: topology
+// (racks: node-0, node-1 in rack-a; node-2, node-3 in rack-b), pinned so
+// that ordinals and racks interleave (p-0 a, p-1 b, p-2 a, p-3 b). The
+// scheduler writes each member's rack before binding it, the agent passes it
+// to the coordinator, and ranks come out rack by rack with ordinal 0 as
+// rank 0: p-0 0, p-2 1, p-1 2, p-3 3. Then p-1's runtime fails once: the
+// group restarts in place (generation 1, same ranks) on the same pods and
+// nodes, while a second gang that needs those nodes stays Pending
+// throughout.
+func ranksFollowPlacement(t *testing.T, c *cluster.Cluster) {
+	cs := c.Clientset()
+	ns := clustertest.Namespace(t, c)
+	nodeOf := []string{"node-0", "node-2", "node-1", "node-3"}
+	wantRank := map[string]string{"p-0": "0", "p-2": "1", "p-1": "2", "p-3": "3"}
+	// Ordinal 1 fails once, in generation 0; everyone else runs on.
+	prog := `import os, sys, time
+print("rank %s of %s" % (os.environ["RANK"], os.environ["WORLD_SIZE"]), flush=True)
+if os.environ["MUSTER_ORDINAL"] == "1" and os.environ["MUSTER_GENERATION"] == "0":
+    time.sleep(1); sys.exit(3)
+time.sleep(3600)`
+	gpus := func(n int64) v1.ResourceRequirements {
+		q := *resource.NewQuantity(n, resource.DecimalSI)
+		return v1.ResourceRequirements{Requests: v1.ResourceList{"nvidia.com/gpu": q}, Limits: v1.ResourceList{"nvidia.com/gpu": q}}
+	}
+	for i, node := range nodeOf {
+		pod := &v1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("p-%d", i), Namespace: ns,
+				Labels: map[string]string{"muster.dev/group": "placed", "apps.kubernetes.io/pod-index": fmt.Sprint(i)},
+				Annotations: map[string]string{"muster.dev/inject": "true", "muster.dev/size": "4",
+					"muster.dev/rank-order": "topology", "muster.dev/rank-topology-key": cluster.RackLabel}},
+			Spec: v1.PodSpec{
+				NodeSelector: map[string]string{"kubernetes.io/hostname": node},
+				Containers:   []v1.Container{{Name: "model", Image: "python:3.11-slim", Command: []string{"python3", "-c", prog}, Resources: gpus(8)}},
+			},
+		}
+		if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Both generations' ranks, from the agents' logs.
+	ranksAt := func(gen string) map[string]string {
+		out := map[string]string{}
+		for name := range wantRank {
+			if g, r, _, err := rankFromLogs(cs, ns, name); err == nil && g == gen {
+				out[name] = r
+			}
+		}
+		return out
+	}
+	waitRanks := func(gen string) map[string]string {
+		var got map[string]string
+		err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+			got = ranksAt(gen)
+			return len(got) == 4, nil
+		})
+		if err != nil {
+			t.Fatalf("generation %s: ranks %v after 2 minutes", gen, got)
+		}
+		return got
+	}
+	first := waitRanks("0")
+	for name, r := range first {
+		if r != wantRank[name] {
+			t.Errorf("generation 0: %s rank %s, want %s (ranks %v)", name, r, wantRank[name], first)
+		}
+	}
+	before, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "muster.dev/group=placed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A rival gang wanting the same four whole nodes.
+	for i := 0; i < 4; i++ {
+		pod := &v1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("rival-%d", i), Namespace: ns,
+				Labels: map[string]string{"muster.dev/group": "rival"}, Annotations: map[string]string{"muster.dev/size": "4"}},
+			Spec: v1.PodSpec{SchedulerName: "muster-scheduler",
+				Containers: []v1.Container{{Name: "c", Image: "x", Command: []string{"sleep", "3600"}, Resources: gpus(8)}}},
+		}
+		if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var second map[string]string
+	err = wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		rivals, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "muster.dev/group=rival"})
+		if err != nil {
+			return false, nil
+		}
+		for _, p := range rivals.Items {
+			if p.Spec.NodeName != "" {
+				return false, fmt.Errorf("rival %s was bound to %s while the group restarted", p.Name, p.Spec.NodeName)
+			}
+		}
+		second = ranksAt("1")
+		return len(second) == 4, nil
+	})
+	if err != nil {
+		t.Fatalf("restart in place: %v (generation 1 ranks %v)", err, second)
+	}
+	for name, r := range second {
+		if r != first[name] {
+			t.Errorf("generation 1: %s rank %s, was %s", name, r, first[name])
+		}
+	}
+	after, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "muster.dev/group=placed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	was := map[string]v1.Pod{}
+	for _, p := range before.Items {
+		was[p.Name] = p
+	}
+	for _, p := range after.Items {
+		b := was[p.Name]
+		if p.UID != b.UID || p.Spec.NodeName != b.Spec.NodeName {
+			t.Errorf("%s: uid %s on %s after the restart, was %s on %s", p.Name, p.UID, p.Spec.NodeName, b.UID, b.Spec.NodeName)
+		}
+		if d := p.Annotations["muster.dev/topology-domain"]; d == "" {
+			t.Errorf("%s: no muster.dev/topology-domain", p.Name)
+		}
+	}
+	t.Logf("ranks by rack %v; restarted in place (generation 1) on the same pods and nodes, rival gang kept Pending", second)
+}

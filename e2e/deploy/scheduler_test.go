@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/muster-dev/muster/coordinator/cli"
+	"github.com/muster-dev/muster/coordinator/testcoord"
 	"github.com/muster-dev/muster/e2e/cluster"
 	"github.com/muster-dev/muster/e2e/cluster/clustertest"
 )
@@ -51,11 +51,12 @@ func schedulerRunsChartConfig(t *testing.T, c *cluster.Cluster) {
 			args[i] = "--config=" + path
 		}
 	}
+	_, port, _ := net.SplitHostPort(testcoord.FreeAddr(t))
 	args = append(args,
 		"--authentication-kubeconfig="+c.Kubeconfig(),
 		"--authorization-kubeconfig="+c.Kubeconfig(),
 		"--bind-address=127.0.0.1",
-		"--secure-port="+strconv.Itoa(freePort(t)),
+		"--secure-port="+port,
 	)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -122,14 +123,4 @@ func containerArgs(t *testing.T, o *unstructured.Unstructured) []string {
 		t.Fatal(err)
 	}
 	return args
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }

@@ -264,6 +264,7 @@ func TestGroupsOnKubernetes(t *testing.T) {
 	t.Run("PlainPods", func(t *testing.T) { plainPodsGroup(t, c) })
 	t.Run("IndexedJobCompletes", func(t *testing.T) { indexedJobGroup(t, c, root) })
 	t.Run("RanksFollowPlacementAndRestartKeepsNodes", func(t *testing.T) { ranksFollowPlacement(t, c) })
+	t.Run("UpstreamPodGroupIsAMusterGroup", func(t *testing.T) { upstreamPodGroup(t, c) })
 }
 
 func statefulSetGroup(t *testing.T, c *cluster.Cluster, root string) {

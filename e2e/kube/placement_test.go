@@ -7,6 +7,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	schedulingv1beta1 "k8s.io/api/scheduling/v1beta1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -137,4 +138,68 @@ time.sleep(3600)`
 		}
 	}
 	t.Logf("ranks by rack %v; restarted in place (generation 1) on the same pods and nodes, rival gang kept Pending", second)
+}
+
+// upstreamPodGroup: pods that name a scheduling.k8s.io PodGroup (gang
+// minCount 3) in spec.schedulingGroup and carry no muster label or size are
+// a muster group like any other: the webhook sizes them from minCount and
+// writes the group down, kube-scheduler's pod-group cycle inside muster's
+// scheduler places them, and the agents rank them by completion index.
+func upstreamPodGroup(t *testing.T, c *cluster.Cluster) {
+	cs := c.Clientset()
+	ns := clustertest.Namespace(t, c)
+	pg := &schedulingv1beta1.PodGroup{
+		ObjectMeta: metav1.ObjectMeta{Name: "gang", Namespace: ns},
+		Spec: schedulingv1beta1.PodGroupSpec{SchedulingPolicy: schedulingv1beta1.PodGroupSchedulingPolicy{
+			Gang: &schedulingv1beta1.GangSchedulingPolicy{MinCount: 3},
+		}},
+	}
+	if _, err := cs.SchedulingV1beta1().PodGroups(ns).Create(context.Background(), pg, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create PodGroup (scheduling.k8s.io/v1beta1): %v", err)
+	}
+	name := "gang"
+	start := time.Now()
+	for i := 0; i < 3; i++ {
+		pod := &v1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("g-%d", i), Namespace: ns,
+				Labels:      map[string]string{"batch.kubernetes.io/job-completion-index": fmt.Sprint(2 - i)},
+				Annotations: map[string]string{"muster.dev/inject": "true"}},
+			Spec: v1.PodSpec{
+				SchedulingGroup: &v1.PodSchedulingGroup{PodGroupName: &name},
+				Containers:      []v1.Container{{Name: "model", Image: "python:3.11-slim", Command: []string{"sleep", "3600"}}},
+			},
+		}
+		if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := map[string]string{"g-0": "2", "g-1": "1", "g-2": "0"}
+	got := map[string]string{}
+	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		for p := range want {
+			if g, r, w, err := rankFromLogs(cs, ns, p); err == nil && g == "0" && w == "3" {
+				got[p] = r
+			}
+		}
+		return len(got) == 3, nil
+	})
+	if err != nil {
+		t.Fatalf("upstream PodGroup's pods: ranks %v after 2 minutes", got)
+	}
+	t.Logf("upstream PodGroup of 3: every rank launched %s after its pods were created", time.Since(start).Round(time.Millisecond))
+	for p, r := range want {
+		if got[p] != r {
+			t.Errorf("%s: rank %s, want %s (its completion index)", p, got[p], r)
+		}
+	}
+	pods, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		if p.Labels["muster.dev/group"] != "gang" || p.Annotations["muster.dev/size"] != "3" || p.Spec.SchedulerName != "muster-scheduler" {
+			t.Errorf("%s: group label %q, size %q, scheduler %q; want gang, 3 (the PodGroup's minCount), muster-scheduler",
+				p.Name, p.Labels["muster.dev/group"], p.Annotations["muster.dev/size"], p.Spec.SchedulerName)
+		}
+	}
 }

@@ -59,10 +59,11 @@ func post(ctx context.Context, c *http.Client, url string) (*http.Response, erro
 }
 
 // fixedRate sends POST url at rate requests per second for d, open loop:
-// request i is due at start + i/rate whether or not earlier ones have
-// answered, and its latency counts from when it was due, so a stall is
-// charged to every request it delays (no coordinated omission; this is
-// what wrk2 does, and Debian has no wrk2, only the closed-loop wrk).
+// request i is sent at start + i/rate on its own goroutine whether or not
+// earlier ones have answered, so a slow answer delays no later request
+// and is not hidden (no coordinated omission: what wrk2 does; Debian has
+// only the closed-loop wrk). Latency counts from the send, so the
+// sender's own timer slack is not charged to the endpoint.
 func fixedRate(ctx context.Context, url string, rate int, d time.Duration) sample {
 	c := client()
 	defer c.CloseIdleConnections()
@@ -80,6 +81,7 @@ func fixedRate(ctx context.Context, url string, rate int, d time.Duration) sampl
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			sent := time.Now()
 			resp, err := post(ctx, c, url)
 			if err != nil {
 				errs[i] = err
@@ -91,7 +93,7 @@ func fixedRate(ctx context.Context, url string, rate int, d time.Duration) sampl
 				err = fmt.Errorf("status %s", resp.Status)
 			}
 			errs[i] = err
-			lat[i] = time.Since(due)
+			lat[i] = time.Since(sent)
 		}()
 	}
 	wg.Wait()

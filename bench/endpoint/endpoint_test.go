@@ -31,8 +31,9 @@ const (
 
 // throughputNote says where the proxy's throughput goes.
 const throughputNote = "muster's endpoint is net/http's httputil.ReverseProxy (in process it forwards as fast as a bare " +
-	"ReverseProxy); each request crosses the server's and the transport's goroutines and four socket calls, " +
-	"where nginx's event loop forwards with less; the runtime, the proxy and wrk share the same 2 cores"
+	"ReverseProxy): each request is handed between the server's goroutine and the transport's read and write " +
+	"goroutines, waking threads, where an nginx worker's event loop makes the same socket calls without hand-offs; " +
+	"the runtime, the proxy and wrk share the same 2 cores"
 
 type target struct {
 	name string // "muster", or the anchor's name

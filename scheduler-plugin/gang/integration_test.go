@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -349,74 +348,87 @@ func TestSixGroupsCompetingForRoomForThreeAllRunWithoutPartialHolds(t *testing.T
 	ns := newNamespace(t, cs)
 	// 5 members x 2 GPUs = 10 GPUs a group; 32 GPUs hold three groups.
 	const groups, members = 6, 5
-	hold := 1500 * time.Millisecond
-	start := time.Now()
+	var names []string
 	for i := 0; i < groups; i++ {
-		createGroup(t, cs, ns, groupSpec{name: fmt.Sprintf("c%d", i), members: members, gpus: 2})
+		names = append(names, fmt.Sprintf("c%d", i))
+		createGroup(t, cs, ns, groupSpec{name: names[i], members: members, gpus: 2})
 	}
-	var (
-		mu       sync.Mutex
-		partial  = map[string]time.Time{} // group -> first seen partially bound
-		violated []string
-		done     = map[string]time.Duration{}
-		deleted  = map[string]bool{}
-		maxHeld  int
-	)
+	r := runTurns(t, cs, ns, names, members, 2, 1500*time.Millisecond)
+	if r.maxHeld > 3 {
+		t.Fatalf("%d groups bound at once on room for 3", r.maxHeld)
+	}
+	t.Logf("6 competing groups all ran in %s (at most %d at once); bound after %v", r.took.Round(time.Millisecond), r.maxHeld, r.ran)
+}
+
+// turns is what runTurns saw.
+type turns struct {
+	ran     map[string]time.Duration // group -> fully bound after
+	maxHeld int                      // groups fully bound at once
+	maxGPUs int64                    // GPUs bound at once
+	took    time.Duration
+}
+
+// runTurns watches groups (members pods of gpus GPUs each, in namespace
+// ns) every 50 ms until each has been fully bound, deleting each group a
+// fixed hold after it was: groups finish and free their room. It fails the
+// test if any group is seen partly bound for over a second (binding a group
+// is one API call per member; longer is capacity held without running), or
+// if not every group ran within 3 minutes.
+func runTurns(t *testing.T, cs kubernetes.Interface, ns string, groups []string, members int, gpus int64, hold time.Duration) turns {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+	start := time.Now()
+	r := turns{ran: map[string]time.Duration{}}
+	partial := map[string]time.Time{}
 	boundAt := map[string]time.Time{}
-	for len(done) < groups {
+	deleted := map[string]bool{}
+	var violated []string
+	for len(r.ran) < len(groups) {
 		if ctx.Err() != nil {
-			t.Fatalf("only %d of %d groups ran within 3 minutes: %v", len(done), groups, done)
+			t.Fatalf("only %d of %d groups ran within 3 minutes: %v", len(r.ran), len(groups), r.ran)
 		}
 		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		bound := map[string]int{}
-		total := map[string]int{}
-		for _, p := range pods.Items {
-			g := p.Labels["muster.dev/group"]
+		bound, total := map[string]int{}, map[string]int{}
+		var gpusBound int64
+		for i := range pods.Items {
+			g := groupOfPod(&pods.Items[i])
 			total[g]++
-			if p.Spec.NodeName != "" {
+			if pods.Items[i].Spec.NodeName != "" {
 				bound[g]++
+				gpusBound += gpus
 			}
 		}
+		r.maxGPUs = max(r.maxGPUs, gpusBound)
 		held := 0
 		now := time.Now()
-		mu.Lock()
-		for g, n := range total {
+		for g := range total {
 			switch {
 			case bound[g] == members:
 				delete(partial, g)
 				held++
 				if _, ok := boundAt[g]; !ok {
-					boundAt[g] = now
-					done[g] = now.Sub(start)
+					boundAt[g], r.ran[g] = now, now.Sub(start)
 				}
 			case bound[g] > 0:
-				// Binding a group is one API call per member; a group seen
-				// partially bound for over a second is holding capacity
-				// without running, which must never happen.
 				if t0, ok := partial[g]; !ok {
 					partial[g] = now
 				} else if now.Sub(t0) > time.Second {
-					violated = append(violated, fmt.Sprintf("%s: %d of %d bound for %s", g, bound[g], n, now.Sub(t0)))
+					violated = append(violated, fmt.Sprintf("%s: %d of %d bound for %s", g, bound[g], members, now.Sub(t0)))
 				}
 			default:
 				delete(partial, g)
 			}
 		}
-		if held > maxHeld {
-			maxHeld = held
-		}
-		mu.Unlock()
-		// Groups finish after a fixed hold: delete them, freeing room.
+		r.maxHeld = max(r.maxHeld, held)
 		for g, at := range boundAt {
 			if !deleted[g] && now.Sub(at) > hold {
 				deleted[g] = true
-				if err := cs.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}, metav1.ListOptions{LabelSelector: "muster.dev/group=" + g}); err != nil {
-					t.Fatal(err)
+				for i := 0; i < members; i++ {
+					_ = cs.CoreV1().Pods(ns).Delete(ctx, fmt.Sprintf("%s-%d", g, i), metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
 				}
 			}
 		}
@@ -425,10 +437,8 @@ func TestSixGroupsCompetingForRoomForThreeAllRunWithoutPartialHolds(t *testing.T
 	if len(violated) > 0 {
 		t.Fatalf("partial holds: %v", violated)
 	}
-	if maxHeld > 3 {
-		t.Fatalf("%d groups bound at once on room for 3", maxHeld)
-	}
-	t.Logf("6 competing groups all ran in %s (at most %d at once); bound after %v", time.Since(start).Round(time.Millisecond), maxHeld, done)
+	r.took = time.Since(start)
+	return r
 }
 
 func TestStatefulSetExampleIsScheduledAsOneGroupInOneRack(t *testing.T) {

@@ -52,70 +52,9 @@ func TestUpstreamAndMusterGroupsTakeTurnsWithoutPartialHolds(t *testing.T) {
 	for _, n := range names {
 		createGroup(t, cs, ns, groupSpec{name: n, members: members, gpus: gpus, upstream: strings.HasPrefix(n, "u")})
 	}
-	start := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	var (
-		partial  = map[string]time.Time{}
-		boundAt  = map[string]time.Time{}
-		ran      = map[string]time.Duration{}
-		deleted  = map[string]bool{}
-		violated []string
-		maxGPUs  int64
-	)
-	for len(ran) < len(names) {
-		if ctx.Err() != nil {
-			t.Fatalf("only %v of %v ran within 3 minutes", ran, names)
-		}
-		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		bound, total := map[string]int{}, map[string]int{}
-		var gpusBound int64
-		for i := range pods.Items {
-			p := &pods.Items[i]
-			g := groupOfPod(p)
-			total[g]++
-			if p.Spec.NodeName != "" {
-				bound[g]++
-				gpusBound += gpus
-			}
-		}
-		maxGPUs = max(maxGPUs, gpusBound)
-		now := time.Now()
-		for g := range total {
-			switch {
-			case bound[g] == members:
-				delete(partial, g)
-				if _, ok := boundAt[g]; !ok {
-					boundAt[g], ran[g] = now, now.Sub(start)
-				}
-			case bound[g] > 0:
-				if t0, ok := partial[g]; !ok {
-					partial[g] = now
-				} else if now.Sub(t0) > time.Second {
-					violated = append(violated, fmt.Sprintf("%s: %d of %d bound for %s", g, bound[g], members, now.Sub(t0)))
-				}
-			default:
-				delete(partial, g)
-			}
-		}
-		for g, at := range boundAt {
-			if !deleted[g] && now.Sub(at) > time.Second {
-				deleted[g] = true
-				for i := 0; i < members; i++ {
-					_ = cs.CoreV1().Pods(ns).Delete(ctx, fmt.Sprintf("%s-%d", g, i), metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
-				}
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if len(violated) > 0 {
-		t.Fatalf("partial holds: %v", violated)
-	}
-	if maxGPUs > 32 {
-		t.Fatalf("%d GPUs bound at once on nodes that have 32: a double reservation", maxGPUs)
+	r := runTurns(t, cs, ns, names, members, gpus, time.Second)
+	if r.maxGPUs > 32 {
+		t.Fatalf("%d GPUs bound at once on nodes that have 32: a double reservation", r.maxGPUs)
 	}
 	evs, err := cs.EventsV1().Events(ns).List(context.Background(), metav1.ListOptions{})
 	if err != nil {
@@ -126,7 +65,7 @@ func TestUpstreamAndMusterGroupsTakeTurnsWithoutPartialHolds(t *testing.T) {
 			t.Errorf("MusterGang acted on upstream group pod %s: %s %s", e.Regarding.Name, e.Reason, e.Note)
 		}
 	}
-	t.Logf("2 muster and 2 upstream groups took turns on room for one; each ran after %v; at most %d GPUs bound", ran, maxGPUs)
+	t.Logf("2 muster and 2 upstream groups took turns on room for one; each ran after %v; at most %d GPUs bound", r.ran, r.maxGPUs)
 }
 
 // muster.dev/topology-key keeps an upstream group in one rack (the PodGroup

@@ -1,0 +1,79 @@
+package metrics
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/muster-dev/muster/coordinator/group"
+)
+
+type loader struct {
+	views []*group.View
+	err   error
+}
+
+func (l loader) LoadAll(context.Context) ([]*group.View, error) { return l.views, l.err }
+
+func view(ns, name string, st *group.State, members ...group.Member) *group.View {
+	v := &group.View{Key: group.Key{Namespace: ns, Name: name}, State: st, Members: map[string]group.Member{}}
+	for _, m := range members {
+		v.Members[m.ID] = m
+	}
+	return v
+}
+
+func TestCollector(t *testing.T) {
+	l := loader{views: []*group.View{
+		// Restarted once; generation 1 has both members, one ready; a
+		// member left over from generation 0 does not count.
+		view("ns", "a", &group.State{Size: 2, Generation: 1, Phase: group.Running, Restarts: 1},
+			group.Member{ID: "a-0", Generation: 1, State: group.StateReady},
+			group.Member{ID: "a-1", Generation: 1, State: group.StateLaunching},
+			group.Member{ID: "a-2", Generation: 0}),
+		view("ns", "b", &group.State{Size: 4, Phase: group.Waiting}, group.Member{ID: "b-0"}),
+		// Members whose group state is not written yet: no group.
+		view("ns", "c", nil, group.Member{ID: "c-0"}),
+	}}
+	want := `
+# HELP muster_group_members_joined Members that joined the group's current generation.
+# TYPE muster_group_members_joined gauge
+muster_group_members_joined{group="a",namespace="ns"} 2
+muster_group_members_joined{group="b",namespace="ns"} 1
+# HELP muster_group_members_ready Members of the current generation whose runtime reported ready.
+# TYPE muster_group_members_ready gauge
+muster_group_members_ready{group="a",namespace="ns"} 1
+muster_group_members_ready{group="b",namespace="ns"} 0
+# HELP muster_group_restarts_total Restarts of the group since it was created.
+# TYPE muster_group_restarts_total counter
+muster_group_restarts_total{group="a",namespace="ns"} 1
+muster_group_restarts_total{group="b",namespace="ns"} 0
+# HELP muster_group_size Members a group expects.
+# TYPE muster_group_size gauge
+muster_group_size{group="a",namespace="ns"} 2
+muster_group_size{group="b",namespace="ns"} 4
+# HELP muster_groups Groups by phase of their current generation.
+# TYPE muster_groups gauge
+muster_groups{phase="Completed"} 0
+muster_groups{phase="Failed"} 0
+muster_groups{phase="Running"} 1
+muster_groups{phase="Waiting"} 1
+`
+	if err := testutil.CollectAndCompare(NewCollector(l, time.Second), strings.NewReader(want),
+		"muster_groups", "muster_group_size", "muster_group_members_joined", "muster_group_members_ready", "muster_group_restarts_total"); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestCollectorFailsWithoutEtcd(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewCollector(loader{err: errors.New("etcd: context deadline exceeded")}, time.Second))
+	if _, err := reg.Gather(); err == nil || !strings.Contains(err.Error(), "etcd") {
+		t.Errorf("gather with etcd away: err = %v, want the etcd error (a failed scrape, not zero groups)", err)
+	}
+}

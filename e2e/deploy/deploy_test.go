@@ -45,6 +45,10 @@ var chartValues = []struct {
 	{"certgen", map[string]any{"webhook": map[string]any{"certs": "certgen"}}},
 	{"own-secret", map[string]any{"webhook": map[string]any{"certs": "secret", "existingSecret": "my-tls", "caBundle": "Y2E="}}},
 	{"no-scheduler", map[string]any{"scheduler": map[string]any{"enabled": false}}},
+	{"extra-args", map[string]any{
+		"coordinator": map[string]any{"extraArgs": []any{"--log-level=debug"}},
+		"scheduler":   map[string]any{"extraArgs": []any{"--feature-gates=GenericWorkload=true"}},
+	}},
 }
 
 func repoRoot(t *testing.T) string {

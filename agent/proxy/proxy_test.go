@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -150,6 +151,75 @@ func TestRequestBodyFlowsWhileResponseStreams(t *testing.T) {
 	rest, err := io.ReadAll(rd)
 	if err != nil || !strings.Contains(string(rest), `data: got "hello world" err <nil>`) {
 		t.Fatalf("after the first event: %q, read error %v; want the upstream to get the whole body and the stream to end cleanly", rest, err)
+	}
+}
+
+// acceptCounter counts the connections it accepts.
+type acceptCounter struct {
+	net.Listener
+	accepts atomic.Int64
+}
+
+func (l *acceptCounter) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.accepts.Add(1)
+	}
+	return c, err
+}
+
+// Connections to the upstream are kept for as many requests as were in
+// flight at once, not only 64: a second wave of 100 concurrent requests
+// dials nothing new.
+func TestUpstreamConnectionsReusedBeyond64InFlight(t *testing.T) {
+	const n = 100
+	var (
+		mu      sync.Mutex
+		waiting int
+		all     = make(chan struct{})
+	)
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Hold every request until all n are in flight, so that n
+		// connections are open at once.
+		mu.Lock()
+		wait := all
+		if waiting++; waiting%n == 0 {
+			close(all)
+			all = make(chan struct{})
+		}
+		mu.Unlock()
+		select {
+		case <-wait:
+		case <-time.After(10 * time.Second):
+		}
+		fmt.Fprint(w, "ok")
+	}))
+	lis := &acceptCounter{Listener: up.Listener}
+	up.Listener = lis
+	up.Start()
+	defer up.Close()
+	_, url := startProxy(t, Target{Ready: true, Upstream: strings.TrimPrefix(up.URL, "http://")})
+	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: n}}
+	defer c.CloseIdleConnections()
+	for wave := range 2 {
+		var wg sync.WaitGroup
+		for range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				resp, err := c.Get(url + "/")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}()
+		}
+		wg.Wait()
+		if got := lis.accepts.Load(); got != n {
+			t.Fatalf("after wave %d of %d concurrent requests the upstream accepted %d connections; want %d (one per request in flight, then reused)", wave+1, n, got, n)
+		}
 	}
 }
 

@@ -88,6 +88,10 @@ func New(log *slog.Logger) *Proxy {
 			// socket in TIME_WAIT (wrk -c256: about 30% more CPU a request).
 			MaxIdleConnsPerHost: 1024,
 			IdleConnTimeout:     90 * time.Second,
+			// Pass Accept-Encoding through as the client sent it. Otherwise
+			// the transport asks a client's uncompressed answer of the
+			// runtime gzipped, only to unzip it again here.
+			DisableCompression: true,
 		},
 		ErrorHandler: p.upstreamError,
 	}

@@ -154,6 +154,37 @@ func TestRequestBodyFlowsWhileResponseStreams(t *testing.T) {
 	}
 }
 
+// Accept-Encoding reaches the runtime as the client sent it, and a
+// compressed answer reaches the client as the runtime sent it: the proxy
+// neither asks for gzip on its own nor unzips.
+func TestAcceptEncodingPassesThrough(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ae := r.Header.Get("Accept-Encoding"); ae != "" {
+			w.Header().Set("Content-Encoding", ae)
+		}
+		fmt.Fprintf(w, "accept-encoding=%q", r.Header.Get("Accept-Encoding"))
+	}))
+	defer up.Close()
+	_, url := startProxy(t, Target{Ready: true, Upstream: strings.TrimPrefix(up.URL, "http://")})
+	c := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+	for _, ae := range []string{"", "gzip"} {
+		req, _ := http.NewRequest(http.MethodGet, url+"/", nil)
+		if ae != "" {
+			req.Header.Set("Accept-Encoding", ae)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := fmt.Sprintf("accept-encoding=%q", ae); string(b) != want || resp.Header.Get("Content-Encoding") != ae {
+			t.Errorf("client sent Accept-Encoding %q: the runtime saw %s, the client got Content-Encoding %q; want %s and %q",
+				ae, b, resp.Header.Get("Content-Encoding"), want, ae)
+		}
+	}
+}
+
 // acceptCounter counts the connections it accepts.
 type acceptCounter struct {
 	net.Listener

@@ -100,7 +100,8 @@ func New(log *slog.Logger) *Proxy {
 		ModifyResponse: stamp,
 		BufferPool:     copyBuffers,
 		Transport: &http2.Transport{
-			AllowHTTP: true,
+			AllowHTTP:          true,
+			DisableCompression: true,
 			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
 				var d net.Dialer
 				return d.DialContext(ctx, network, addr)

@@ -158,29 +158,33 @@ func TestRequestBodyFlowsWhileResponseStreams(t *testing.T) {
 // compressed answer reaches the client as the runtime sent it: the proxy
 // neither asks for gzip on its own nor unzips.
 func TestAcceptEncodingPassesThrough(t *testing.T) {
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	up := httptest.NewServer(h2c.NewHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if ae := r.Header.Get("Accept-Encoding"); ae != "" {
 			w.Header().Set("Content-Encoding", ae)
 		}
 		fmt.Fprintf(w, "accept-encoding=%q", r.Header.Get("Accept-Encoding"))
-	}))
+	}), &http2.Server{}))
 	defer up.Close()
 	_, url := startProxy(t, Target{Ready: true, Upstream: strings.TrimPrefix(up.URL, "http://")})
-	c := &http.Client{Transport: &http.Transport{DisableCompression: true}}
-	for _, ae := range []string{"", "gzip"} {
-		req, _ := http.NewRequest(http.MethodGet, url+"/", nil)
-		if ae != "" {
-			req.Header.Set("Accept-Encoding", ae)
-		}
-		resp, err := c.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if want := fmt.Sprintf("accept-encoding=%q", ae); string(b) != want || resp.Header.Get("Content-Encoding") != ae {
-			t.Errorf("client sent Accept-Encoding %q: the runtime saw %s, the client got Content-Encoding %q; want %s and %q",
-				ae, b, resp.Header.Get("Content-Encoding"), want, ae)
+	h2 := &http2.Transport{AllowHTTP: true, DisableCompression: true, DialTLSContext: func(ctx context.Context, n, a string, _ *tls.Config) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, n, a)
+	}}
+	for _, tr := range []http.RoundTripper{&http.Transport{DisableCompression: true}, h2} {
+		for _, ae := range []string{"", "gzip"} {
+			req, _ := http.NewRequest(http.MethodGet, url+"/", nil)
+			if ae != "" {
+				req.Header.Set("Accept-Encoding", ae)
+			}
+			resp, err := tr.RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if want := fmt.Sprintf("accept-encoding=%q", ae); string(b) != want || resp.Header.Get("Content-Encoding") != ae {
+				t.Errorf("HTTP/%d client sent Accept-Encoding %q: the runtime saw %s, the client got Content-Encoding %q; want %s and %q",
+					resp.ProtoMajor, ae, b, resp.Header.Get("Content-Encoding"), want, ae)
+			}
 		}
 	}
 }

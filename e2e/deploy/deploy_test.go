@@ -121,6 +121,7 @@ func TestDryRun(t *testing.T) {
 	t.Run("webhook-matches-register", func(t *testing.T) { webhookMatchesRegister(t, c, a) })
 	t.Run("scheduler-runs-chart-config", func(t *testing.T) { schedulerRunsChartConfig(t, c) })
 	t.Run("coordinator-takes-chart-args", coordinatorTakesChartArgs)
+	t.Run("coordinator-runs-chart-args", func(t *testing.T) { coordinatorRunsChartArgs(t, c) })
 	examples, err := deploy.Examples(root)
 	if err != nil || len(examples) == 0 {
 		t.Fatalf("no examples in deploy/examples (%v)", err)

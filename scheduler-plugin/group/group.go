@@ -165,7 +165,9 @@ func Timeout(pod *v1.Pod, def time.Duration) (time.Duration, error) {
 // Ordinal is the pod's index in its workload, for ordering members: the
 // StatefulSet, LeaderWorkerSet and indexed Job labels, or -1.
 func Ordinal(pod *v1.Pod) int {
-	for _, k := range []string{"apps.kubernetes.io/pod-index", "leaderworkerset.sigs.k8s.io/worker-index", "batch.kubernetes.io/job-completion-index"} {
+	// LWS first: a LeaderWorkerSet's leaders are pods of a StatefulSet, so
+	// the leader of group i carries pod-index i, but worker-index 0.
+	for _, k := range []string{"leaderworkerset.sigs.k8s.io/worker-index", "apps.kubernetes.io/pod-index", "batch.kubernetes.io/job-completion-index"} {
 		if v, ok := pod.Labels[k]; ok {
 			if n, err := strconv.Atoi(v); err == nil {
 				return n

@@ -67,6 +67,12 @@ func TestTimeoutAndOrdinal(t *testing.T) {
 	if o := Ordinal(podWith(nil, map[string]string{"batch.kubernetes.io/job-completion-index": "3"})); o != 3 {
 		t.Errorf("Ordinal from job annotation = %d, want 3", o)
 	}
+	// A LeaderWorkerSet leader is a StatefulSet pod too: pod-index is its
+	// group's index, worker-index its place in the group.
+	lwsLeader := podWith(map[string]string{"apps.kubernetes.io/pod-index": "2", "leaderworkerset.sigs.k8s.io/worker-index": "0"}, nil)
+	if o := Ordinal(lwsLeader); o != 0 {
+		t.Errorf("Ordinal of an LWS leader of group 2 = %d, want its worker index 0", o)
+	}
 	if o := Ordinal(podWith(nil, nil)); o != -1 {
 		t.Errorf("Ordinal of plain pod = %d, want -1", o)
 	}

@@ -34,14 +34,6 @@ type sample struct {
 	firstErr string // what the first failure said
 }
 
-func (s *sample) add(o sample) {
-	s.us = append(s.us, o.us...)
-	s.failed += o.failed
-	if s.firstErr == "" {
-		s.firstErr = o.firstErr
-	}
-}
-
 func (s *sample) fail(err error) {
 	s.failed++
 	if s.firstErr == "" {
@@ -58,17 +50,20 @@ func post(ctx context.Context, c *http.Client, url string) (*http.Response, erro
 	return c.Do(req)
 }
 
-// fixedRate sends POST url at rate requests per second for d, open loop:
-// request i is sent at start + i/rate on its own goroutine whether or not
-// earlier ones have answered, so a slow answer delays no later request
-// and is not hidden (no coordinated omission: what wrk2 does; Debian has
-// only the closed-loop wrk). Latency counts from the send, so the
+// fixedRate sends POST /v1/completions to every base URL at rate requests
+// per second each, for d, open loop: sends take turns (direct, muster,
+// nginx, direct, ...) at even intervals, each on its own goroutine whether
+// or not earlier ones have answered, so a slow answer delays no later
+// request and is not hidden (no coordinated omission: what wrk2 does;
+// Debian has only the closed-loop wrk), and a stall of the shared machine
+// falls on every target alike. Latency counts from the send, so the
 // sender's own timer slack is not charged to the endpoint.
-func fixedRate(ctx context.Context, url string, rate int, d time.Duration) sample {
+func fixedRate(ctx context.Context, bases []string, rate int, d time.Duration) []sample {
 	c := client()
 	defer c.CloseIdleConnections()
-	n := int(d.Seconds() * float64(rate))
-	interval := time.Second / time.Duration(rate)
+	k := len(bases)
+	n := int(d.Seconds()*float64(rate)) * k
+	interval := time.Second / time.Duration(rate*k)
 	lat := make([]time.Duration, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -82,7 +77,7 @@ func fixedRate(ctx context.Context, url string, rate int, d time.Duration) sampl
 		go func() {
 			defer wg.Done()
 			sent := time.Now()
-			resp, err := post(ctx, c, url)
+			resp, err := post(ctx, c, bases[i%k]+"/v1/completions")
 			if err != nil {
 				errs[i] = err
 				return
@@ -97,46 +92,48 @@ func fixedRate(ctx context.Context, url string, rate int, d time.Duration) sampl
 		}()
 	}
 	wg.Wait()
-	var s sample
+	out := make([]sample, k)
 	for i, l := range lat {
 		if errs[i] != nil {
-			s.fail(errs[i])
+			out[i%k].fail(errs[i])
 			continue
 		}
-		s.us = append(s.us, float64(l)/float64(time.Microsecond))
+		out[i%k].us = append(out[i%k].us, float64(l)/float64(time.Microsecond))
 	}
-	return s
+	return out
 }
 
-// ttfb streams n completions from url, conc at a time, and returns the
-// time from sending each request to reading its first event. A stream that
+// ttfb streams n completions from each base URL's /v1/stream, conc at a
+// time, taking turns between the targets, and returns per target the time
+// from sending each request to reading its first event. A stream that
 // fails or lacks any of its events counts as failed.
-func ttfb(ctx context.Context, url string, n, conc int) sample {
+func ttfb(ctx context.Context, bases []string, n, conc int) []sample {
 	c := client()
 	defer c.CloseIdleConnections()
+	k := len(bases)
 	var (
 		mu  sync.Mutex
-		s   sample
+		out = make([]sample, k)
 		wg  sync.WaitGroup
 		sem = make(chan struct{}, conc)
 	)
-	for range n {
+	for i := range n * k {
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			first, err := stream(ctx, c, url)
+			first, err := stream(ctx, c, bases[i%k]+"/v1/stream")
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
-				s.fail(err)
+				out[i%k].fail(err)
 				return
 			}
-			s.us = append(s.us, float64(first)/float64(time.Microsecond))
+			out[i%k].us = append(out[i%k].us, float64(first)/float64(time.Microsecond))
 		}()
 	}
 	wg.Wait()
-	return s
+	return out
 }
 
 // stream reads one streamed completion and returns its time to first event.

@@ -124,7 +124,7 @@ func (e *env) run(b *testing.B, s scheduler, name string, spec runSpec) runResul
 	}
 	defer func() {
 		began := time.Now()
-		if err := clearNamespace(context.WithoutCancel(ctx), cs, ns); err != nil {
+		if err := clearNamespace(context.WithoutCancel(ctx), cs, ns, spec.w.gangs); err != nil {
 			b.Error(err)
 		}
 		b.Logf("%s: namespace cleared in %s", name, time.Since(began).Round(time.Millisecond))
@@ -291,7 +291,7 @@ func (e *env) benchThroughput(b *testing.B) {
 	for _, a := range schedulers[1:] {
 		for _, r := range []report.Row{
 			rate.row("gang scheduling: pods bound per second", "pods/s", a.name, report.Higher, params+"; from the first bind to the last"),
-			lastGang.row("gang scheduling: time until the last of 100 gangs of 8 is bound", "s", a.name, report.Lower, params+"; "+fromStart),
+			lastGang.row(fmt.Sprintf("gang scheduling: time until the last of %d gangs of %d is bound", w.gangs, w.members), "s", a.name, report.Lower, params+"; "+fromStart),
 		} {
 			r.Note = noteFor(notes, a.name)
 			report.Add(b, r)
@@ -323,7 +323,7 @@ func (e *env) benchContention(b *testing.B) {
 		nodeCount, nodeGPUs, w, contentionHold, qpsParam, sampleEvery)
 	for _, a := range schedulers[1:] {
 		for _, r := range []report.Row{
-			allRun.row("contention: time until all 50 gangs have run", "s", a.name, report.Lower, params+"; "+fromStart+", to the last gang's deletion"),
+			allRun.row(fmt.Sprintf("contention: time until all %d gangs have run", w.gangs), "s", a.name, report.Lower, params+"; "+fromStart+", to the last gang's deletion"),
 			maxHeld.row("contention: max GPUs held by incomplete gangs", "GPUs", a.name, report.Lower, params),
 			gpuSeconds.row("contention: GPU-seconds held by incomplete gangs", "GPU-s", a.name, report.Lower, params),
 			longest.row("contention: longest a gang held GPUs while incomplete", "s", a.name, report.Lower, params+"; from its first bind to its last (or the run's end)"),
@@ -357,7 +357,7 @@ func (e *env) benchTopology(b *testing.B) {
 		nodeCount, nodeGPUs, rackSize, w, qpsParam, topologyRuns)
 	for _, a := range compared[1:] {
 		for _, r := range []report.Row{
-			place.row("topology: time to place 40 gangs, each in one rack", "s", a.name, report.Lower, params+"; "+fromStart),
+			place.row(fmt.Sprintf("topology: time to place %d gangs, each in one rack", w.gangs), "s", a.name, report.Lower, params+"; "+fromStart),
 			split.row("topology: gangs split across racks", "gangs", a.name, report.Lower, params),
 		} {
 			r.Note = noteFor(notes, a.name)

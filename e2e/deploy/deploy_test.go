@@ -119,9 +119,9 @@ func TestDryRun(t *testing.T) {
 		t.Run(dir, func(t *testing.T) { a.applyAll(t, kustomize(t, dir)) })
 	}
 	t.Run("webhook-matches-register", func(t *testing.T) { webhookMatchesRegister(t, c, a) })
-	t.Run("scheduler-runs-chart-config", func(t *testing.T) { schedulerRunsChartConfig(t, c) })
+	t.Run("scheduler-runs-chart-config", func(t *testing.T) { schedulerRunsChartConfig(t, c, a) })
 	t.Run("coordinator-takes-chart-args", coordinatorTakesChartArgs)
-	t.Run("coordinator-runs-chart-args", func(t *testing.T) { coordinatorRunsChartArgs(t, c) })
+	t.Run("coordinator-runs-chart-args", func(t *testing.T) { coordinatorRunsChartArgs(t, c, a) })
 	examples, err := deploy.Examples(root)
 	if err != nil || len(examples) == 0 {
 		t.Fatalf("no examples in deploy/examples (%v)", err)
@@ -169,6 +169,11 @@ func (a *applier) applyAll(t *testing.T, objs []*unstructured.Unstructured) {
 }
 
 func (a *applier) apply(ctx context.Context, o *unstructured.Unstructured) (*unstructured.Unstructured, error) {
+	return a.applyFor(ctx, o, []string{metav1.DryRunAll})
+}
+
+// applyFor server-side applies o; dryRun nil applies it for real.
+func (a *applier) applyFor(ctx context.Context, o *unstructured.Unstructured, dryRun []string) (*unstructured.Unstructured, error) {
 	gvk := o.GroupVersionKind()
 	m, err := a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
 	if err != nil {
@@ -184,7 +189,7 @@ func (a *applier) apply(ctx context.Context, o *unstructured.Unstructured) (*uns
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	return ri.Apply(ctx, o.GetName(), o, metav1.ApplyOptions{FieldManager: "muster-deploy-test", Force: true, DryRun: []string{metav1.DryRunAll}})
+	return ri.Apply(ctx, o.GetName(), o, metav1.ApplyOptions{FieldManager: "muster-deploy-test", Force: true, DryRun: dryRun})
 }
 
 // webhookMatchesRegister: the chart's MutatingWebhookConfiguration

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,12 +24,15 @@ import (
 )
 
 // schedulerRunsChartConfig runs bin/scheduler with the chart's
-// KubeSchedulerConfiguration and arguments (only the client's kubeconfig
-// and the serving port are the test's) and waits until it holds the
+// KubeSchedulerConfiguration and arguments, as the chart's ServiceAccount
+// (only the serving port is the test's), and waits until it holds the
 // chart's leader-election Lease: the configuration is one kube-scheduler
-// accepts, with every plugin it names compiled in.
-func schedulerRunsChartConfig(t *testing.T, c *cluster.Cluster) {
+// accepts, with every plugin it names compiled in, and the chart's RBAC
+// lets it sync every informer (it takes the Lease only after that) and
+// write its Lease. A "forbidden" in its log fails the test as well.
+func schedulerRunsChartConfig(t *testing.T, c *cluster.Cluster, a *applier) {
 	objs := render(t, nil)
+	kubeconfig := asComponent(t, c, a, objs, "scheduler")
 	cm := find(t, objs, "ConfigMap", "muster-scheduler")
 	deploy := find(t, objs, "Deployment", "muster-scheduler")
 	data, _, _ := unstructured.NestedString(cm.Object, "data", "config.yaml")
@@ -36,7 +40,7 @@ func schedulerRunsChartConfig(t *testing.T, c *cluster.Cluster) {
 	if err := yaml.Unmarshal([]byte(data), &cfg); err != nil {
 		t.Fatalf("the chart's scheduler configuration: %v", err)
 	}
-	cfg["clientConnection"].(map[string]any)["kubeconfig"] = c.Kubeconfig()
+	cfg["clientConnection"].(map[string]any)["kubeconfig"] = kubeconfig
 	out, err := yaml.Marshal(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -53,14 +57,14 @@ func schedulerRunsChartConfig(t *testing.T, c *cluster.Cluster) {
 	}
 	_, port, _ := net.SplitHostPort(testcoord.FreeAddr(t))
 	args = append(args,
-		"--authentication-kubeconfig="+c.Kubeconfig(),
-		"--authorization-kubeconfig="+c.Kubeconfig(),
+		"--authentication-kubeconfig="+kubeconfig,
+		"--authorization-kubeconfig="+kubeconfig,
 		"--bind-address=127.0.0.1",
 		"--secure-port="+port,
 	)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var log bytes.Buffer
+	var log syncBuffer
 	cmd := exec.CommandContext(ctx, filepath.Join(clustertest.Bins(t), "scheduler"), args...)
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
@@ -71,7 +75,8 @@ func schedulerRunsChartConfig(t *testing.T, c *cluster.Cluster) {
 	defer func() { cancel(); <-exited }()
 
 	deadline := time.After(60 * time.Second)
-	for {
+	var leader time.Time
+	for leader.IsZero() || time.Since(leader) < 2*time.Second {
 		select {
 		case err := <-exited:
 			exited <- err
@@ -80,9 +85,12 @@ func schedulerRunsChartConfig(t *testing.T, c *cluster.Cluster) {
 			t.Fatalf("bin/scheduler with the chart's configuration did not take the Lease muster/muster-scheduler in 60s\n%s", log.String())
 		case <-time.After(200 * time.Millisecond):
 		}
+		if strings.Contains(log.String(), "forbidden") {
+			t.Fatalf("bin/scheduler as the chart's ServiceAccount was refused something:\n%s", log.String())
+		}
 		l, err := c.Clientset().CoordinationV1().Leases(release.Namespace).Get(t.Context(), "muster-scheduler", metav1.GetOptions{})
-		if err == nil && l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity != "" {
-			return
+		if leader.IsZero() && err == nil && l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity != "" {
+			leader = time.Now() // then watch the log a little longer
 		}
 	}
 }
@@ -99,6 +107,25 @@ func coordinatorTakesChartArgs(t *testing.T) {
 			t.Errorf("values %s: coordinator %s: exit %d\n%s", v.name, strings.Join(args, " "), code, stderr.String())
 		}
 	}
+}
+
+// syncBuffer is a bytes.Buffer that a child process writes while the test
+// reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func find(t *testing.T, objs []*unstructured.Unstructured, kind, name string) *unstructured.Unstructured {

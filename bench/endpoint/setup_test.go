@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/muster-dev/muster/e2e/e2etest"
 )
 
 // proc is a process the benchmark started; its output goes to a file.
@@ -78,20 +80,17 @@ func freePort(b *testing.B) int {
 }
 
 // bins is the directory with bin/coordinator and bin/agent: $MUSTER_BIN
-// (make bench builds them) or a fresh build.
+// (make bench builds them) or a fresh build of this tree.
 func bins(b *testing.B) string {
 	b.Helper()
 	if d := os.Getenv("MUSTER_BIN"); d != "" {
 		return d
 	}
-	dir := b.TempDir()
-	for _, c := range []string{"coordinator", "agent"} {
-		out, err := exec.Command("go", "build", "-o", filepath.Join(dir, c), "../../"+c+"/cmd/"+c).CombinedOutput()
-		if err != nil {
-			b.Fatalf("build %s: %v\n%s", c, err, out)
-		}
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		b.Fatal(err)
 	}
-	return dir
+	return e2etest.MusterBins(b, root)
 }
 
 // endpoints are the three ways to the same runtime process.

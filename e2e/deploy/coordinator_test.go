@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -87,29 +86,15 @@ func coordinatorRunsChartArgs(t *testing.T, c *cluster.Cluster, a *applier) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build the coordinator: %v\n%s", err, out)
 	}
-	var log syncBuffer
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	p := startProc(t, "coordinator", bin, args...)
 	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Errorf("coordinator did not stop cleanly on SIGTERM: %v\n%s", err, log.String())
-			}
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			t.Errorf("coordinator still running 20s after SIGTERM\n%s", log.String())
+		if err := p.stop(); err != nil {
+			t.Errorf("coordinator did not stop cleanly on SIGTERM: %v\n%s", err, p.output())
 		}
 	}()
 	fail := func(format string, args ...any) {
 		t.Helper()
-		t.Fatalf(format+"\n--- coordinator %s\n%s", append(args, strings.Join(cmd.Args[1:], " "), log.String())...)
+		t.Fatalf(format+"\n--- coordinator %s\n%s", append(args, strings.Join(p.cmd.Args[1:], " "), p.output())...)
 	}
 
 	// Readiness: the chart's grpc probe.
@@ -121,11 +106,8 @@ func coordinatorRunsChartArgs(t *testing.T, c *cluster.Cluster, a *applier) {
 	hc := healthpb.NewHealthClient(conn)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		select {
-		case err := <-exited:
-			exited <- err
+		if done, err := p.exited(); done {
 			fail("coordinator exited: %v", err)
-		default:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})

@@ -2,14 +2,11 @@ package deploy_test
 
 import (
 	"bytes"
-	"context"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -62,31 +59,20 @@ func schedulerRunsChartConfig(t *testing.T, c *cluster.Cluster, a *applier) {
 		"--bind-address=127.0.0.1",
 		"--secure-port="+port,
 	)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var log syncBuffer
-	cmd := exec.CommandContext(ctx, filepath.Join(clustertest.Bins(t), "scheduler"), args...)
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() { cancel(); <-exited }()
-
+	p := startProc(t, "scheduler", filepath.Join(clustertest.Bins(t), "scheduler"), args...)
 	deadline := time.After(60 * time.Second)
 	var leader time.Time
 	for leader.IsZero() || time.Since(leader) < 2*time.Second {
+		if done, err := p.exited(); done {
+			t.Fatalf("bin/scheduler with the chart's configuration exited: %v\n%s", err, p.output())
+		}
 		select {
-		case err := <-exited:
-			exited <- err
-			t.Fatalf("bin/scheduler with the chart's configuration exited: %v\n%s", err, log.String())
 		case <-deadline:
-			t.Fatalf("bin/scheduler with the chart's configuration did not take the Lease muster/muster-scheduler in 60s\n%s", log.String())
+			t.Fatalf("bin/scheduler with the chart's configuration did not take the Lease muster/muster-scheduler in 60s\n%s", p.output())
 		case <-time.After(200 * time.Millisecond):
 		}
-		if strings.Contains(log.String(), "forbidden") {
-			t.Fatalf("bin/scheduler as the chart's ServiceAccount was refused something:\n%s", log.String())
+		if strings.Contains(p.output(), "forbidden") {
+			t.Fatalf("bin/scheduler as the chart's ServiceAccount was refused something:\n%s", p.output())
 		}
 		l, err := c.Clientset().CoordinationV1().Leases(release.Namespace).Get(t.Context(), "muster-scheduler", metav1.GetOptions{})
 		if leader.IsZero() && err == nil && l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity != "" {
@@ -107,25 +93,6 @@ func coordinatorTakesChartArgs(t *testing.T) {
 			t.Errorf("values %s: coordinator %s: exit %d\n%s", v.name, strings.Join(args, " "), code, stderr.String())
 		}
 	}
-}
-
-// syncBuffer is a bytes.Buffer that a child process writes while the test
-// reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func find(t *testing.T, objs []*unstructured.Unstructured, kind, name string) *unstructured.Unstructured {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -83,7 +84,8 @@ var binaryHint = map[string]string{
 
 // start runs the scheduler against c until the returned stop is called (or
 // the benchmark ends). run names its log (<cluster dir>/logs) and config.
-func (s scheduler) start(b *testing.B, c *cluster.Cluster, run string) (stop func()) {
+// stop returns the CPU time the scheduler used (0 if unknown).
+func (s scheduler) start(b *testing.B, c *cluster.Cluster, run string) (stop func() time.Duration) {
 	b.Helper()
 	bin := filepath.Join(clustertest.Bins(b), s.bin)
 	if _, err := os.Stat(bin); err != nil {
@@ -102,10 +104,45 @@ func (s scheduler) start(b *testing.B, c *cluster.Cluster, run string) (stop fun
 	if err != nil {
 		b.Fatal(err)
 	}
-	var once sync.Once
-	stop = func() { once.Do(func() { p.Stop(5 * time.Second) }) }
-	b.Cleanup(stop)
+	var (
+		once sync.Once
+		cpu  time.Duration
+	)
+	stop = func() time.Duration {
+		once.Do(func() {
+			cpu = cpuTime(p.PID())
+			p.Stop(5 * time.Second)
+		})
+		return cpu
+	}
+	b.Cleanup(func() { stop() })
 	return stop
+}
+
+// cpuTime is the user+system CPU time of a live process, from
+// /proc/PID/stat (fields 14 and 15, in clock ticks of 1/100 s on Linux);
+// 0 if it cannot be read.
+func cpuTime(pid int) time.Duration {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may contain spaces; fields after it are
+	// plain numbers.
+	rest := string(data)
+	if i := strings.LastIndexByte(rest, ')'); i >= 0 {
+		rest = rest[i+1:]
+	}
+	f := strings.Fields(rest) // f[0] is field 3
+	if len(f) < 13 {
+		return 0
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
 // writeConfig writes the scheduler's configuration for this cluster: its

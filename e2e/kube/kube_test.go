@@ -5,19 +5,13 @@
 package kube
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -31,40 +25,11 @@ import (
 
 	"github.com/muster-dev/muster/e2e/cluster"
 	"github.com/muster-dev/muster/e2e/cluster/clustertest"
+	"github.com/muster-dev/muster/e2e/e2etest"
 	"github.com/muster-dev/muster/e2e/procnode"
 )
 
 func TestMain(m *testing.M) { clustertest.Main(m) }
-
-var (
-	buildOnce sync.Once
-	builtDir  string
-	buildErr  error
-)
-
-// musterBins builds bin/agent and bin/coordinator from this tree into a
-// directory of their own, so a test never runs a stale one.
-func musterBins(t *testing.T, root string) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		builtDir, buildErr = os.MkdirTemp("", "muster-kube-bin-")
-		if buildErr != nil {
-			return
-		}
-		for _, c := range []string{"agent", "coordinator"} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(builtDir, c), "./"+c+"/cmd/"+c)
-			cmd.Dir = root
-			if out, err := cmd.CombinedOutput(); err != nil {
-				buildErr = fmt.Errorf("build %s: %v\n%s", c, err, out)
-				return
-			}
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return builtDir
-}
 
 // startCluster starts a private control plane with process nodes and the
 // coordinator (webhook registered).
@@ -74,7 +39,7 @@ func startCluster(t *testing.T) (*cluster.Cluster, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bins := musterBins(t, root)
+	bins := e2etest.MusterBins(t, root)
 	kube := clustertest.Bins(t)
 	c := clustertest.New(t, func(cfg *cluster.Config) {
 		pcfg := procnode.DefaultConfig(kube)
@@ -86,17 +51,6 @@ func startCluster(t *testing.T) (*cluster.Cluster, string) {
 		cfg.Binaries.Coordinator = filepath.Join(bins, "coordinator")
 	})
 	return c, root
-}
-
-func torchPython(t *testing.T) string {
-	t.Helper()
-	if err := exec.Command("/usr/bin/python3", "-c", "import torch.distributed").Run(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("/usr/bin/python3 has no torch (%v); .ci/run must install python3-torch", err)
-		}
-		t.Skip("/usr/bin/python3 has no torch: apt-get install -y python3-torch")
-	}
-	return "/usr/bin/python3"
 }
 
 func applyExample(t *testing.T, cs kubernetes.Interface, ns, root string) {
@@ -148,7 +102,7 @@ func waitGroupReady(t *testing.T, cs kubernetes.Interface, ns string, n int, tim
 		pods = list.Items
 		ready := 0
 		for _, p := range pods {
-			if p.DeletionTimestamp == nil && podReady(&p) {
+			if p.DeletionTimestamp == nil && e2etest.PodReady(&p) {
 				ready++
 			}
 		}
@@ -157,9 +111,9 @@ func waitGroupReady(t *testing.T, cs kubernetes.Interface, ns string, n int, tim
 	if err != nil {
 		var b strings.Builder
 		for _, p := range pods {
-			fmt.Fprintf(&b, "\n  %s node=%q ip=%s phase=%s conditions=%v", p.Name, p.Spec.NodeName, p.Status.PodIP, p.Status.Phase, conditions(&p))
+			fmt.Fprintf(&b, "\n  %s node=%q ip=%s phase=%s conditions=%v", p.Name, p.Spec.NodeName, p.Status.PodIP, p.Status.Phase, e2etest.Conditions(&p))
 			logs, _ := cs.CoreV1().Pods(ns).GetLogs(p.Name, &v1.PodLogOptions{Container: "model"}).DoRaw(context.Background())
-			fmt.Fprintf(&b, "\n    log tail: %s", tail(string(logs), 6))
+			fmt.Fprintf(&b, "\n    log tail: %s", e2etest.Tail(string(logs), 6))
 		}
 		t.Fatalf("group not Ready within %s:%s", timeout, b.String())
 	}
@@ -170,95 +124,10 @@ func waitGroupReady(t *testing.T, cs kubernetes.Interface, ns string, n int, tim
 	return out
 }
 
-func podReady(p *v1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == v1.PodReady {
-			return c.Status == v1.ConditionTrue
-		}
-	}
-	return false
-}
-
-func conditions(p *v1.Pod) string {
-	var out []string
-	for _, c := range p.Status.Conditions {
-		out = append(out, string(c.Type)+"="+string(c.Status))
-	}
-	return strings.Join(out, ",")
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n      ")
-}
-
-var rankRE = regexp.MustCompile(`barrier released; launching runtime.* generation=(\d+) rank=(\d+) world_size=(\d+)`)
-
-// lastRank reads the rank and generation the agent last launched with,
-// from the pod's log (kubectl logs).
-func lastRank(t *testing.T, cs kubernetes.Interface, ns, pod string) (gen, rank, world string) {
-	t.Helper()
-	gen, rank, world, err := rankFromLogs(cs, ns, pod)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return gen, rank, world
-}
-
-// rankFromLogs is lastRank for callers that poll: an error while the
-// container has not started yet.
-func rankFromLogs(cs kubernetes.Interface, ns, pod string) (gen, rank, world string, err error) {
-	logs, err := cs.CoreV1().Pods(ns).GetLogs(pod, &v1.PodLogOptions{Container: "model"}).DoRaw(context.Background())
-	if err != nil {
-		return "", "", "", fmt.Errorf("logs of %s: %w", pod, err)
-	}
-	sc := bufio.NewScanner(bytes.NewReader(logs))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		if m := rankRE.FindStringSubmatch(sc.Text()); m != nil {
-			gen, rank, world = m[1], m[2], m[3]
-		}
-	}
-	return gen, rank, world, nil
-}
-
-type prediction struct {
-	Outputs []struct {
-		NextToken int `json:"next_token"`
-	} `json:"outputs"`
-	WorldSize int `json:"world_size"`
-}
-
-func predict(t *testing.T, addr string) (prediction, http.Header) {
-	t.Helper()
-	var p prediction
-	var hdr http.Header
-	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
-		resp, err := http.Post("http://"+addr+"/v1/predict", "application/json", strings.NewReader(`{"inputs": [[1,2,3,4,5], [40, 41, 42]]}`))
-		if err != nil {
-			return false, nil
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != 200 {
-			return false, nil
-		}
-		hdr = resp.Header
-		return true, json.Unmarshal(b, &p)
-	})
-	if err != nil {
-		t.Fatalf("no prediction from %s: %v", addr, err)
-	}
-	return p, hdr
-}
-
 // TestGroupsOnKubernetes runs every workload kind on one private cluster
 // (process nodes, coordinator, webhook, muster's scheduler).
 func TestGroupsOnKubernetes(t *testing.T) {
-	torchPython(t)
+	e2etest.TorchPython(t)
 	c, root := startCluster(t)
 	t.Run("StatefulSetServedBehindOneEndpoint", func(t *testing.T) { statefulSetGroup(t, c, root) })
 	t.Run("PlainPods", func(t *testing.T) { plainPodsGroup(t, c) })
@@ -280,7 +149,7 @@ func statefulSetGroup(t *testing.T, c *cluster.Cluster, root string) {
 		if p.Spec.SchedulerName != "muster-scheduler" || len(p.Spec.InitContainers) == 0 || p.Spec.Containers[0].Command[0] != "/muster/bin/agent" {
 			t.Errorf("%s was not injected: scheduler %q, init %d, command %v", name, p.Spec.SchedulerName, len(p.Spec.InitContainers), p.Spec.Containers[0].Command)
 		}
-		gen, rank, world := lastRank(t, cs, ns, name)
+		gen, rank, world := e2etest.LastRank(t, cs, ns, name)
 		if want := strings.TrimPrefix(name, "tp-model-"); rank != want || world != "4" || gen != "0" {
 			t.Errorf("%s: rank %s of %s in generation %s, want rank %s of 4 in generation 0 (ranks follow pod ordinals)", name, rank, world, gen, want)
 		}
@@ -290,9 +159,9 @@ func statefulSetGroup(t *testing.T, c *cluster.Cluster, root string) {
 	// together); every address there answers, with the same answer (one
 	// model), and streams.
 	addrs := sliceAddrs(t, cs, ns, "tp-model", 4)
-	var first *prediction
+	var first *e2etest.Prediction
 	for _, addr := range addrs {
-		got, hdr := predict(t, addr)
+		got, hdr := e2etest.Predict(t, addr)
 		if got.WorldSize != 4 || len(got.Outputs) != 2 {
 			t.Fatalf("%s: prediction %+v", addr, got)
 		}
@@ -316,7 +185,7 @@ func statefulSetGroup(t *testing.T, c *cluster.Cluster, root string) {
 		if resp.StatusCode != 200 || strings.Count(string(body), "data: ") != 9 || !strings.Contains(string(body), "[DONE]") {
 			leaderLog, _ := cs.CoreV1().Pods(ns).GetLogs("tp-model-0", &v1.PodLogOptions{Container: "model"}).DoRaw(context.Background())
 			t.Fatalf("stream at %s: %d %q (read error %v, headers %v)\nleader log:\n      %s",
-				addr, resp.StatusCode, body, rerr, resp.Header, tail(string(leaderLog), 12))
+				addr, resp.StatusCode, body, rerr, resp.Header, e2etest.Tail(string(leaderLog), 12))
 		}
 	}
 
@@ -336,7 +205,7 @@ func statefulSetGroup(t *testing.T, c *cluster.Cluster, root string) {
 		return true
 	})
 	for _, addr := range sliceAddrs(t, cs, ns, "tp-model", 4, pods) {
-		got, hdr := predict(t, addr)
+		got, hdr := e2etest.Predict(t, addr)
 		if got.Outputs[0].NextToken != first.Outputs[0].NextToken {
 			t.Errorf("%s after healing answered %+v, before %+v", addr, got, *first)
 		}
@@ -345,7 +214,7 @@ func statefulSetGroup(t *testing.T, c *cluster.Cluster, root string) {
 		}
 	}
 	for name := range pods {
-		_, rank, _ := lastRank(t, cs, ns, name)
+		_, rank, _ := e2etest.LastRank(t, cs, ns, name)
 		if want := strings.TrimPrefix(name, "tp-model-"); rank != want {
 			t.Errorf("%s: rank %s after healing, want %s", name, rank, want)
 		}
@@ -404,7 +273,7 @@ http.server.HTTPServer((os.environ["MUSTER_ADDRESS"], 9000), H).serve_forever()`
 		pods = list.Items
 		ready := 0
 		for i := range pods {
-			if podReady(&pods[i]) {
+			if e2etest.PodReady(&pods[i]) {
 				ready++
 			}
 		}
@@ -472,7 +341,7 @@ func indexedJobGroup(t *testing.T, c *cluster.Cluster, root string) {
 			t.Fatal(err)
 		}
 		if want := fmt.Sprintf("rank %s/2 generation 0: all_reduce ok, sum 3", idx); !strings.Contains(string(logs), want) {
-			t.Errorf("%s (index %s): no %q in its log:\n%s", p.Name, idx, want, tail(string(logs), 8))
+			t.Errorf("%s (index %s): no %q in its log:\n%s", p.Name, idx, want, e2etest.Tail(string(logs), 8))
 		}
 	}
 	t.Logf("indexed Job of 2 ran all_reduce as one group and completed in %s", time.Since(start).Round(time.Millisecond))

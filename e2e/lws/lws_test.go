@@ -1,17 +1,12 @@
 package lws_test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -33,6 +28,7 @@ import (
 
 	"github.com/muster-dev/muster/e2e/cluster"
 	"github.com/muster-dev/muster/e2e/cluster/clustertest"
+	"github.com/muster-dev/muster/e2e/e2etest"
 	"github.com/muster-dev/muster/e2e/lws"
 	"github.com/muster-dev/muster/e2e/procnode"
 )
@@ -51,7 +47,7 @@ const (
 // real torch model and answering at every pod's endpoint. Deleting a worker
 // of one group heals that group in place; the other never notices.
 func TestLeaderWorkerSet(t *testing.T) {
-	torchPython(t)
+	e2etest.TorchPython(t)
 	root, err := clustertest.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
@@ -69,7 +65,7 @@ func TestLeaderWorkerSet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bins := musterBins(t, root)
+	bins := e2etest.MusterBins(t, root)
 	c := clustertest.New(t, func(cfg *cluster.Config) {
 		pcfg := procnode.DefaultConfig(kubeBins)
 		pcfg.AgentBin = filepath.Join(bins, "agent")
@@ -114,10 +110,10 @@ func TestLeaderWorkerSet(t *testing.T) {
 	// The Service over all 8 pods: every address answers with its own
 	// group's model (both have the same weights, so the same answer).
 	addrs := groupAddrs(t, cs, ns, pods)
-	var first *prediction
+	var first *e2etest.Prediction
 	for gi := 0; gi < groups; gi++ {
 		for _, addr := range addrs[gi] {
-			got, hdr := predict(t, addr)
+			got, hdr := e2etest.Predict(t, addr)
 			if got.WorldSize != size || len(got.Outputs) != 2 || hdr.Get("X-Muster-Generation") != "0" {
 				t.Fatalf("group %d at %s: prediction %+v, generation %q; want world size %d, 2 outputs, generation 0", gi, addr, got, hdr.Get("X-Muster-Generation"), size)
 			}
@@ -156,7 +152,7 @@ func TestLeaderWorkerSet(t *testing.T) {
 	})
 	healed := addrsOf(t, groupAddrs(t, cs, ns, pods)[1])
 	for _, addr := range healed {
-		got, hdr := predict(t, addr)
+		got, hdr := e2etest.Predict(t, addr)
 		if g := hdr.Get("X-Muster-Generation"); g == "0" || g == "" {
 			t.Errorf("group 1 at %s answers in generation %q after a member was replaced, want a new one", addr, g)
 		}
@@ -221,7 +217,7 @@ func checkMember(t *testing.T, cs kubernetes.Interface, ns string, p v1.Pod, gen
 	if len(want) > 0 {
 		t.Errorf("%s: no %v in its env", p.Name, want)
 	}
-	g, rank, world := lastRank(t, cs, ns, p.Name)
+	g, rank, world := e2etest.LastRank(t, cs, ns, p.Name)
 	if rank != worker || world != strconv.Itoa(size) || (gen != "" && g != gen) || (gen == "" && (g == "" || g == "0")) {
 		t.Errorf("%s: rank %s of %s in generation %s; want rank %s (its worker index) of %d, generation %s", p.Name, rank, world, g, worker, size, orAny(gen))
 	}
@@ -299,9 +295,9 @@ func waitPods(t *testing.T, c *cluster.Cluster, ns string, timeout time.Duration
 	if err != nil {
 		var b strings.Builder
 		for _, p := range pods {
-			fmt.Fprintf(&b, "\n  %s group=%s worker=%s node=%q ip=%s phase=%s conditions=%s", p.Name, p.Labels[lws.LabelGroupIndex], p.Labels[lws.LabelWorkerIndex], p.Spec.NodeName, p.Status.PodIP, p.Status.Phase, conditions(&p))
+			fmt.Fprintf(&b, "\n  %s group=%s worker=%s node=%q ip=%s phase=%s conditions=%s", p.Name, p.Labels[lws.LabelGroupIndex], p.Labels[lws.LabelWorkerIndex], p.Spec.NodeName, p.Status.PodIP, p.Status.Phase, e2etest.Conditions(&p))
 			logs, _ := cs.CoreV1().Pods(ns).GetLogs(p.Name, &v1.PodLogOptions{Container: "model"}).DoRaw(context.Background())
-			fmt.Fprintf(&b, "\n    log tail: %s", tail(string(logs), 6))
+			fmt.Fprintf(&b, "\n    log tail: %s", e2etest.Tail(string(logs), 6))
 		}
 		if evs, err := cs.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{}); err == nil {
 			for _, e := range evs.Items {
@@ -312,7 +308,7 @@ func waitPods(t *testing.T, c *cluster.Cluster, ns string, timeout time.Duration
 		}
 		for _, name := range []string{"scheduler", "lws-controller", "coordinator"} {
 			log, _ := os.ReadFile(filepath.Join(c.Dir(), "logs", name+".log"))
-			fmt.Fprintf(&b, "\n  %s log tail:\n      %s", name, tail(string(log), 12))
+			fmt.Fprintf(&b, "\n  %s log tail:\n      %s", name, e2etest.Tail(string(log), 12))
 		}
 		t.Fatalf("%s: not within %s (%v):%s", what, timeout, err, b.String())
 	}
@@ -327,7 +323,7 @@ func allReady(pods []v1.Pod) bool {
 			return false
 		}
 		for i := range ps {
-			if ps[i].DeletionTimestamp != nil || !podReady(&ps[i]) {
+			if ps[i].DeletionTimestamp != nil || !e2etest.PodReady(&ps[i]) {
 				return false
 			}
 		}
@@ -417,7 +413,7 @@ func addrsOf(t *testing.T, addrs []string) []string {
 	return addrs
 }
 
-// probe asks a group's addresses for predictions in turn until stopped,
+// probe asks a group's addresses for e2etest.Predictions in turn until stopped,
 // counting answers by generation and failures.
 type probe struct {
 	cancel context.CancelFunc
@@ -539,119 +535,3 @@ func (g *gangWatch) violations() []string {
 
 // The helpers below are copied from e2e/kube/kube_test.go (unexported
 // there); they belong in a shared test package.
-
-var (
-	buildOnce sync.Once
-	builtDir  string
-	buildErr  error
-)
-
-// musterBins builds bin/agent and bin/coordinator from this tree into a
-// directory of their own, so a test never runs a stale one.
-func musterBins(t *testing.T, root string) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		builtDir, buildErr = os.MkdirTemp("", "muster-lws-bin-")
-		if buildErr != nil {
-			return
-		}
-		for _, c := range []string{"agent", "coordinator"} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(builtDir, c), "./"+c+"/cmd/"+c)
-			cmd.Dir = root
-			if out, err := cmd.CombinedOutput(); err != nil {
-				buildErr = fmt.Errorf("build %s: %v\n%s", c, err, out)
-				return
-			}
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return builtDir
-}
-
-func torchPython(t *testing.T) string {
-	t.Helper()
-	if err := exec.Command("/usr/bin/python3", "-c", "import torch.distributed").Run(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("/usr/bin/python3 has no torch (%v); .ci/run must install python3-torch", err)
-		}
-		t.Skip("/usr/bin/python3 has no torch: apt-get install -y python3-torch")
-	}
-	return "/usr/bin/python3"
-}
-
-func podReady(p *v1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == v1.PodReady {
-			return c.Status == v1.ConditionTrue
-		}
-	}
-	return false
-}
-
-func conditions(p *v1.Pod) string {
-	var out []string
-	for _, c := range p.Status.Conditions {
-		out = append(out, string(c.Type)+"="+string(c.Status))
-	}
-	return strings.Join(out, ",")
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n      ")
-}
-
-var rankRE = regexp.MustCompile(`barrier released; launching runtime.* generation=(\d+) rank=(\d+) world_size=(\d+)`)
-
-// lastRank reads the rank and generation the agent last launched with,
-// from the pod's log.
-func lastRank(t *testing.T, cs kubernetes.Interface, ns, pod string) (gen, rank, world string) {
-	t.Helper()
-	logs, err := cs.CoreV1().Pods(ns).GetLogs(pod, &v1.PodLogOptions{Container: "model"}).DoRaw(context.Background())
-	if err != nil {
-		t.Fatalf("logs of %s: %v", pod, err)
-	}
-	sc := bufio.NewScanner(bytes.NewReader(logs))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		if m := rankRE.FindStringSubmatch(sc.Text()); m != nil {
-			gen, rank, world = m[1], m[2], m[3]
-		}
-	}
-	return gen, rank, world
-}
-
-type prediction struct {
-	Outputs []struct {
-		NextToken int `json:"next_token"`
-	} `json:"outputs"`
-	WorldSize int `json:"world_size"`
-}
-
-func predict(t *testing.T, addr string) (prediction, http.Header) {
-	t.Helper()
-	var p prediction
-	var hdr http.Header
-	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
-		resp, err := http.Post("http://"+addr+"/v1/predict", "application/json", strings.NewReader(`{"inputs": [[1,2,3,4,5], [40, 41, 42]]}`))
-		if err != nil {
-			return false, nil
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != 200 {
-			return false, nil
-		}
-		hdr = resp.Header
-		return true, json.Unmarshal(b, &p)
-	})
-	if err != nil {
-		t.Fatalf("no prediction from %s: %v", addr, err)
-	}
-	return p, hdr
-}

@@ -182,5 +182,8 @@ func (s scheduler) writeConfig(c *cluster.Cluster, run string) (string, error) {
 	return path, nil
 }
 
-// qpsParam is the client setting every row states.
-var qpsParam = "client qps " + strconv.Itoa(schedulerQPS) + "/burst " + strconv.Itoa(schedulerBurst) + " for every scheduler"
+// qpsParam is the setting every row states: the client rate limit, and
+// which schedulers run with the gang scheduling gates (the apiserver always
+// does).
+var qpsParam = "client qps " + strconv.Itoa(schedulerQPS) + "/burst " + strconv.Itoa(schedulerBurst) +
+	" for every scheduler; GenericWorkload gate on for muster-scheduler (as make cluster runs it) and upstream-gang"

@@ -97,9 +97,9 @@ func BenchmarkFailureDetection(b *testing.B) {
 var notes = map[string]string{
 	"runtime-kill": "muster: the victim's agent sees its runtime exit and the coordinator tells every member at once; " +
 		"torchrun: each agent finds out at its next monitor_interval poll (its own worker failed, or a peer waits for a new round)",
-	"agent-kill": "muster: the survivors' runtimes fail in the collective and their agents report it (gossip would find the dead agent too, ~0.4s); " +
-		"torchrun: each agent finds its worker failed in the collective at its next monitor_interval poll; " +
-		"torchrun killed without its worker is never noticed (the orphaned worker keeps all_reducing) and the rendezvous keep-alive (15s in torch 1.13) restarts nobody",
+	"agent-kill": "muster: the agents gossip (100ms probes), find the dead one and the coordinator confirms before telling everyone; " +
+		"torchrun: an agent learns of a dead node only when its own worker fails in the collective (gloo took 2-3s here to fail all survivors), at its next monitor_interval poll; " +
+		"torchrun killed without its worker is never noticed (the orphaned worker keeps all_reducing), and the rendezvous keep-alive (15s in torch 1.13) restarts nobody",
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -30,11 +30,17 @@ func BenchmarkVersusC10d(b *testing.B) {
 	for _, c := range []struct{ n, reps, launchReps int }{{4, 5, 3}, {16, 5, 3}, {64, 3, 1}} {
 		b.Run(fmt.Sprintf("N=%d", c.n), func(b *testing.B) {
 			var ours, theirs, oursLaunch, theirsLaunch []float64
+			incomplete := 0
 			for rep := 0; rep < c.reps; rep++ {
 				// Interleaved, so that load from elsewhere on the machine
 				// falls on both alike.
 				rdzv, launch := musterRun(b, coord, py, c.n, fmt.Sprintf("rdzv-%d-%d", c.n, rep))
-				ours, oursLaunch = append(ours, ms(rdzv)), append(oursLaunch, ms(launch))
+				ours = append(ours, ms(rdzv))
+				if launch < 0 {
+					incomplete++
+				} else {
+					oursLaunch = append(oursLaunch, ms(launch))
+				}
 				theirs = append(theirs, ms(c10dRendezvous(b, py, c.n)))
 				if rep < c.launchReps {
 					theirsLaunch = append(theirsLaunch, ms(torchrunLaunch(b, py, c.n)))
@@ -50,6 +56,12 @@ func BenchmarkVersusC10d(b *testing.B) {
 					"to the last participant holding its rank, by each process's wall clock (agent log: ms resolution); c10d polls its store state once a second while it waits",
 			})
 			o, t = report.Summarize(oursLaunch), report.Summarize(theirsLaunch)
+			note := "torchrun at its fastest monitor interval (0.1s; its default 5s adds up to 5s); each torchrun imports torch (~0.7s CPU), `agent run` is a Go binary; muster's coordinator start is not counted (a service, like an etcd)"
+			if incomplete > 0 {
+				// Seen at N=64 on an overloaded machine: gossip suspicions
+				// flood the coordinator and exit reports stall.
+				note = fmt.Sprintf("LOSS: %d of %d muster groups were released but did not complete within a minute (not counted); ", incomplete, c.reps) + note
+			}
 			report.Add(b, report.Row{
 				Name: fmt.Sprintf("launch N=%d: start launchers to all exited 0", c.n), Unit: "ms", Better: report.Lower,
 				Ours: o.Median, Anchor: "torch-c10d", AnchorValue: t.Median,
@@ -65,10 +77,17 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 
 // musterRun runs one group of n agents launching testdata/rank.py and
 // returns the time from the last agent's start to every agent holding its
-// rank, and from the first agent's start to every agent exited 0.
+// rank, and from the first agent's start to every agent exited 0; launch is
+// negative when the group did not complete within a minute of being
+// released (the agents are then killed).
 func musterRun(b *testing.B, coord, py string, n int, group string) (rendezvous, launch time.Duration) {
 	b.Helper()
 	ps := Agents(b, coord, group, n, []string{"--stop-grace", "2s"}, py, Testdata("rank.py"))
+	defer func() {
+		for _, p := range ps {
+			p.Kill()
+		}
+	}()
 	deadline := time.Now().Add(2 * time.Minute)
 	var held, exited time.Time
 	for i, p := range ps {
@@ -85,10 +104,13 @@ func musterRun(b *testing.B, coord, py string, n int, group string) (rendezvous,
 		}
 		held = later(held, t)
 	}
+	rendezvous = held.Sub(ps[n-1].Started)
+	deadline = time.Now().Add(time.Minute)
 	for i, p := range ps {
 		code, err := p.WaitExit(deadline)
 		if err != nil {
-			b.Fatal(err)
+			b.Logf("group %s released but not completed within a minute; agent %d: %v", group, i, err)
+			return rendezvous, -1
 		}
 		if code != 0 {
 			b.Fatalf("agent %d exited %d:\n%s", i, code, p.Output())
@@ -96,7 +118,7 @@ func musterRun(b *testing.B, coord, py string, n int, group string) (rendezvous,
 		t, _ := p.Exited()
 		exited = later(exited, t)
 	}
-	return held.Sub(ps[n-1].Started), exited.Sub(ps[0].Started)
+	return rendezvous, exited.Sub(ps[0].Started)
 }
 
 // c10dRendezvous runs n participants of torch's c10d rendezvous

@@ -328,6 +328,7 @@ func indexedJobGroup(t *testing.T, c *cluster.Cluster, root string) {
 		return err == nil && j.Status.Succeeded == 2, nil
 	})
 	if err != nil {
+		dumpLogs(t, c, ns, "muster.dev/group=reduce")
 		t.Fatalf("indexed Job did not complete: %v", err)
 	}
 	pods, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "muster.dev/group=reduce"})

@@ -3,6 +3,8 @@ package kube
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 
 	"github.com/muster-dev/muster/e2e/cluster"
 	"github.com/muster-dev/muster/e2e/cluster/clustertest"
+	"github.com/muster-dev/muster/e2e/e2etest"
 )
 
 // ranksFollowPlacement: four pods annotated muster.dev/rank-order: topology
@@ -59,7 +62,7 @@ time.sleep(3600)`
 	ranksAt := func(gen string) map[string]string {
 		out := map[string]string{}
 		for name := range wantRank {
-			if g, r, _, err := rankFromLogs(cs, ns, name); err == nil && g == gen {
+			if g, r, _, err := e2etest.RankFromLogs(cs, ns, name); err == nil && g == gen {
 				out[name] = r
 			}
 		}
@@ -113,6 +116,7 @@ time.sleep(3600)`
 		return len(second) == 4, nil
 	})
 	if err != nil {
+		dumpLogs(t, c, ns, "muster.dev/group=placed")
 		t.Fatalf("restart in place: %v (generation 1 ranks %v)", err, second)
 	}
 	for name, r := range second {
@@ -177,7 +181,7 @@ func upstreamPodGroup(t *testing.T, c *cluster.Cluster) {
 	got := map[string]string{}
 	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 		for p := range want {
-			if g, r, w, err := rankFromLogs(cs, ns, p); err == nil && g == "0" && w == "3" {
+			if g, r, w, err := e2etest.RankFromLogs(cs, ns, p); err == nil && g == "0" && w == "3" {
 				got[p] = r
 			}
 		}
@@ -201,5 +205,22 @@ func upstreamPodGroup(t *testing.T, c *cluster.Cluster) {
 			t.Errorf("%s: group label %q, size %q, scheduler %q; want gang, 3 (the PodGroup's minCount), muster-scheduler",
 				p.Name, p.Labels["muster.dev/group"], p.Annotations["muster.dev/size"], p.Spec.SchedulerName)
 		}
+	}
+}
+
+// dumpLogs logs the tail of each selected pod's log, for a failure.
+func dumpLogs(t *testing.T, c *cluster.Cluster, ns, selector string) {
+	cs := c.Clientset()
+	pods, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		t.Logf("list pods: %v", err)
+		return
+	}
+	for _, p := range pods.Items {
+		logs, _ := cs.CoreV1().Pods(ns).GetLogs(p.Name, &v1.PodLogOptions{Container: p.Spec.Containers[0].Name}).DoRaw(context.Background())
+		t.Logf("%s on %s (%s, %s):\n      %s", p.Name, p.Spec.NodeName, p.Status.Phase, e2etest.Conditions(&p), e2etest.Tail(string(logs), 12))
+	}
+	if b, err := os.ReadFile(filepath.Join(c.Dir(), "logs", "coordinator.log")); err == nil {
+		t.Logf("coordinator log:\n      %s", e2etest.Tail(string(b), 30))
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -11,7 +12,7 @@ import (
 )
 
 // podNetwork puts pods in a network namespace of the cluster's own, with
-// addresses from a range used only inside it (default 10.244.0.0/16) and a
+// addresses from a range used only inside it (a free 10.x.0.0/16) and a
 // veth pair to the host, whose end takes the range's first usable address
 // (the gateway). Pods then have addresses a Service's EndpointSlices accept
 // (the apiserver refuses loopback ones), while every packet stays on this
@@ -106,4 +107,70 @@ func (n *podNetwork) teardown() error {
 	}
 	_ = exec.Command(n.ip, "link", "del", n.hostIf).Run() // gone with the namespace, normally
 	return errors.Join(errs...)
+}
+
+// freePodRange picks a 10.x.0.0/16 (x from 200 to 254, except 245, which
+// e2e's cut-off test uses) that no route of the host overlaps: two
+// clusters on one machine (tests of several packages, make cluster beside
+// them) must not both put the same gateway address on their veths, or
+// one's pods lose the host. 10.244.0.0/16 when it is free; otherwise a
+// random free one, so that clusters starting at the same moment rarely
+// collide.
+func freePodRange() string {
+	used := hostRoutes()
+	free := func(p netip.Prefix) bool {
+		for _, u := range used {
+			if u.Overlaps(p) {
+				return false
+			}
+		}
+		return true
+	}
+	first := netip.MustParsePrefix("10.244.0.0/16")
+	if free(first) {
+		return first.String()
+	}
+	var cands []netip.Prefix
+	for x := 200; x <= 254; x++ {
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(x), 0, 0}), 16)
+		if x != 245 && free(p) {
+			cands = append(cands, p)
+		}
+	}
+	if len(cands) == 0 {
+		return first.String() // setup then says what collides
+	}
+	return cands[rand.IntN(len(cands))].String()
+}
+
+// hostRoutes lists the IPv4 destinations of the host's routes.
+func hostRoutes() []netip.Prefix {
+	out, err := exec.Command("ip", "-4", "route", "show", "table", "all").Output()
+	if err != nil {
+		return nil
+	}
+	var ps []netip.Prefix
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		dst := f[0]
+		if dst == "local" || dst == "broadcast" || dst == "unicast" {
+			if len(f) < 2 {
+				continue
+			}
+			dst = f[1]
+		}
+		if dst == "default" {
+			continue
+		}
+		if !strings.Contains(dst, "/") {
+			dst += "/32"
+		}
+		if p, err := netip.ParsePrefix(dst); err == nil {
+			ps = append(ps, p)
+		}
+	}
+	return ps
 }

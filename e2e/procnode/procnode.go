@@ -134,13 +134,14 @@ func DefaultConfig(binDir string) Config {
 }
 
 // WithPodNetwork switches cfg to pods in a network namespace of their own
-// with addresses from 10.244.0.0/16, when this machine allows it (root and
+// with addresses from a 10.x.0.0/16 range no route of this host uses yet
+// (10.244.0.0/16 when free), when this machine allows it (root and
 // iproute2); it reports whether it did.
 func (cfg *Config) WithPodNetwork() bool {
 	if !netnsAvailable() {
 		return false
 	}
-	cfg.Network, cfg.PodCIDR = "netns", "10.244.0.0/16"
+	cfg.Network, cfg.PodCIDR = "netns", freePodRange()
 	return true
 }
 

@@ -58,16 +58,14 @@ func BenchmarkVersusC10d(b *testing.B) {
 			o, t = report.Summarize(oursLaunch), report.Summarize(theirsLaunch)
 			note := "torchrun at its fastest monitor interval (0.1s; its default 5s adds up to 5s); each torchrun imports torch (~0.7s CPU), `agent run` is a Go binary; muster's coordinator start is not counted (a service, like an etcd)"
 			if incomplete > 0 {
-				// Seen at N=64 on an overloaded machine: gossip suspicions
-				// flood the coordinator and exit reports stall.
-				note = fmt.Sprintf("LOSS: %d of %d muster groups were released but did not complete within a minute (not counted); ", incomplete, c.reps) + note
+				note = fmt.Sprintf("LOSS: %d of %d muster groups were released but did not complete within 30s (not counted; on an overloaded machine the agents' gossip suspicions flooded the coordinator); ", incomplete, c.reps) + note
 			}
 			report.Add(b, report.Row{
 				Name: fmt.Sprintf("launch N=%d: start launchers to all exited 0", c.n), Unit: "ms", Better: report.Lower,
 				Ours: o.Median, Anchor: "torch-c10d", AnchorValue: t.Median,
 				OursSpread: o.Spread("ms"), AnchorSpread: t.Spread("ms"),
 				Params: fmt.Sprintf("N=%d launchers on loopback, each running testdata/rank.py with %s; muster: N `agent run` (coordinator already serving), %d repetitions; torch: N `torchrun --nnodes %d --nproc_per_node 1 --rdzv_backend c10d --monitor_interval 0.1`, %d repetitions; medians", c.n, py, c.reps, c.n, c.launchReps),
-				Note:   "torchrun at its fastest monitor interval (0.1s; its default 5s adds up to 5s); each torchrun imports torch (~0.7s CPU), `agent run` is a Go binary; muster's coordinator start is not counted (a service, like an etcd)",
+				Note:   note,
 			})
 		})
 	}
@@ -78,8 +76,8 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // musterRun runs one group of n agents launching testdata/rank.py and
 // returns the time from the last agent's start to every agent holding its
 // rank, and from the first agent's start to every agent exited 0; launch is
-// negative when the group did not complete within a minute of being
-// released (the agents are then killed).
+// negative when the group did not complete within 30s of being released
+// (the agents are then killed).
 func musterRun(b *testing.B, coord, py string, n int, group string) (rendezvous, launch time.Duration) {
 	b.Helper()
 	ps := Agents(b, coord, group, n, []string{"--stop-grace", "2s"}, py, Testdata("rank.py"))
@@ -105,11 +103,11 @@ func musterRun(b *testing.B, coord, py string, n int, group string) (rendezvous,
 		held = later(held, t)
 	}
 	rendezvous = held.Sub(ps[n-1].Started)
-	deadline = time.Now().Add(time.Minute)
+	deadline = time.Now().Add(30 * time.Second)
 	for i, p := range ps {
 		code, err := p.WaitExit(deadline)
 		if err != nil {
-			b.Logf("group %s released but not completed within a minute; agent %d: %v", group, i, err)
+			b.Logf("group %s released but not completed within 30s: agent %d still runs", group, i)
 			return rendezvous, -1
 		}
 		if code != 0 {

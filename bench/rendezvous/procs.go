@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/muster-dev/muster/e2e/e2etest"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
 )
 
@@ -225,39 +226,15 @@ func UnixField(line string, i int) (time.Time, error) {
 	return time.Unix(0, ns), nil
 }
 
-var (
-	buildOnce sync.Once
-	binDir    string
-	buildErr  error
-)
-
 // Bins is the directory holding bin/coordinator and bin/agent: $MUSTER_BIN
-// (make bench builds them first), or a fresh build.
+// (make bench builds them first), or this tree's, built once.
 func Bins(tb testing.TB) string {
 	tb.Helper()
-	buildOnce.Do(func() {
-		if d := os.Getenv("MUSTER_BIN"); d != "" {
-			binDir = d
-			return
-		}
-		dir, err := os.MkdirTemp("", "muster-bench-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		for _, c := range []string{"coordinator", "agent"} {
-			out, err := exec.Command("go", "build", "-o", filepath.Join(dir, c), "github.com/muster-dev/muster/"+c+"/cmd/"+c).CombinedOutput()
-			if err != nil {
-				buildErr = fmt.Errorf("build %s: %v\n%s", c, err, out)
-				return
-			}
-		}
-		binDir = dir
-	})
-	if buildErr != nil {
-		tb.Fatal(buildErr)
+	if d := os.Getenv("MUSTER_BIN"); d != "" {
+		return d
 	}
-	return binDir
+	_, file, _, _ := runtime.Caller(0)
+	return e2etest.MusterBins(tb, filepath.Join(filepath.Dir(file), "..", ".."))
 }
 
 // TorchPython is a Python with torch.distributed ($TORCH_PYTHON, default

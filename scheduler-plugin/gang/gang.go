@@ -27,11 +27,10 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/sets"
 	utilfeature "k8s.io/apiserver/pkg/util/feature"
-	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/features"
@@ -58,10 +57,10 @@ const DefaultPermitTimeout = 60 * time.Second
 
 // Gang implements the plugin.
 type Gang struct {
-	handle fwk.Handle
-	pods   corelisters.PodLister
-	log    klog.Logger
-	stop   <-chan struct{}
+	handle  fwk.Handle
+	byGroup cache.Indexer // pods by group key (groupIndex)
+	log     klog.Logger
+	stop    <-chan struct{}
 
 	pgMu sync.Mutex
 	// podGroups lists scheduler-plugins PodGroups (size = minMember); nil
@@ -109,7 +108,6 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 	registerMetrics()
 	g := &Gang{
 		handle:       h,
-		pods:         h.SharedInformerFactory().Core().V1().Pods().Lister(),
 		log:          klog.FromContext(ctx).WithValues("plugin", Name),
 		firstSeen:    map[group.Key]time.Time{},
 		reported:     map[string]string{},
@@ -122,10 +120,33 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 		return nil, fmt.Errorf("%s: topology placement: %w", Name, err)
 	}
 	g.topology = tp
+	// Pods by group: the scheduler's pod informer has no namespace index,
+	// so a label-selected list would scan every pod of the cluster, for
+	// every member at every extension point.
+	// Each profile makes its own MusterGang on the one shared informer.
+	inf := h.SharedInformerFactory().Core().V1().Pods().Informer()
+	if _, done := inf.GetIndexer().GetIndexers()[groupIndex]; !done {
+		if err := inf.AddIndexers(cache.Indexers{groupIndex: groupIndexFunc}); err != nil {
+			return nil, fmt.Errorf("%s: index pods by group: %w", Name, err)
+		}
+	}
+	g.byGroup = inf.GetIndexer()
 	if err := g.watchPodGroups(ctx); err != nil {
 		return nil, err
 	}
 	return g, nil
+}
+
+// groupIndex indexes pods by their group's key (namespace/name).
+const groupIndex = "muster.dev/group"
+
+func groupIndexFunc(obj any) ([]string, error) {
+	if p, ok := obj.(*v1.Pod); ok {
+		if k, ok := group.Of(p); ok {
+			return []string{k.String()}, nil
+		}
+	}
+	return nil, nil
 }
 
 // watchPodGroups starts a PodGroup informer when scheduler-plugins' CRD is
@@ -520,19 +541,17 @@ type groupMembers struct {
 func (g *Gang) members(k group.Key, pod *v1.Pod) (groupMembers, error) {
 	var gm groupMembers
 	seen := map[string]bool{}
-	for _, label := range []string{group.LabelGroup, group.LabelPodGroup} {
-		pods, err := g.pods.Pods(k.Namespace).List(labels.SelectorFromSet(labels.Set{label: k.Name}))
-		if err != nil {
-			return gm, fmt.Errorf("list pods of group %s: %w", k, err)
+	objs, err := g.byGroup.ByIndex(groupIndex, k.String())
+	if err != nil {
+		return gm, fmt.Errorf("list pods of group %s: %w", k, err)
+	}
+	for _, o := range objs {
+		p, ok := o.(*v1.Pod)
+		if !ok || seen[string(p.UID)] || p.DeletionTimestamp != nil || p.Status.Phase == v1.PodSucceeded || p.Status.Phase == v1.PodFailed {
+			continue
 		}
-		for _, p := range pods {
-			pk, _ := group.Of(p)
-			if pk != k || seen[string(p.UID)] || p.DeletionTimestamp != nil || p.Status.Phase == v1.PodSucceeded || p.Status.Phase == v1.PodFailed {
-				continue
-			}
-			seen[string(p.UID)] = true
-			gm.active = append(gm.active, p)
-		}
+		seen[string(p.UID)] = true
+		gm.active = append(gm.active, p)
 	}
 	if !seen[string(pod.UID)] {
 		// The informer may lag the pod being scheduled.

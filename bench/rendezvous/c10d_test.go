@@ -34,7 +34,9 @@ func BenchmarkVersusC10d(b *testing.B) {
 			for rep := 0; rep < c.reps; rep++ {
 				// Interleaved, so that load from elsewhere on the machine
 				// falls on both alike.
-				rdzv, launch := musterRun(b, coord, py, c.n, fmt.Sprintf("rdzv-%d-%d", c.n, rep))
+				// After a group that never completed, later ones are not
+				// waited for: each would cost 30s of the budget.
+				rdzv, launch := musterRun(b, coord, py, c.n, fmt.Sprintf("rdzv-%d-%d", c.n, rep), incomplete == 0)
 				ours = append(ours, ms(rdzv))
 				if launch < 0 {
 					incomplete++
@@ -58,7 +60,8 @@ func BenchmarkVersusC10d(b *testing.B) {
 			o, t = report.Summarize(oursLaunch), report.Summarize(theirsLaunch)
 			note := "torchrun at its fastest monitor interval (0.1s; its default 5s adds up to 5s); each torchrun imports torch (~0.7s CPU), `agent run` is a Go binary; muster's coordinator start is not counted (a service, like an etcd)"
 			if incomplete > 0 {
-				note = fmt.Sprintf("LOSS: %d of %d muster groups were released but did not complete within 30s (not counted; on an overloaded machine the agents' gossip suspicions flooded the coordinator); ", incomplete, c.reps) + note
+				note = fmt.Sprintf("LOSS: %d of %d muster groups were released but did not complete within 30s (not counted; after the first, later groups were not waited for). "+
+					"Seen at N=64: the agents' gossip suspects live peers while 64 runtimes start on 2 cores and their lost-peer reports swamp the coordinator; with --no-gossip such a group completes in ~2s; ", incomplete, c.reps) + note
 			}
 			report.Add(b, report.Row{
 				Name: fmt.Sprintf("launch N=%d: start launchers to all exited 0", c.n), Unit: "ms", Better: report.Lower,
@@ -76,9 +79,9 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // musterRun runs one group of n agents launching testdata/rank.py and
 // returns the time from the last agent's start to every agent holding its
 // rank, and from the first agent's start to every agent exited 0; launch is
-// negative when the group did not complete within 30s of being released
-// (the agents are then killed).
-func musterRun(b *testing.B, coord, py string, n int, group string) (rendezvous, launch time.Duration) {
+// negative when the group did not complete within 30s of being released,
+// or was not waited for (waitExit false); the agents are then killed.
+func musterRun(b *testing.B, coord, py string, n int, group string, waitExit bool) (rendezvous, launch time.Duration) {
 	b.Helper()
 	ps := Agents(b, coord, group, n, []string{"--stop-grace", "2s"}, py, Testdata("rank.py"))
 	defer func() {
@@ -103,6 +106,9 @@ func musterRun(b *testing.B, coord, py string, n int, group string) (rendezvous,
 		held = later(held, t)
 	}
 	rendezvous = held.Sub(ps[n-1].Started)
+	if !waitExit {
+		return rendezvous, -1
+	}
 	deadline = time.Now().Add(30 * time.Second)
 	for i, p := range ps {
 		code, err := p.WaitExit(deadline)

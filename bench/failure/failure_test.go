@@ -22,15 +22,14 @@ import (
 
 const size = 8
 
-// trials returns how many groups to kill a member of, per kind: a muster
-// trial takes a few seconds, a torchrun one three times as long (16 torch
-// imports), so torchrun gets fewer to stay in budget. $MUSTER_FAILURE_TRIALS
-// sets both.
-func trials() (muster, torch int) {
+// trials returns how many groups to kill a member of, per kind and system
+// (3: a median that is not the smaller of two); $MUSTER_FAILURE_TRIALS
+// overrides.
+func trials() int {
 	if v, err := strconv.Atoi(os.Getenv("MUSTER_FAILURE_TRIALS")); err == nil && v > 0 {
-		return v, v
+		return v
 	}
-	return 3, 2
+	return 3
 }
 
 // settings are torchrun's elastic agent configurations compared.
@@ -66,16 +65,12 @@ func BenchmarkFailureDetection(b *testing.B) {
 		b.Run(kill, func(b *testing.B) {
 			var ours []float64
 			theirs := make([][]float64, len(settings))
-			musterTrials, torchTrials := trials()
-			for trial := range max(musterTrials, torchTrials) {
+			trials := trials()
+			for trial := range trials {
 				victim := 1 + trial%(size-1) // torchrun's node 0 hosts the rendezvous store
-				if trial < musterTrials {
-					ours = append(ours, ms(musterTrial(b, coord, py, kill, victim, fmt.Sprintf("%s-%d", kill, trial))))
-				}
+				ours = append(ours, ms(musterTrial(b, coord, py, kill, victim, fmt.Sprintf("%s-%d", kill, trial))))
 				for i, s := range settings {
-					if trial < torchTrials {
-						theirs[i] = append(theirs[i], ms(torchTrial(b, py, kill, victim, s.args, s.conf)))
-					}
+					theirs[i] = append(theirs[i], ms(torchTrial(b, py, kill, victim, s.args, s.conf)))
 				}
 			}
 			o := report.Summarize(ours)
@@ -85,8 +80,8 @@ func BenchmarkFailureDetection(b *testing.B) {
 					Name: fmt.Sprintf("failure/%s (torch %s)", kill, s.name), Unit: "ms", Better: report.Lower,
 					Ours: o.Median, Anchor: "torch-elastic", AnchorValue: t.Median,
 					OursSpread: o.Spread("ms"), AnchorSpread: t.Spread("ms"),
-					Params: fmt.Sprintf("group of %d on loopback, kill -9 of one member's %s; median over trials of the last survivor told: muster %d trials, torchrun %d; torchrun %s: --nnodes %d --nproc_per_node 1 --rdzv_backend c10d --max_restarts 100 %s --rdzv_conf %sis_host=0|1",
-						size, map[string]string{"runtime-kill": "worker", "agent-kill": "agent (muster) / node: torchrun and its worker (torch)"}[kill], musterTrials, torchTrials, s.name, size, strings.Join(s.args, " "), s.conf),
+					Params: fmt.Sprintf("group of %d on loopback, kill -9 of one member's %s; median over %d trials of the last survivor told; torchrun %s: --nnodes %d --nproc_per_node 1 --rdzv_backend c10d --max_restarts 100 %s --rdzv_conf %sis_host=0|1",
+						size, map[string]string{"runtime-kill": "worker", "agent-kill": "agent (muster) / node: torchrun and its worker (torch)"}[kill], trials, s.name, size, strings.Join(s.args, " "), s.conf),
 					Note: notes[kill],
 				})
 			}

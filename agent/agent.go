@@ -80,6 +80,13 @@ type agent struct {
 
 	gen atomic.Int64 // generation this member has joined; -1 before the first join
 
+	// lostMu guards lostQuiet: per peer, no report before that time (one
+	// is in flight, or the coordinator just found the peer alive), so a
+	// peer that gossip keeps suspecting on a loaded machine is reported
+	// once, not once per suspicion.
+	lostMu    sync.Mutex
+	lostQuiet map[string]time.Time
+
 	gossip *gossip.Node
 
 	reports chan pendingReport
@@ -412,14 +419,38 @@ func (a *agent) joinPeers(ctx context.Context, gen int64) {
 // peerLost reports a peer that gossip declared dead; the coordinator
 // confirms before it restarts anything.
 func (a *agent) peerLost(ctx context.Context, peer string) {
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	const reportTimeout, aliveQuiet = 5 * time.Second, 2 * time.Second
+	now := time.Now()
+	a.lostMu.Lock()
+	if a.lostQuiet == nil {
+		a.lostQuiet = map[string]time.Time{}
+	}
+	if now.Before(a.lostQuiet[peer]) {
+		a.lostMu.Unlock()
+		return
+	}
+	a.lostQuiet[peer] = now.Add(reportTimeout)
+	a.lostMu.Unlock()
+	quiet := func(d time.Duration) {
+		a.lostMu.Lock()
+		a.lostQuiet[peer] = time.Now().Add(d)
+		a.lostMu.Unlock()
+	}
+
+	cctx, cancel := context.WithTimeout(ctx, reportTimeout)
 	defer cancel()
 	resp, err := a.client.ReportPeerLost(cctx, &musterv1.ReportPeerLostRequest{Group: a.ref, MemberId: a.cfg.MemberID, LostMemberId: peer, Generation: a.gen.Load()})
 	if err != nil {
+		quiet(0)
 		if ctx.Err() == nil {
 			a.log.Warn("gossip: could not report a lost peer; its lease will tell", "peer", peer, "err", status.Convert(err).Message())
 		}
 		return
+	}
+	if resp.GetConfirmed() {
+		quiet(0)
+	} else {
+		quiet(aliveQuiet) // the coordinator found it alive: gossip was wrong
 	}
 	a.log.Info("gossip: peer lost", "peer", peer, "confirmed", resp.GetConfirmed(), "reason", resp.GetReason())
 }

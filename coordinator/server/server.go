@@ -11,9 +11,11 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/singleflight"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -45,7 +47,20 @@ type Server struct {
 	hubs  *hub.Registry
 	opts  Options
 	log   *slog.Logger
+
+	// When gossip declares a peer dead, every other member reports it:
+	// one check serves all concurrent reports of that peer (lostChecks),
+	// and a peer just found alive is not dialled again for a moment
+	// (aliveAt), so a flapping peer in a large group costs a few checks,
+	// not members x flaps etcd reads and dials.
+	lostChecks singleflight.Group
+	aliveMu    sync.Mutex
+	aliveAt    map[string]time.Time // group/member -> when its agent last answered a check
 }
+
+// aliveFor is how long a peer whose agent answered a check is believed
+// alive without another dial.
+const aliveFor = time.Second
 
 // New returns a Server over s and its hubs.
 func New(s *store.Store, hubs *hub.Registry, opts Options, log *slog.Logger) *Server {
@@ -56,7 +71,7 @@ func New(s *store.Store, hubs *hub.Registry, opts Options, log *slog.Logger) *Se
 	if opts.ProgressInterval <= 0 {
 		opts.ProgressInterval = d.ProgressInterval
 	}
-	return &Server{store: s, hubs: hubs, opts: opts, log: log}
+	return &Server{store: s, hubs: hubs, opts: opts, log: log, aliveAt: map[string]time.Time{}}
 }
 
 var _ musterv1.RendezvousServer = (*Server)(nil)
@@ -446,6 +461,27 @@ func (s *Server) ReportPeerLost(ctx context.Context, req *musterv1.ReportPeerLos
 		}
 	}
 	lost := req.GetLostMemberId()
+	id := k.String() + "/" + lost
+	s.aliveMu.Lock()
+	at, recent := s.aliveAt[id]
+	s.aliveMu.Unlock()
+	if recent && time.Since(at) < aliveFor {
+		return &musterv1.ReportPeerLostResponse{Reason: fmt.Sprintf("peer's agent answered %s ago", time.Since(at).Round(time.Millisecond))}, nil
+	}
+	v, err, _ := s.lostChecks.Do(fmt.Sprintf("%s@%d", id, req.GetGeneration()), func() (any, error) {
+		return s.checkLost(context.WithoutCancel(ctx), k, lost, req.GetMemberId(), req.GetGeneration())
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*musterv1.ReportPeerLostResponse), nil
+}
+
+// checkLost confirms a gossip report that member lost is dead: its record
+// still names a gossip port and nothing answers there. Confirmed, its
+// record is removed (the group restarts); otherwise it is left to its
+// lease.
+func (s *Server) checkLost(ctx context.Context, k group.Key, lost, reporter string, gen int64) (*musterv1.ReportPeerLostResponse, error) {
 	m, ok, err := s.store.GetMember(ctx, k, lost)
 	if err != nil {
 		return nil, internal(err)
@@ -453,7 +489,7 @@ func (s *Server) ReportPeerLost(ctx context.Context, req *musterv1.ReportPeerLos
 	if !ok {
 		return &musterv1.ReportPeerLostResponse{Confirmed: true, Reason: "already gone"}, nil
 	}
-	if m.Generation < req.GetGeneration() {
+	if m.Generation < gen {
 		// The peer is between generations (stopping its runtime); its
 		// gossip may be restarting. Leave it to its lease.
 		return &musterv1.ReportPeerLostResponse{Reason: "peer is in an older generation"}, nil
@@ -464,13 +500,22 @@ func (s *Server) ReportPeerLost(ctx context.Context, req *musterv1.ReportPeerLos
 	addr := net.JoinHostPort(m.Address, strconv.Itoa(m.GossipPort))
 	if c, err := net.DialTimeout("tcp", addr, peerProbeTimeout); err == nil {
 		c.Close()
-		s.log.Info("gossip suspicion not confirmed: the peer's agent answers", "group", k.String(), "member", lost, "reporter", req.GetMemberId())
+		s.aliveMu.Lock()
+		now := time.Now()
+		s.aliveAt[k.String()+"/"+lost] = now
+		for id, at := range s.aliveAt {
+			if now.Sub(at) > aliveFor {
+				delete(s.aliveAt, id)
+			}
+		}
+		s.aliveMu.Unlock()
+		s.log.Info("gossip suspicion not confirmed: the peer's agent answers", "group", k.String(), "member", lost, "reporter", reporter)
 		return &musterv1.ReportPeerLostResponse{Reason: "peer's agent answers at " + addr}, nil
 	}
 	if err := s.store.DeleteMember(ctx, k, m); err != nil {
 		return nil, internal(err)
 	}
-	s.log.Warn("member lost (gossip, confirmed)", "group", k.String(), "member", lost, "reporter", req.GetMemberId())
+	s.log.Warn("member lost (gossip, confirmed)", "group", k.String(), "member", lost, "reporter", reporter)
 	return &musterv1.ReportPeerLostResponse{Confirmed: true, Reason: "peer's agent is unreachable at " + addr}, nil
 }
 

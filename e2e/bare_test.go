@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"net"
 	"os"
@@ -17,10 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
-	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
+	"github.com/muster-dev/muster/coordinator/testcoord"
 )
 
 var (
@@ -183,30 +179,10 @@ func startCoordinatorOn(t *testing.T, host string, extra ...string) string {
 	args := append([]string{"--listen", addr, "--data-dir", t.TempDir(),
 		"--etcd-listen-client", freeAddr(t), "--etcd-listen-peer", freeAddr(t)}, extra...)
 	p := start(t, filepath.Join(bins(t), "coordinator"), args...)
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
+	if err := testcoord.WaitServing(addr, 30*time.Second, p.done); err != nil {
+		t.Fatalf("%v\n%s", err, p.output())
 	}
-	defer conn.Close()
-	c := musterv1.NewRendezvousClient(conn)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := c.ListGroups(ctx, &musterv1.ListGroupsRequest{})
-		cancel()
-		if err == nil {
-			return addr
-		}
-		select {
-		case <-p.done:
-			t.Fatalf("coordinator exited: %v\n%s", p.err, p.output())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("coordinator not serving after 30s: %v\n%s", err, p.output())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return addr
 }
 
 func testdata(t *testing.T, name string) string {

@@ -7,7 +7,6 @@ package rendezvous
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"net"
 	"os"
@@ -22,11 +21,8 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
+	"github.com/muster-dev/muster/coordinator/testcoord"
 	"github.com/muster-dev/muster/e2e/e2etest"
-	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
 )
 
 // Proc is a process started in a process group of its own, so that it is
@@ -276,31 +272,10 @@ func Coordinator(tb testing.TB, extra ...string) string {
 	args := append([]string{"--listen", addr, "--data-dir", tb.TempDir(),
 		"--etcd-listen-client", FreeAddr(tb, "127.0.0.1"), "--etcd-listen-peer", FreeAddr(tb, "127.0.0.1")}, extra...)
 	p := Start(tb, nil, filepath.Join(Bins(tb), "coordinator"), args...)
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		tb.Fatal(err)
+	if err := testcoord.WaitServing(addr, 30*time.Second, p.Done()); err != nil {
+		tb.Fatalf("%v\n%s", err, p.Output())
 	}
-	defer conn.Close()
-	c := musterv1.NewRendezvousClient(conn)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := c.ListGroups(ctx, &musterv1.ListGroupsRequest{})
-		cancel()
-		if err == nil {
-			return addr
-		}
-		if _, code := p.Exited(); code >= 0 {
-			tb.Fatalf("coordinator exited %d:\n%s", code, p.Output())
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("coordinator not serving after 30s: %v\n%s", err, p.Output())
-		}
-		select {
-		case <-p.Done():
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	return addr
 }
 
 // Agents starts n agents of group on 127.0.0.2, .3, ... (member m<i>,

@@ -132,3 +132,31 @@ func EtcdCluster(tb testing.TB, n int) []*embedetcd.Server {
 	}
 	return out
 }
+
+// WaitServing waits until a coordinator answers at addr (a ListGroups
+// call), for at most timeout or until exited is closed (its process ended).
+func WaitServing(addr string, timeout time.Duration, exited <-chan struct{}) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	c := musterv1.NewRendezvousClient(conn)
+	deadline := time.Now().Add(timeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := c.ListGroups(ctx, &musterv1.ListGroupsRequest{})
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("coordinator not serving at %s after %s: %w", addr, timeout, err)
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("coordinator exited before serving at %s", addr)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

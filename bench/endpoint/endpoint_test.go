@@ -63,8 +63,8 @@ func BenchmarkEndpoint(b *testing.B) {
 	}
 	fixedRate(ctx, bases, rate, time.Second) // warm up
 	lat := bySample(targets, fixedRate(ctx, bases, rate, rateSpell))
-	rateParams := fmt.Sprintf("open-loop Go net/http client (Debian has no wrk2), %d req/s to each target for %s, "+
-		"sends taking turns between the targets; latency from each request's send; %s", rate, rateSpell, setup)
+	rateParams := fmt.Sprintf("vegeta v12 constant-rate attacker (open loop; Debian has no wrk2), %d req/s to each target for %s, "+
+		"targets taking turns; latency from each request's send; %s", rate, rateSpell, setup)
 	addLatencyRows(b, "endpoint latency at fixed rate", lat, rateParams)
 
 	// Maximum throughput with wrk.

@@ -3,6 +3,7 @@ package endpoint
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	vegeta "github.com/tsenart/vegeta/v12/lib"
 )
 
 const requestBody = `{"prompt":"hello","max_tokens":20}`
@@ -51,54 +54,37 @@ func post(ctx context.Context, c *http.Client, url string) (*http.Response, erro
 }
 
 // fixedRate sends POST /v1/completions to every base URL at rate requests
-// per second each, for d, open loop: sends take turns (direct, muster,
-// nginx, direct, ...) at even intervals, each on its own goroutine whether
-// or not earlier ones have answered, so a slow answer delays no later
-// request and is not hidden (no coordinated omission: what wrk2 does;
-// Debian has only the closed-loop wrk), and a stall of the shared machine
-// falls on every target alike. Latency counts from the send, so the
-// sender's own timer slack is not charged to the endpoint.
+// per second each, for d, with vegeta's constant-rate attacker (open loop:
+// a slow answer delays no later request and is not hidden, as wrk2 does;
+// Debian has only the closed-loop wrk). Its static targeter takes the
+// targets in turn (direct, muster, nginx, direct, ...), so a stall of the
+// shared machine falls on every target alike.
 func fixedRate(ctx context.Context, bases []string, rate int, d time.Duration) []sample {
-	c := client()
-	defer c.CloseIdleConnections()
-	k := len(bases)
-	n := int(d.Seconds()*float64(rate)) * k
-	interval := time.Second / time.Duration(rate*k)
-	lat := make([]time.Duration, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	t0 := time.Now()
-	for i := range n {
-		due := t0.Add(time.Duration(i) * interval)
-		if w := time.Until(due); w > 0 {
-			time.Sleep(w)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sent := time.Now()
-			resp, err := post(ctx, c, bases[i%k]+"/v1/completions")
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			_, err = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if err == nil && resp.StatusCode != http.StatusOK {
-				err = fmt.Errorf("status %s", resp.Status)
-			}
-			errs[i] = err
-			lat[i] = time.Since(sent)
-		}()
+	targets := make([]vegeta.Target, len(bases))
+	index := map[string]int{}
+	for i, b := range bases {
+		targets[i] = vegeta.Target{Method: http.MethodPost, URL: b + "/v1/completions", Body: []byte(requestBody),
+			Header: http.Header{"Content-Type": {"application/json"}}}
+		index[targets[i].URL] = i
 	}
-	wg.Wait()
-	out := make([]sample, k)
-	for i, l := range lat {
-		if errs[i] != nil {
-			out[i%k].fail(errs[i])
+	atk := vegeta.NewAttacker(vegeta.Timeout(10*time.Second), vegeta.KeepAlive(true),
+		vegeta.Connections(1024), vegeta.Workers(64))
+	stop := context.AfterFunc(ctx, func() { atk.Stop() })
+	defer stop()
+	pace := vegeta.Rate{Freq: rate * len(bases), Per: time.Second}
+	out := make([]sample, len(bases))
+	for r := range atk.Attack(vegeta.NewStaticTargeter(targets...), pace, d, "fixed-rate") {
+		i, ok := index[r.URL]
+		switch {
+		case !ok:
 			continue
+		case r.Error != "":
+			out[i].fail(errors.New(r.Error))
+		case r.Code != http.StatusOK:
+			out[i].fail(fmt.Errorf("status %d", r.Code))
+		default:
+			out[i].us = append(out[i].us, float64(r.Latency)/float64(time.Microsecond))
 		}
-		out[i%k].us = append(out[i%k].us, float64(l)/float64(time.Microsecond))
 	}
 	return out
 }

@@ -9,24 +9,20 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
-	"sigs.k8s.io/yaml"
 
 	"github.com/muster-dev/muster/e2e/cluster"
 	"github.com/muster-dev/muster/e2e/cluster/clustertest"
 	"github.com/muster-dev/muster/e2e/e2etest"
-	"github.com/muster-dev/muster/e2e/procnode"
 )
 
 func TestMain(m *testing.M) { clustertest.Main(m) }
@@ -39,54 +35,8 @@ func startCluster(t *testing.T) (*cluster.Cluster, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bins := e2etest.MusterBins(t, root)
-	kube := clustertest.Bins(t)
-	c := clustertest.New(t, func(cfg *cluster.Config) {
-		pcfg := procnode.DefaultConfig(kube)
-		pcfg.AgentBin = filepath.Join(bins, "agent")
-		if !pcfg.WithPodNetwork() {
-			t.Fatal("pods need a network namespace (root and iproute2) for Services to get EndpointSlices")
-		}
-		cfg.Nodes = procnode.New(pcfg)
-		cfg.Binaries.Coordinator = filepath.Join(bins, "coordinator")
-	})
+	c := e2etest.ProcessCluster(t, root)
 	return c, root
-}
-
-func applyExample(t *testing.T, cs kubernetes.Interface, ns, root string) {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(root, "deploy", "examples", "tp-model.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	docs := strings.Split(strings.ReplaceAll(string(b), "__MUSTER_REPO__", root), "\n---\n")
-	ctx := context.Background()
-	for _, d := range docs {
-		var meta metav1.TypeMeta
-		if err := yaml.Unmarshal([]byte(d), &meta); err != nil {
-			t.Fatal(err)
-		}
-		switch meta.Kind {
-		case "Service":
-			var svc v1.Service
-			if err := yaml.UnmarshalStrict([]byte(d), &svc); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := cs.CoreV1().Services(ns).Create(ctx, &svc, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-		case "StatefulSet":
-			var sts appsv1.StatefulSet
-			if err := yaml.UnmarshalStrict([]byte(d), &sts); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := cs.AppsV1().StatefulSets(ns).Create(ctx, &sts, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-		default:
-			t.Fatalf("unexpected kind %q in tp-model.yaml", meta.Kind)
-		}
-	}
 }
 
 // waitGroupReady waits until n pods of the app are Ready and returns them
@@ -141,7 +91,9 @@ func statefulSetGroup(t *testing.T, c *cluster.Cluster, root string) {
 	ns := clustertest.Namespace(t, c)
 	checkInvalidAnnotationDenied(t, cs, ns)
 	start := time.Now()
-	applyExample(t, cs, ns, root)
+	if kinds := e2etest.CreateExample(t, c, ns, root, "tp-model.yaml"); strings.Join(kinds, ",") != "Service,StatefulSet" {
+		t.Fatalf("tp-model.yaml: kinds %v, want a Service and a StatefulSet", kinds)
+	}
 	pods := waitGroupReady(t, cs, ns, 4, 3*time.Minute, nil)
 	t.Logf("4 pods injected, gang-scheduled and Ready in %s", time.Since(start).Round(time.Millisecond))
 

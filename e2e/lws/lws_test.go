@@ -16,21 +16,17 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
-	"sigs.k8s.io/yaml"
 
 	"github.com/muster-dev/muster/e2e/cluster"
 	"github.com/muster-dev/muster/e2e/cluster/clustertest"
 	"github.com/muster-dev/muster/e2e/e2etest"
 	"github.com/muster-dev/muster/e2e/lws"
-	"github.com/muster-dev/muster/e2e/procnode"
 )
 
 func TestMain(m *testing.M) { clustertest.Main(m) }
@@ -65,17 +61,7 @@ func TestLeaderWorkerSet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bins := e2etest.MusterBins(t, root)
-	c := clustertest.New(t, func(cfg *cluster.Config) {
-		pcfg := procnode.DefaultConfig(kubeBins)
-		pcfg.AgentBin = filepath.Join(bins, "agent")
-		if !pcfg.WithPodNetwork() {
-			t.Fatal("pods need a network namespace (root and iproute2) for Services to get EndpointSlices")
-		}
-		cfg.Nodes = procnode.New(pcfg)
-		cfg.Binaries.Coordinator = filepath.Join(bins, "coordinator")
-		cfg.CRDs = append(cfg.CRDs, crds...)
-	})
+	c := e2etest.ProcessCluster(t, root, crds...)
 	began = time.Now()
 	if _, err := lws.Start(t.Context(), c, lwsBin, moduleDir); err != nil {
 		t.Fatal(err)
@@ -87,7 +73,9 @@ func TestLeaderWorkerSet(t *testing.T) {
 	gang := watchGang(t, cs, ns)
 
 	start := time.Now()
-	applyManifest(t, c, ns, root)
+	if kinds := e2etest.CreateExample(t, c, ns, root, "lws-torch.yaml"); strings.Join(kinds, ",") != "Service,LeaderWorkerSet" {
+		t.Fatalf("lws-torch.yaml: kinds %v, want a Service and a LeaderWorkerSet", kinds)
+	}
 	pods := waitPods(t, c, ns, 3*time.Minute, "both groups Ready", allReady)
 	t.Logf("%d groups x %d pods created by LWS, injected, gang-scheduled and Ready in %s", groups, size, time.Since(start).Round(time.Millisecond))
 
@@ -228,51 +216,6 @@ func orAny(gen string) string {
 		return "> 0"
 	}
 	return gen
-}
-
-// applyManifest creates deploy/examples/lws-torch.yaml in ns, with the
-// repository's path for __MUSTER_REPO__; unknown fields are refused.
-func applyManifest(t *testing.T, c *cluster.Cluster, ns, root string) {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(root, "deploy", "examples", "lws-torch.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dyn, err := dynamic.NewForConfig(c.RESTConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	kinds := 0
-	for _, doc := range strings.Split(strings.ReplaceAll(string(b), "__MUSTER_REPO__", root), "\n---\n") {
-		var meta metav1.TypeMeta
-		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
-			t.Fatal(err)
-		}
-		switch meta.Kind {
-		case "Service":
-			var svc v1.Service
-			if err := yaml.UnmarshalStrict([]byte(doc), &svc); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := c.Clientset().CoreV1().Services(ns).Create(context.Background(), &svc, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-		case "LeaderWorkerSet":
-			var obj unstructured.Unstructured
-			if err := yaml.Unmarshal([]byte(doc), &obj.Object); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := dyn.Resource(lws.Resource).Namespace(ns).Create(context.Background(), &obj, metav1.CreateOptions{FieldValidation: "Strict"}); err != nil {
-				t.Fatalf("create LeaderWorkerSet: %v", err)
-			}
-		default:
-			t.Fatalf("unexpected kind %q in lws-torch.yaml", meta.Kind)
-		}
-		kinds++
-	}
-	if kinds != 2 {
-		t.Fatalf("lws-torch.yaml: %d objects, want a Service and a LeaderWorkerSet", kinds)
-	}
 }
 
 // waitPods waits until done holds for the pods of the LeaderWorkerSet

@@ -160,6 +160,26 @@ func (p *proc) waitOutput(t *testing.T, s string, d time.Duration) {
 	}
 }
 
+// waitFile waits until path exists, failing early if the process exits.
+func (p *proc) waitFile(t *testing.T, path string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("%s exited before %s appeared:\n%s", p.cmd.Args[0], path, p.output())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not appear within %s; output of %s:\n%s", path, d, p.cmd.Args[0], p.output())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // startCoordinator runs bin/coordinator and waits until it answers.
 func startCoordinator(t *testing.T, extra ...string) string {
 	t.Helper()
@@ -255,11 +275,15 @@ func TestTorchrunPresetOnTwoHosts(t *testing.T) {
 
 func TestAgentForwardsSIGTERMAndExitsWithRuntimeCode(t *testing.T) {
 	coord := startCoordinator(t)
-	marker := filepath.Join(t.TempDir(), "stopped")
+	dir := t.TempDir()
+	marker, trapped := filepath.Join(dir, "stopped"), filepath.Join(dir, "trapped")
+	// The runtime creates $1 once its trap is set: that file, not a word in
+	// the output (the agent's own log line quotes the command), says the
+	// signal can be sent.
 	p := start(t, filepath.Join(bins(t), "agent"), "run", "--coordinator", coord, "--group", "sig", "--size", "1",
 		"--member-id", "solo", "--address", "127.0.0.2", "--",
-		"sh", "-c", `trap 'echo bye > "$0"; exit 42' TERM; echo serving; while true; do sleep 0.1; done`, marker)
-	p.waitOutput(t, "serving", 30*time.Second)
+		"sh", "-c", `trap 'echo bye > "$0"; exit 42' TERM; : > "$1"; while true; do sleep 0.1; done`, marker, trapped)
+	p.waitFile(t, trapped, 30*time.Second)
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,7 @@ import (
 // until TERM; ray.init() fails until the up file exists and ray.nodes()
 // reports as many alive nodes as the nodes file says.
 type fakeRay struct {
-	dir, log, up, nodes string
+	dir, log, up, nodes, polled string
 }
 
 func newFakeRay(t *testing.T) fakeRay {
@@ -26,7 +26,7 @@ func newFakeRay(t *testing.T) fakeRay {
 		t.Skip("python3 not on PATH")
 	}
 	d := t.TempDir()
-	f := fakeRay{dir: d, log: filepath.Join(d, "ray.log"), up: filepath.Join(d, "up"), nodes: filepath.Join(d, "nodes")}
+	f := fakeRay{dir: d, log: filepath.Join(d, "ray.log"), up: filepath.Join(d, "up"), nodes: filepath.Join(d, "nodes"), polled: filepath.Join(d, "polled")}
 	write := func(name, text string, mode os.FileMode) {
 		if err := os.MkdirAll(filepath.Dir(filepath.Join(d, name)), 0o755); err != nil {
 			t.Fatal(err)
@@ -38,8 +38,8 @@ func newFakeRay(t *testing.T) fakeRay {
 	write("bin/ray", `#!/bin/sh
 echo "$*" >> "`+f.log+`"
 case "$*" in *--head*) ;; *) exit 0 ;; esac
-touch "`+f.up+`"
 trap 'echo "head stopped" >> "`+f.log+`"; exit 0' TERM
+touch "`+f.up+`"
 while :; do sleep 0.1; done
 `, 0o755)
 	write("py/ray/__init__.py", `import os
@@ -47,6 +47,8 @@ def init(address=None, **kw):
     if not os.path.exists("`+f.up+`"):
         raise ConnectionError("no head at %s" % address)
 def nodes():
+    with open("`+f.polled+`", "a") as fd:
+        fd.write("polled\n")
     with open("`+f.nodes+`") as fd:
         return [{"Alive": True}] * int(fd.read() or 0)
 `, 0o644)
@@ -69,6 +71,23 @@ func (f fakeRay) start(t *testing.T, args ...string) *exec.Cmd {
 	}
 	t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
 	return cmd
+}
+
+// waitPolled waits until the head script has asked ray for its nodes at
+// least once: the head is up, the script's trap is set, and it has seen
+// the node count in the nodes file.
+func (f fakeRay) waitPolled(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if b, _ := os.ReadFile(f.polled); len(b) > 0 {
+			return
+		}
+		if cmd.ProcessState != nil || time.Now().After(deadline) {
+			t.Fatalf("the head script never asked ray for its nodes; ray calls:\n%s", f.logged(t))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func (f fakeRay) logged(t *testing.T) string {
@@ -102,7 +121,7 @@ func TestRayHeadRunsTheCommandOnceEveryNodeIsAliveAndStopsTheHead(t *testing.T) 
 	f := newFakeRay(t)
 	marker := filepath.Join(t.TempDir(), "ran")
 	cmd := f.start(t, "head", "2", "29500", "127.0.0.1", "127.0.0.1:29500", "sh", "-c", `echo ran > "$0"; exit 7`, marker)
-	time.Sleep(1500 * time.Millisecond)
+	f.waitPolled(t, cmd)
 	if _, err := os.Stat(marker); err == nil {
 		t.Fatal("the command ran with 1 of 2 nodes alive")
 	}
@@ -124,7 +143,7 @@ func TestRayHeadRunsTheCommandOnceEveryNodeIsAliveAndStopsTheHead(t *testing.T) 
 func TestRayHeadStopsEverythingOnSIGTERMWhileWaitingForNodes(t *testing.T) {
 	f := newFakeRay(t)
 	cmd := f.start(t, "head", "3", "29500", "127.0.0.1", "127.0.0.1:29500", "true")
-	time.Sleep(1500 * time.Millisecond)
+	f.waitPolled(t, cmd)
 	// The agent signals the runtime's whole process group.
 	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM); err != nil {
 		t.Fatal(err)

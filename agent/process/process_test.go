@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -46,11 +47,18 @@ func TestStartFailureNamesTheCommand(t *testing.T) {
 
 func TestStopEscalatesToSIGKILLAndEndsTheTree(t *testing.T) {
 	// The shell ignores SIGTERM and has a child: both must be gone after Stop.
-	p, err := Start([]string{"sh", "-c", "trap '' TERM; sleep 300 & wait"}, nil, io.Discard, io.Discard)
+	// The shell says "ready" once its trap is set and its child forked.
+	ready := newLineWaiter("ready")
+	p, err := Start([]string{"sh", "-c", "trap '' TERM; sleep 300 & echo ready; wait"}, nil, ready, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond) // let the shell install its trap and fork
+	select {
+	case <-ready.seen:
+	case <-time.After(10 * time.Second):
+		p.Stop(0)
+		t.Fatal("the shell did not say ready within 10s")
+	}
 	start := time.Now()
 	r := p.Stop(300 * time.Millisecond)
 	if r.Signal != "killed" {
@@ -105,4 +113,30 @@ func TestTailKeepsLastLines(t *testing.T) {
 	if got, want := w.String(), "b\nc\nde\nf"; got != want {
 		t.Fatalf("tail %q, want %q", got, want)
 	}
+}
+
+// lineWaiter is an io.Writer that closes seen once a line equal to want was
+// written.
+type lineWaiter struct {
+	mu   sync.Mutex
+	buf  []byte
+	want string
+	seen chan struct{}
+	once sync.Once
+}
+
+func newLineWaiter(want string) *lineWaiter {
+	return &lineWaiter{want: want, seen: make(chan struct{})}
+}
+
+func (w *lineWaiter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, p...)
+	for _, line := range strings.Split(string(w.buf), "\n") {
+		if line == w.want {
+			w.once.Do(func() { close(w.seen) })
+		}
+	}
+	return len(p), nil
 }

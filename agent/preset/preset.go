@@ -116,6 +116,9 @@ func Check(name string, a Assignment, argv []string) (note string, err error) {
 	if err != nil {
 		return "", err
 	}
+	if err := a.checkAddresses(false); err != nil {
+		return "", fmt.Errorf("runtime %s: %w", name, err)
+	}
 	if p.Check == nil {
 		return "", nil
 	}
@@ -138,6 +141,11 @@ func Build(name string, a Assignment, argv []string) (Command, error) {
 	}
 	if len(argv) == 0 {
 		return Command{}, fmt.Errorf("runtime %s: no command given: put it after --", name)
+	}
+	// Every address goes into argv, env or a file below; the leader's is
+	// known by now.
+	if err := a.checkAddresses(true); err != nil {
+		return Command{}, fmt.Errorf("runtime %s: %w", name, err)
 	}
 	if p.NeedsPeers && len(a.Peers) != a.WorldSize {
 		return Command{}, fmt.Errorf("runtime %s: needs every member's address, got %d of %d", name, len(a.Peers), a.WorldSize)
@@ -178,8 +186,14 @@ func Build(name string, a Assignment, argv []string) (Command, error) {
 }
 
 // Render expands {{.Rank}}, {{.WorldSize}}, {{.LeaderAddr}}, {{.Port}} (and
-// the other Assignment fields) in each argument.
+// the other Assignment fields) in each argument. It refuses an assignment
+// whose addresses are not IP literals or DNS names, so that an address can
+// never put shell syntax into a command such as `sh -c "... {{.LeaderAddr}}"`;
+// an empty LeaderAddr (not known before the barrier) expands to nothing.
 func Render(a Assignment, argv []string) ([]string, error) {
+	if err := a.checkAddresses(false); err != nil {
+		return nil, err
+	}
 	out := make([]string, len(argv))
 	for i, arg := range argv {
 		if !strings.Contains(arg, "{{") {

@@ -16,11 +16,13 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -166,6 +168,15 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	// A body cut by the endpoint's own bounds comes first: cutting it
+	// cancels the request's context too (HTTP/1 cancels it on any failed
+	// read), which would otherwise look like a client that went away.
+	if b, ok := r.Context().Value(boundedBodyKey{}).(*boundedBody); ok {
+		if cut := b.cutBy(); cut != nil {
+			p.bodyCut(w, r, b, cut)
+			return
+		}
+	}
 	if errors.Is(err, context.Canceled) {
 		return // the client went away
 	}
@@ -174,21 +185,196 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 	http.Error(w, fmt.Sprintf("muster: upstream %s failed: %v", p.Target().Upstream, err), http.StatusBadGateway)
 }
 
+// The endpoint's bounds by default; Options documents each.
+const (
+	DefaultIdleTimeout  = 90 * time.Second
+	DefaultMaxBodyBytes = 64 << 20
+	DefaultBodyTimeout  = 60 * time.Second
+
+	// readHeaderTimeout bounds the request line and headers, which no
+	// legitimate client sends slowly.
+	readHeaderTimeout = 10 * time.Second
+)
+
+// Options bound what a client of the endpoint can make an agent hold: the
+// endpoint listens on every member, often reachable from outside the group.
+// In each field 0 takes the default and a negative value turns the bound
+// off.
+//
+// There is no bound on writing the response: a server-sent event stream
+// lasts as long as the runtime generates tokens, so a write timeout would
+// cut answers, not attacks.
+type Options struct {
+	// IdleTimeout closes a keep-alive connection that has had no request
+	// for this long (HTTP/1.1), and an HTTP/2 connection without streams
+	// for this long. Default DefaultIdleTimeout (90s, as Go's own
+	// transports keep idle connections).
+	IdleTimeout time.Duration
+	// MaxBodyBytes is the largest request body the endpoint forwards. A
+	// larger Content-Length is answered 413 before anything reaches the
+	// runtime; a body without one is cut where it crosses the limit, and
+	// answered 413 if the runtime has not answered yet. Default
+	// DefaultMaxBodyBytes (64 MiB: room for long prompts and images
+	// inline as base64).
+	MaxBodyBytes int64
+	// BodyTimeout is how long a request body may take to arrive in full,
+	// counted from its headers; a body still arriving then is cut and
+	// answered 408 if the runtime has not answered yet, so a client that
+	// trickles a body cannot hold a connection (and one to the runtime)
+	// open. The response is not bounded: it keeps streaming after the
+	// body has ended. A client stream longer than this (bidirectional
+	// gRPC, a live upload) needs a larger value or a negative one.
+	// Default DefaultBodyTimeout (60s).
+	BodyTimeout time.Duration
+}
+
+// withDefaults returns o with every 0 replaced by its default and every
+// negative value by 0 (no bound).
+func (o Options) withDefaults() Options {
+	pick := func(v, def int64) int64 {
+		switch {
+		case v == 0:
+			return def
+		case v < 0:
+			return 0
+		}
+		return v
+	}
+	return Options{
+		IdleTimeout:  time.Duration(pick(int64(o.IdleTimeout), int64(DefaultIdleTimeout))),
+		MaxBodyBytes: pick(o.MaxBodyBytes, DefaultMaxBodyBytes),
+		BodyTimeout:  time.Duration(pick(int64(o.BodyTimeout), int64(DefaultBodyTimeout))),
+	}
+}
+
+// bounded applies Options' body bounds to each request before the proxy
+// sees it.
+type bounded struct {
+	p *Proxy
+	o Options // withDefaults applied
+}
+
+func (h bounded) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.o.MaxBodyBytes > 0 && r.ContentLength > h.o.MaxBodyBytes {
+		h.p.bodyCut(w, r, nil, &http.MaxBytesError{Limit: h.o.MaxBodyBytes})
+		return
+	}
+	if r.Body == nil || r.Body == http.NoBody {
+		// No body: nothing to bound, and no read deadline to set. On
+		// HTTP/1 the server is already reading the connection in the
+		// background (to notice a client that goes away); a deadline
+		// would make that read fail, which cancels the request's context
+		// and so a streaming answer.
+		h.p.ServeHTTP(w, r)
+		return
+	}
+	b := &boundedBody{body: r.Body, rc: http.NewResponseController(w), o: h.o}
+	if h.o.MaxBodyBytes > 0 {
+		b.body = http.MaxBytesReader(w, r.Body, h.o.MaxBodyBytes)
+	}
+	if h.o.BodyTimeout > 0 {
+		// On HTTP/1 this is the connection's read deadline, on HTTP/2 the
+		// stream's; either way only reading the body is bounded. Read
+		// clears it when the body ends (see there).
+		_ = b.rc.SetReadDeadline(time.Now().Add(h.o.BodyTimeout))
+	}
+	// The body is found again through the context: ReverseProxy hands its
+	// error handler a copy of the request whose Body wraps this one.
+	r = r.WithContext(context.WithValue(r.Context(), boundedBodyKey{}, b))
+	r.Body = b
+	h.p.ServeHTTP(w, r)
+}
+
+// boundedBodyKey is the context key of a request's *boundedBody.
+type boundedBodyKey struct{}
+
+// boundedBody is a request body under Options' bounds; it remembers why it
+// was cut, so that the client is told that rather than a 502.
+type boundedBody struct {
+	body io.ReadCloser
+	rc   *http.ResponseController
+	o    Options
+
+	mu  sync.Mutex
+	cut error // *http.MaxBytesError, or a deadline error
+}
+
+func (b *boundedBody) Read(p []byte) (int, error) {
+	n, err := b.body.Read(p)
+	switch {
+	case err == nil:
+	case errors.Is(err, io.EOF):
+		// The whole body arrived in time: the deadline has done its work.
+		// (On HTTP/1 the server clears it itself as it starts reading the
+		// connection in the background; here it also stops an HTTP/2
+		// stream's timer.)
+		if b.o.BodyTimeout > 0 {
+			_ = b.rc.SetReadDeadline(time.Time{})
+		}
+	default:
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) || errors.Is(err, os.ErrDeadlineExceeded) {
+			b.mu.Lock()
+			if b.cut == nil {
+				b.cut = err
+			}
+			b.mu.Unlock()
+		}
+	}
+	return n, err
+}
+
+func (b *boundedBody) Close() error { return b.body.Close() }
+
+// cutBy returns why the body was cut, or nil.
+func (b *boundedBody) cutBy() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.cut
+}
+
+// bodyCut answers a request whose body broke a bound: 413 over
+// MaxBodyBytes, 408 past BodyTimeout. b is nil when the body was refused
+// before it was read.
+func (p *Proxy) bodyCut(w http.ResponseWriter, r *http.Request, b *boundedBody, cut error) {
+	var tooLarge *http.MaxBytesError
+	if errors.As(cut, &tooLarge) {
+		p.log.Info("endpoint: request body over the limit", "path", r.URL.Path, "remote", r.RemoteAddr, "limit_bytes", tooLarge.Limit, "content_length", r.ContentLength)
+		http.Error(w, fmt.Sprintf("muster: the request body is larger than this endpoint's limit of %d bytes; send a smaller body, or raise the agent's --max-body-bytes", tooLarge.Limit), http.StatusRequestEntityTooLarge)
+		return
+	}
+	p.log.Info("endpoint: request body too slow, cut", "path", r.URL.Path, "remote", r.RemoteAddr, "body_timeout", b.o.BodyTimeout)
+	http.Error(w, fmt.Sprintf("muster: the request body did not arrive within %s; send it faster, or raise the agent's endpoint body timeout", b.o.BodyTimeout), http.StatusRequestTimeout)
+}
+
 // Server serves a Proxy on addr (HTTP/1.1 and h2c) until Shutdown.
 type Server struct {
 	srv *http.Server
 	lis net.Listener
 }
 
-// Listen binds addr and starts serving p.
+// Listen binds addr and starts serving p with the default Options.
 func Listen(addr string, p *Proxy) (*Server, error) {
+	return ListenWith(addr, p, Options{})
+}
+
+// ListenWith binds addr and starts serving p under o's bounds.
+func ListenWith(addr string, p *Proxy, o Options) (*Server, error) {
+	o = o.withDefaults()
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("endpoint: listen on %s: %w", addr, err)
 	}
 	srv := &http.Server{
-		Handler:           h2c.NewHandler(p, &http2.Server{}),
-		ReadHeaderTimeout: 10 * time.Second,
+		// h2c serves HTTP/2 connections itself, with its own idle timer.
+		Handler:           h2c.NewHandler(bounded{p: p, o: o}, &http2.Server{IdleTimeout: o.IdleTimeout}),
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       o.IdleTimeout,
+		// No ReadTimeout: bounded sets BodyTimeout as a read deadline on
+		// each request that has a body, from its headers to its end, which
+		// bounds the body alone (ReadTimeout also counts the headers) and
+		// lets the endpoint answer 408 for it. No WriteTimeout: see
+		// Options.
 	}
 	go func() { _ = srv.Serve(lis) }()
 	return &Server{srv: srv, lis: lis}, nil

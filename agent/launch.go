@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -16,15 +17,61 @@ import (
 
 // groupAssignment is the part of a preset assignment that is known before
 // the barrier: who this member is and the group's shape, without a rank.
+// When Dir is empty and the runtime's preset writes files, it makes this
+// agent's private directory first (see makeDir), once: Run's first call
+// (preset.Check) sets c.Dir, and the agent's copy of the Config carries it
+// to every launch, so every generation of the runtime finds its files in
+// the same place.
 func (c *Config) groupAssignment() preset.Assignment {
-	dir := c.Dir
-	if dir == "" {
-		dir = filepath.Join(os.TempDir(), "muster", c.Namespace, c.Group, c.MemberID)
+	if p, _ := preset.Get(c.Runtime); c.Dir == "" && p.Files != nil {
+		if _, err := c.makeDir(); err != nil && c.Logger != nil {
+			// Dir stays empty and writeFiles refuses it: a runtime that
+			// needs files fails at launch, one that needs none runs.
+			c.Logger.Error(err.Error())
+		}
 	}
 	return preset.Assignment{
 		Namespace: c.Namespace, Group: c.Group, Member: c.MemberID, WorldSize: c.Size,
-		Address: c.Address, GPUsPerNode: c.GPUsPerNode, Interface: c.Interface, Dir: dir,
+		Address: c.Address, GPUsPerNode: c.GPUsPerNode, Interface: c.Interface, Dir: c.Dir,
 	}
+}
+
+// makeDir sets c.Dir, when it is empty, to a new directory only this agent
+// can enter: os.MkdirTemp makes it with mode 0700 and a random name under
+// the system's temporary directory. A fixed path there (the old
+// /tmp/muster/NS/GROUP/MEMBER) could be made first by any local user, or
+// be a symbolic link to anywhere, and the agent, often root, wrote files
+// there and ran ray.sh from it. remove deletes the directory made here and
+// nothing else (a Dir the caller chose stays); Run should defer it.
+func (c *Config) makeDir() (remove func(), err error) {
+	if c.Dir != "" {
+		return func() {}, nil
+	}
+	dir, err := os.MkdirTemp("", "muster-"+safeName(c.Group)+"-*")
+	if err != nil {
+		return func() {}, fmt.Errorf("create a private directory for the runtime's files under %s: %w; point TMPDIR at a directory the agent can write", os.TempDir(), err)
+	}
+	c.Dir = dir
+	log := c.Logger
+	return func() {
+		if err := os.RemoveAll(dir); err != nil && log != nil {
+			log.Warn("could not remove the runtime's directory", "dir", dir, "err", err)
+		}
+	}, nil
+}
+
+// safeName keeps the letters, digits, '.', '_' and '-' of s, at most 63
+// of them: a group name that Validate accepted as it is, anything else
+// made fit for a file name.
+func safeName(s string) string {
+	b := []byte(s)
+	out := b[:0]
+	for _, ch := range b {
+		if ch == '.' || ch == '_' || ch == '-' || '0' <= ch && ch <= '9' || 'a' <= ch && ch <= 'z' || 'A' <= ch && ch <= 'Z' {
+			out = append(out, ch)
+		}
+	}
+	return string(out[:min(len(out), 63)])
 }
 
 // peers returns every member's address in rank order for generation gen.
@@ -57,25 +104,50 @@ func (a *agent) peers(ctx context.Context, gen int64, size int) ([]string, error
 
 // writeFiles writes a preset's generated files into dir, each through a
 // temporary file and a rename so that a runtime never reads half a file.
+// Nothing in dir is followed: the temporary file is created new
+// (os.CreateTemp: O_CREATE|O_EXCL, which fails on an existing name or
+// link), and the rename replaces whatever link stood at the final name
+// instead of writing through it. The files are 0600, for the runtime runs
+// as the agent's own user.
 func writeFiles(dir string, files map[string][]byte) error {
 	if len(files) == 0 {
 		return nil
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if dir == "" {
+		return errors.New("no directory for the runtime's files: the agent could not make one (see the error logged before); point TMPDIR at a directory the agent can write")
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create the runtime's directory %s: %w", dir, err)
 	}
 	for name, content := range files {
-		if !filepath.IsLocal(name) {
+		if !filepath.IsLocal(name) || filepath.Base(name) != name {
 			return fmt.Errorf("runtime file %q is not a name inside %s", name, dir)
 		}
-		path := filepath.Join(dir, name)
-		tmp := path + ".tmp"
-		if err := os.WriteFile(tmp, content, 0o644); err != nil {
-			return fmt.Errorf("write %s: %w", path, err)
+		if err := writeFile(dir, name, content); err != nil {
+			return err
 		}
-		if err := os.Rename(tmp, path); err != nil {
-			return fmt.Errorf("write %s: %w", path, err)
-		}
+	}
+	return nil
+}
+
+// writeFile writes dir/name through a new temporary file in dir.
+func writeFile(dir, name string, content []byte) error {
+	path := filepath.Join(dir, name)
+	f, err := os.CreateTemp(dir, "."+name+".*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	tmp := f.Name()
+	_, err = f.Write(content)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
 }

@@ -17,13 +17,12 @@ import (
 
 // groupAssignment is the part of a preset assignment that is known before
 // the barrier: who this member is and the group's shape, without a rank.
-// When Dir is empty and the runtime's preset writes files, it makes this
-// agent's private directory first (see makeDir), once: Run's first call
-// (preset.Check) sets c.Dir, and the agent's copy of the Config carries it
-// to every launch, so every generation of the runtime finds its files in
-// the same place.
+// It makes this agent's private directory first if Run has not (see
+// makeDir), once: Run's first call (preset.Check) sets c.Dir, and the
+// agent's copy of the Config carries it to every launch, so every
+// generation of the runtime finds its files in the same place.
 func (c *Config) groupAssignment() preset.Assignment {
-	if p, _ := preset.Get(c.Runtime); c.Dir == "" && p.Files != nil {
+	if c.Dir == "" {
 		if _, err := c.makeDir(); err != nil && c.Logger != nil {
 			// Dir stays empty and writeFiles refuses it: a runtime that
 			// needs files fails at launch, one that needs none runs.
@@ -36,15 +35,16 @@ func (c *Config) groupAssignment() preset.Assignment {
 	}
 }
 
-// makeDir sets c.Dir, when it is empty, to a new directory only this agent
-// can enter: os.MkdirTemp makes it with mode 0700 and a random name under
-// the system's temporary directory. A fixed path there (the old
+// makeDir sets c.Dir, when it is empty and the runtime's preset writes
+// files (ray's script, deepspeed's hostfile), to a new directory only this
+// agent can enter: os.MkdirTemp makes it with mode 0700 and a random name
+// under the system's temporary directory. A fixed path there (the old
 // /tmp/muster/NS/GROUP/MEMBER) could be made first by any local user, or
 // be a symbolic link to anywhere, and the agent, often root, wrote files
 // there and ran ray.sh from it. remove deletes the directory made here and
 // nothing else (a Dir the caller chose stays); Run should defer it.
 func (c *Config) makeDir() (remove func(), err error) {
-	if c.Dir != "" {
+	if p, _ := preset.Get(c.Runtime); c.Dir != "" || p.Files == nil {
 		return func() {}, nil
 	}
 	dir, err := os.MkdirTemp("", "muster-"+safeName(c.Group)+"-*")

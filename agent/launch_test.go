@@ -144,7 +144,16 @@ func TestPrivateDir(t *testing.T) {
 	}
 
 	// A runtime that writes no files gets no directory.
-	if d := (&Config{Group: "g", Runtime: "env"}).groupAssignment().Dir; d != "" {
+	env := &Config{Group: "g", Runtime: "env"}
+	if d := env.groupAssignment().Dir; d != "" {
 		t.Errorf("env runtime got Dir %q; want none made", d)
+	}
+	if remove, err := env.makeDir(); err != nil || env.Dir != "" {
+		t.Errorf("makeDir for the env runtime: Dir %q, %v; want none made", env.Dir, err)
+	} else {
+		remove()
+	}
+	if entries, _ := os.ReadDir(base); len(entries) != 2 { // muster/ (the planted path) and a.Dir
+		t.Errorf("%d entries in %s; want the planted path and the one directory made", len(entries), base)
 	}
 }

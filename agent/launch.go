@@ -26,7 +26,7 @@ func (c *Config) groupAssignment() preset.Assignment {
 		if _, err := c.makeDir(); err != nil && c.Logger != nil {
 			// Dir stays empty and writeFiles refuses it: a runtime that
 			// needs files fails at launch, one that needs none runs.
-			c.Logger.Error(err.Error())
+			c.Logger.Error("no directory for the runtime's files", "err", err)
 		}
 	}
 	return preset.Assignment{

@@ -182,6 +182,36 @@ func (s *Store) ResetState(ctx context.Context, k group.Key, rev int64, st group
 	return resp.Succeeded, nil
 }
 
+// DeleteGroup deletes every key of group k if its state is still at
+// revision stateRev and it has no member records; it reports whether it
+// did. Both conditions are checked inside one transaction, so a group that
+// is being joined again is never deleted under its new members: a re-join
+// either writes the state (ResetState, CreateState) or a member record
+// first, and either makes the transaction fail. Losing that race is not an
+// error. The transaction only deletes, so etcd accepts it even when its
+// space quota is exhausted.
+func (s *Store) DeleteGroup(ctx context.Context, k group.Key, stateRev int64) (bool, error) {
+	if stateRev <= 0 {
+		return false, fmt.Errorf("delete group %s: state revision %d: want the revision of an existing state", k, stateRev)
+	}
+	members := s.GroupPrefix(k) + "members/"
+	s.Writes.Add(1)
+	resp, err := s.cli.Txn(ctx).
+		If(
+			clientv3.Compare(clientv3.ModRevision(s.stateKey(k)), "=", stateRev),
+			// Over a range, a comparison holds when it holds for every key,
+			// and for none against an empty range's zero value: create
+			// revision 0 over the prefix means no member record exists.
+			clientv3.Compare(clientv3.CreateRevision(members), "=", 0).WithPrefix(),
+		).
+		Then(clientv3.OpDelete(s.GroupPrefix(k), clientv3.WithPrefix())).
+		Commit()
+	if err != nil {
+		return false, fmt.Errorf("delete group %s at state revision %d: %w", k, stateRev, err)
+	}
+	return resp.Succeeded, nil
+}
+
 // GrantLease grants a lease of ttl seconds for a member record.
 func (s *Store) GrantLease(ctx context.Context, ttl int64) (clientv3.LeaseID, error) {
 	s.Writes.Add(1)

@@ -104,7 +104,7 @@ func TestHandlerHTTP(t *testing.T) {
 		var in admissionv1.AdmissionReview
 		json.Unmarshal([]byte(strings.Replace(review, "SIZE", "4", 1)), &in)
 		pt := admissionv1.PatchTypeJSONPatch
-		checkInjected(t, applyPatch(t, in.Request.Object.Raw, &admissionv1.AdmissionResponse{Patch: r.Patch, PatchType: &pt}))
+		checkInjected(t, testConfig(), applyPatch(t, in.Request.Object.Raw, &admissionv1.AdmissionResponse{Patch: r.Patch, PatchType: &pt}))
 		if !strings.Contains(logs.String(), "injected agent") || !strings.Contains(logs.String(), "pod=llama-1") {
 			t.Errorf("log %q: want one line for the injected pod", logs.String())
 		}

@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/muster-dev/muster/scheduler-plugin/group"
@@ -26,6 +28,17 @@ func (h *handler) inject(pod *corev1.Pod, m member) (warnings []string) {
 			VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}},
 		})
 	}
+	// read denied any other volume of this name, so one found is ours.
+	if !slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == TokenVolumeName }) {
+		// Also when spec.automountServiceAccountToken is false: that field
+		// only keeps out the kube-api-access volume, a token for the
+		// Kubernetes API. This volume is the webhook's own, which the
+		// kubelet fills whatever that field says, and its token is good
+		// for nothing but the coordinator (its audience), bound to the pod
+		// and short-lived: a pod that refuses the API's token still gets
+		// no access to the API.
+		spec.Volumes = append(spec.Volumes, h.tokenVolume())
+	}
 	if !slices.ContainsFunc(spec.InitContainers, func(c corev1.Container) bool { return c.Name == InitContainerName }) {
 		// First, so the agent is in place whatever the other init
 		// containers do.
@@ -40,12 +53,22 @@ func (h *handler) inject(pod *corev1.Pod, m member) (warnings []string) {
 		c.Args = nil
 	}
 	addMount(c)
+	if !slices.ContainsFunc(c.VolumeMounts, isTokenMount) {
+		c.VolumeMounts = append(c.VolumeMounts, tokenMount())
+	}
 	if !slices.ContainsFunc(c.Ports, func(p corev1.ContainerPort) bool { return p.Name == PortName }) {
 		c.Ports = append(c.Ports, corev1.ContainerPort{Name: PortName, ContainerPort: int32(m.endpointPort), Protocol: corev1.ProtocolTCP})
 	}
 	for _, e := range h.env(m) {
-		// A value the pod sets itself wins.
-		if !slices.ContainsFunc(c.Env, func(have corev1.EnvVar) bool { return have.Name == e.Name }) {
+		switch {
+		case identityEnv[e.Name]:
+			// Who the member is, and how it proves it, is never the pod's
+			// to say. env is enough to win: the kubelet lets env override
+			// envFrom, whatever its prefix.
+			setEnv(c, e)
+		case !slices.ContainsFunc(c.Env, func(have corev1.EnvVar) bool { return have.Name == e.Name }):
+			// Otherwise a value the pod sets itself wins (its own
+			// coordinator address, say).
 			c.Env = append(c.Env, e)
 		}
 	}
@@ -82,6 +105,68 @@ func (h *handler) inject(pod *corev1.Pod, m member) (warnings []string) {
 	return warnings
 }
 
+// identityEnv are the env vars inject always sets to its own values,
+// replacing the pod's: the member's identity from the downward API (a pod
+// that said MUSTER_MEMBER_ID=victim would otherwise speak for another
+// pod), the token that proves it, and the CA that checks the coordinator.
+// The coordinator trusts only the token; overwriting the rest keeps an
+// honest agent from claiming an identity its token does not back.
+var identityEnv = map[string]bool{
+	"MUSTER_NAMESPACE":       true,
+	"MUSTER_MEMBER_ID":       true,
+	"MUSTER_ADDRESS":         true,
+	"MUSTER_NODE_NAME":       true,
+	"MUSTER_TOPOLOGY_DOMAIN": true,
+	"MUSTER_TOKEN_FILE":      true,
+	"MUSTER_COORDINATOR_CA":  true,
+}
+
+// setEnv makes e the container's only env var of its name. It takes the
+// place of the first one of that name, so that $(NAME) in the entries
+// after it still expands to it; later ones go, since the kubelet takes the
+// last of duplicate names.
+func setEnv(c *corev1.Container, e corev1.EnvVar) {
+	named := func(have corev1.EnvVar) bool { return have.Name == e.Name }
+	i := slices.IndexFunc(c.Env, named)
+	if i < 0 {
+		c.Env = append(c.Env, e)
+		return
+	}
+	c.Env[i] = e
+	c.Env = append(c.Env[:i+1], slices.DeleteFunc(c.Env[i+1:], named)...)
+}
+
+// tokenVolume is the projected volume with the agent's token.
+func (h *handler) tokenVolume() corev1.Volume {
+	seconds := int64(h.cfg.TokenExpiration / time.Second)
+	return corev1.Volume{Name: TokenVolumeName, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+		Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+			Audience: h.cfg.TokenAudience, ExpirationSeconds: &seconds, Path: TokenPath,
+		}}},
+	}}}
+}
+
+// isOurTokenVolume tells whether v is the volume tokenVolume makes, as the
+// apiserver stores it (with defaults such as defaultMode filled in).
+func (h *handler) isOurTokenVolume(v corev1.Volume) bool {
+	p := v.Projected
+	if v.Name != TokenVolumeName || p == nil || len(p.Sources) != 1 || p.Sources[0].ServiceAccountToken == nil {
+		return false
+	}
+	want := h.tokenVolume().Projected.Sources[0]
+	return equality.Semantic.DeepEqual(p.Sources[0], want)
+}
+
+func tokenMount() corev1.VolumeMount {
+	return corev1.VolumeMount{Name: TokenVolumeName, MountPath: TokenDir, ReadOnly: true}
+}
+
+// isTokenMount tells whether v mounts the token where the agent reads it.
+// Read-only or not: the kubelet mounts projected volumes read-only anyway.
+func isTokenMount(v corev1.VolumeMount) bool {
+	return v.Name == TokenVolumeName && v.MountPath == TokenDir
+}
+
 func setIfAbsent(m map[string]string, k, v string) {
 	if _, ok := m[k]; !ok {
 		m[k] = v
@@ -115,7 +200,8 @@ func (h *handler) installer() corev1.Container {
 }
 
 // env is what the agent reads in a pod (agent/config.go): the group's
-// fields as literals, the pod's own from the downward API.
+// fields as literals, the pod's own from the downward API, and where its
+// credentials are. inject overwrites those in identityEnv.
 func (h *handler) env(m member) []corev1.EnvVar {
 	lit := func(name, value string) corev1.EnvVar { return corev1.EnvVar{Name: name, Value: value} }
 	ref := func(name, path string) corev1.EnvVar {
@@ -123,8 +209,12 @@ func (h *handler) env(m member) []corev1.EnvVar {
 			FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: path},
 		}}
 	}
-	env := []corev1.EnvVar{
-		lit("MUSTER_COORDINATOR", h.cfg.CoordinatorAddress),
+	env := []corev1.EnvVar{lit("MUSTER_COORDINATOR", h.cfg.CoordinatorAddress)}
+	if len(h.cfg.CoordinatorCA) > 0 {
+		env = append(env, lit("MUSTER_COORDINATOR_CA", string(h.cfg.CoordinatorCA)))
+	}
+	env = append(env,
+		lit("MUSTER_TOKEN_FILE", TokenFile),
 		ref("MUSTER_NAMESPACE", "metadata.namespace"),
 		lit("MUSTER_GROUP", m.group),
 		lit("MUSTER_SIZE", strconv.Itoa(m.size)),
@@ -133,7 +223,7 @@ func (h *handler) env(m member) []corev1.EnvVar {
 		ref("MUSTER_MEMBER_ID", "metadata.name"),
 		ref("MUSTER_ADDRESS", "status.podIP"),
 		ref("MUSTER_NODE_NAME", "spec.nodeName"),
-	}
+	)
 	if m.ordinal >= 0 {
 		env = append(env, lit("MUSTER_ORDINAL", strconv.Itoa(m.ordinal)))
 	}

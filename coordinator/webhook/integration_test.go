@@ -122,6 +122,8 @@ func TestAgainstAPIServer(t *testing.T) {
 		if e := env["MUSTER_ADDRESS"]; e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "status.podIP" {
 			t.Errorf("MUSTER_ADDRESS = %+v, want the downward API's status.podIP", e)
 		}
+		// The apiserver took the projected token volume as it is.
+		checkIdentity(t, cfg, pod)
 
 		// The stored pod, as the apiserver defaulted it, needs nothing more:
 		// what a reinvocation would see.

@@ -3,6 +3,7 @@ package webhook
 import (
 	"context"
 	"fmt"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -42,6 +43,7 @@ var (
 	annotationsPath = field.NewPath("metadata", "annotations")
 	containersPath  = field.NewPath("spec", "containers")
 	sgPath          = field.NewPath("spec", "schedulingGroup", "podGroupName")
+	volumesPath     = field.NewPath("spec", "volumes")
 )
 
 // read defaults, then validates, the group fields of an annotated pod.
@@ -176,7 +178,8 @@ func (h *handler) read(ctx context.Context, pod *corev1.Pod) (member, field.Erro
 		errs = append(errs, field.Required(containersPath.Index(m.container).Child("command"),
 			"muster wraps the container's command with its agent; set command (and args) explicitly"))
 	}
-	return m, append(errs, portConflicts(pod, m, endpointPath)...)
+	errs = append(errs, portConflicts(pod, m, endpointPath)...)
+	return m, append(errs, h.tokenConflicts(pod, m)...)
 }
 
 // sourcePath is the field a group name was read from, for errors.
@@ -276,6 +279,31 @@ func portConflicts(pod *corev1.Pod, m member, endpointPath *field.Path) field.Er
 				errs = append(errs, field.Invalid(endpointPath, int64(m.endpointPort), fmt.Sprintf(
 					"%s already uses this port; set %s to a free port", containersPath.Index(i).Child("ports").Index(j), AnnotationEndpointPort)))
 			}
+		}
+	}
+	return errs
+}
+
+// tokenConflicts finds what would take the place of the agent's token: a
+// volume of the pod's own named muster-token, or a mount of the agent's
+// container at or under TokenDir. The webhook denies these rather than
+// overwrite them: the pod's volume may serve other containers, and a
+// mount there would hide the token, so the pod would fail later, far from
+// the cause. A volume exactly like the webhook's is its own (a
+// reinvocation, or a pod the webhook made before) and kept.
+func (h *handler) tokenConflicts(pod *corev1.Pod, m member) field.ErrorList {
+	var errs field.ErrorList
+	for i, v := range pod.Spec.Volumes {
+		if v.Name == TokenVolumeName && !h.isOurTokenVolume(v) {
+			errs = append(errs, field.Invalid(volumesPath.Index(i).Child("name"), v.Name, fmt.Sprintf(
+				"the volume name %s is reserved for the agent's service-account token, which the webhook adds (projected serviceAccountToken, audience %q, expirationSeconds %d, path %s); rename this volume",
+				TokenVolumeName, h.cfg.TokenAudience, int64(h.cfg.TokenExpiration/time.Second), TokenPath)))
+		}
+	}
+	for j, vm := range pod.Spec.Containers[m.container].VolumeMounts {
+		if p := path.Clean(vm.MountPath); (p == TokenDir || strings.HasPrefix(p, TokenDir+"/")) && !isTokenMount(vm) {
+			errs = append(errs, field.Invalid(containersPath.Index(m.container).Child("volumeMounts").Index(j).Child("mountPath"), vm.MountPath, fmt.Sprintf(
+				"%s is where the agent reads its token (%s); mount this volume elsewhere", TokenDir, TokenFile)))
 		}
 	}
 	return errs

@@ -1,17 +1,21 @@
 // Package webhook is muster's mutating admission webhook: for pods annotated
 // muster.dev/inject: "true" it checks the group annotations and injects the
 // agent (an init container that installs it, the main container's command
-// wrapped as `agent run -- ...`, downward-API env, muster's scheduler and a
-// readiness gate). See DESIGN.md, "The life of a group".
+// wrapped as `agent run -- ...`, downward-API env, a service-account token
+// for the coordinator, muster's scheduler and a readiness gate). See
+// DESIGN.md, "The life of a group".
 package webhook
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
 	"slices"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -51,6 +55,35 @@ const (
 	ReadinessGate = "muster.dev/group-ready"
 	// DefaultRuntime is the preset used when muster.dev/runtime is absent.
 	DefaultRuntime = "env"
+)
+
+// The agent's credentials: a projected service-account token, bound to
+// the pod, that the agent reads before each call to the coordinator and
+// sends as a bearer token; the coordinator reviews it (TokenReview) and
+// takes the caller's namespace and member ID from the pod it names, not
+// from what the agent says.
+const (
+	// TokenVolumeName is the pod volume holding the token; the name is
+	// reserved (the webhook denies pods with a volume of their own by it).
+	TokenVolumeName = "muster-token"
+	// TokenDir is where the agent's container mounts it, read-only.
+	TokenDir = "/var/run/secrets/muster.dev"
+	// TokenPath is the token's file in the volume.
+	TokenPath = "token"
+	// TokenFile is the token as the agent reads it (MUSTER_TOKEN_FILE).
+	TokenFile = TokenDir + "/" + TokenPath
+	// DefaultTokenAudience must be the audience the coordinator's
+	// TokenReview asks for (coordinator/auth DefaultAudience).
+	DefaultTokenAudience = "muster"
+	// DefaultTokenExpiration is the shortest lifetime the apiserver
+	// grants; the kubelet replaces the token once 80% of it has passed.
+	DefaultTokenExpiration = 10 * time.Minute
+)
+
+// Bounds the apiserver puts on a projected token's expirationSeconds.
+const (
+	minTokenExpiration = 10 * time.Minute
+	maxTokenExpiration = 1 << 32 * time.Second
 )
 
 // RankOrders are the values muster.dev/rank-order accepts.
@@ -96,6 +129,19 @@ type Config struct {
 	// name in spec.schedulingGroup (see UpstreamPodGroups). Without it such
 	// pods need muster.dev/size.
 	GangLookup GangLookup
+	// TokenAudience is the audience of the service-account token projected
+	// for the agent (DefaultTokenAudience); the coordinator's TokenReview
+	// must ask for the same. Never one the apiserver accepts: the token
+	// would then be good for the Kubernetes API too.
+	TokenAudience string
+	// TokenExpiration is the token's lifetime (expirationSeconds; whole
+	// seconds, at least 10m as the apiserver requires).
+	TokenExpiration time.Duration
+	// CoordinatorCA, if set, is the PEM of the certificates the agents
+	// verify the coordinator's TLS certificate with
+	// (MUSTER_COORDINATOR_CA). CA certificates are public, so an env var
+	// carries them; no secret or volume is needed.
+	CoordinatorCA []byte
 }
 
 // Gang is what muster reads from an upstream PodGroup.
@@ -138,6 +184,8 @@ func DefaultConfig() Config {
 		SchedulerName:      "muster-scheduler",
 		Runtimes:           []string{"env", "torchrun", "vllm", "sglang", "deepspeed", "ray"},
 		EndpointPort:       8080,
+		TokenAudience:      DefaultTokenAudience,
+		TokenExpiration:    DefaultTokenExpiration,
 	}
 }
 
@@ -162,6 +210,42 @@ func (c Config) Validate() error {
 	}
 	if msgs := validation.IsValidPortNum(c.EndpointPort); len(msgs) > 0 {
 		return fmt.Errorf("EndpointPort %d: %s", c.EndpointPort, strings.Join(msgs, "; "))
+	}
+	if strings.TrimSpace(c.TokenAudience) == "" {
+		// The apiserver would then issue tokens for its own audience:
+		// good for the Kubernetes API, refused by the coordinator.
+		return fmt.Errorf("TokenAudience is empty: set the audience the coordinator's TokenReview asks for (default %q)", DefaultTokenAudience)
+	}
+	if d := c.TokenExpiration; d < minTokenExpiration || d > maxTokenExpiration || d%time.Second != 0 {
+		return fmt.Errorf("TokenExpiration %s: want whole seconds from %s to 2^32s (the apiserver's bounds on expirationSeconds)", d, minTokenExpiration)
+	}
+	if len(c.CoordinatorCA) > 0 {
+		if err := checkCertsPEM(c.CoordinatorCA); err != nil {
+			return fmt.Errorf("CoordinatorCA: %w", err)
+		}
+	}
+	return nil
+}
+
+// checkCertsPEM checks that data is one or more PEM certificates, as a TLS
+// client's root pool wants them. Text between the blocks (the comments of
+// a CA bundle) is allowed; any other block, such as a private key, is not.
+func checkCertsPEM(data []byte) error {
+	n := 0
+	for rest := data; ; n++ {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			return fmt.Errorf("PEM block %d is a %s: want CERTIFICATE blocks only (the CA's certificates, never a key)", n+1, b.Type)
+		}
+		if _, err := x509.ParseCertificate(b.Bytes); err != nil {
+			return fmt.Errorf("PEM block %d: %w", n+1, err)
+		}
+	}
+	if n == 0 {
+		return errors.New("no PEM certificate: want the PEM text of the CA that signed the coordinator's certificate (-----BEGIN CERTIFICATE-----...), not a file name")
 	}
 	return nil
 }

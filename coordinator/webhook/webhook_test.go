@@ -24,9 +24,21 @@ import (
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden.json from the webhook's output")
 
-// testConfig sizes one PodGroup, serving/vllm-0, as scheduler-plugins would.
+// testCA is a self-signed CA certificate (openssl req -x509, P-256, valid
+// for 100 years), the coordinator's CA in testConfig.
+var testCA = func() []byte {
+	b, err := os.ReadFile(filepath.Join("testdata", "coordinator-ca.pem"))
+	if err != nil {
+		panic(err)
+	}
+	return b
+}()
+
+// testConfig sizes one PodGroup, serving/vllm-0, as scheduler-plugins
+// would, and has a coordinator CA.
 func testConfig() Config {
 	cfg := DefaultConfig()
+	cfg.CoordinatorCA = testCA
 	cfg.SizeLookup = func(_ context.Context, ns, name string) (int, bool, error) {
 		if ns == "serving" && name == "vllm-0" {
 			return 2, true, nil
@@ -51,7 +63,7 @@ func testHandler(cfg Config) *handler { return &handler{cfg: cfg, log: slog.New(
 
 // podJSON reads a pod from YAML and encodes it as the apiserver does in a
 // review: from the typed object.
-func podJSON(t *testing.T, path string) []byte {
+func podJSON(t testing.TB, path string) []byte {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -64,7 +76,7 @@ func podJSON(t *testing.T, path string) []byte {
 	return mustJSON(t, &pod)
 }
 
-func mustJSON(t *testing.T, v any) []byte {
+func mustJSON(t testing.TB, v any) []byte {
 	t.Helper()
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -91,7 +103,7 @@ func createRequest(raw []byte) *admissionv1.AdmissionRequest {
 
 // applyPatch applies a response's patch with the library the apiserver
 // applies webhook patches with.
-func applyPatch(t *testing.T, raw []byte, resp *admissionv1.AdmissionResponse) []byte {
+func applyPatch(t testing.TB, raw []byte, resp *admissionv1.AdmissionResponse) []byte {
 	t.Helper()
 	if len(resp.Patch) == 0 {
 		return raw
@@ -119,7 +131,8 @@ func TestGolden(t *testing.T) {
 	if err != nil || len(inputs) < 5 {
 		t.Fatalf("testdata: %d pods (%v), want at least 5", len(inputs), err)
 	}
-	h := testHandler(testConfig())
+	cfg := testConfig()
+	h := testHandler(cfg)
 	for _, in := range inputs {
 		name := strings.TrimSuffix(filepath.Base(in), ".yaml")
 		t.Run(name, func(t *testing.T) {
@@ -129,7 +142,7 @@ func TestGolden(t *testing.T) {
 				t.Fatalf("denied: %s", resp.Result.Message)
 			}
 			patched := applyPatch(t, raw, resp)
-			checkInjected(t, patched)
+			checkInjected(t, cfg, patched)
 
 			got, err := json.MarshalIndent(struct {
 				Warnings []string        `json:"warnings,omitempty"`
@@ -164,12 +177,13 @@ func TestGolden(t *testing.T) {
 
 // checkInjected checks, apart from the golden files, the invariants every
 // injected pod has.
-func checkInjected(t *testing.T, raw []byte) {
+func checkInjected(t *testing.T, cfg Config, raw []byte) {
 	t.Helper()
 	var pod corev1.Pod
 	if err := json.Unmarshal(raw, &pod); err != nil {
 		t.Fatal(err)
 	}
+	checkIdentity(t, cfg, &pod)
 	if n := len(slices.DeleteFunc(slices.Clone(pod.Spec.InitContainers), func(c corev1.Container) bool { return c.Name != InitContainerName })); n != 1 || pod.Spec.InitContainers[0].Name != InitContainerName {
 		t.Errorf("init containers %v: want %s first and once", pod.Spec.InitContainers, InitContainerName)
 	}
@@ -447,6 +461,36 @@ func TestInvalid(t *testing.T) {
 				p.Spec.Containers[0].Ports = []corev1.ContainerPort{{Name: "muster", ContainerPort: 9000}}
 			},
 			want: []string{`spec.containers[0].ports[0].name: Invalid value: "muster": the port name muster is reserved for the agent's endpoint (port 8080); rename this port`},
+		},
+		{
+			name: "a volume of the pod's own named muster-token",
+			change: func(p *corev1.Pod) {
+				p.Spec.Volumes = []corev1.Volume{{Name: "cache"}, {Name: "muster-token", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
+			},
+			want: []string{`spec.volumes[1].name: Invalid value: "muster-token": the volume name muster-token is reserved for the agent's service-account token, which the webhook adds (projected serviceAccountToken, audience "muster", expirationSeconds 600, path token); rename this volume`},
+		},
+		{
+			name: "a token volume with another audience",
+			change: func(p *corev1.Pod) {
+				p.Spec.Volumes = []corev1.Volume{{Name: "muster-token", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+					Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "token", ExpirationSeconds: new(int64(600))}}},
+				}}}}
+			},
+			want: []string{`spec.volumes[0].name: Invalid value: "muster-token": the volume name muster-token is reserved`},
+		},
+		{
+			name: "a mount where the token goes",
+			change: func(p *corev1.Pod) {
+				p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "w", MountPath: "/weights"}, {Name: "w", MountPath: "/var/run/secrets/muster.dev/"}}
+			},
+			want: []string{`spec.containers[0].volumeMounts[1].mountPath: Invalid value: "/var/run/secrets/muster.dev/": /var/run/secrets/muster.dev is where the agent reads its token (/var/run/secrets/muster.dev/token); mount this volume elsewhere`},
+		},
+		{
+			name: "a mount over the token",
+			change: func(p *corev1.Pod) {
+				p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "s", MountPath: "/var/run/secrets/muster.dev/token", SubPath: "token"}}
+			},
+			want: []string{`spec.containers[0].volumeMounts[0].mountPath: Invalid value: "/var/run/secrets/muster.dev/token": /var/run/secrets/muster.dev is where the agent reads its token`},
 		},
 		{
 			name:   "timeout not a duration",

@@ -18,7 +18,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
@@ -27,6 +26,7 @@ import (
 	"github.com/muster-dev/muster/agent/preset"
 	"github.com/muster-dev/muster/agent/process"
 	"github.com/muster-dev/muster/agent/proxy"
+	"github.com/muster-dev/muster/coordinator/group"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
 )
 
@@ -54,6 +54,13 @@ func Run(ctx context.Context, cfg Config) error {
 	// A group shape the runtime cannot run is refused here, before joining,
 	// rather than by every launch of every generation until the restart
 	// budget runs out.
+	// A runtime that writes files (ray, deepspeed) gets a directory private
+	// to this agent, made once and removed at the end.
+	remove, err := cfg.makeDir()
+	if err != nil {
+		return &ExitError{Code: 1, Err: err}
+	}
+	defer remove()
 	note, err := preset.Check(cfg.Runtime, cfg.groupAssignment(), cfg.Command)
 	if err != nil {
 		return &ExitError{Code: 2, Err: err}
@@ -121,7 +128,10 @@ func newAgent(cfg Config) (*agent, error) {
 			log.Warn(fmt.Sprintf("--master-port %d: runtime %s uses ports %d-%d on the leader, and %d is taken now", port, cfg.Runtime, port, port+span-1, busy))
 		}
 	}
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	opts, err := cfg.transportCredentials()
+	if err != nil {
+		return nil, err
+	}
 	target := cfg.Coordinators[0]
 	if len(cfg.Coordinators) > 1 {
 		// pick_first over every replica: when the current one fails, gRPC
@@ -214,7 +224,8 @@ func (a *agent) run(ctx context.Context) error {
 	if a.cfg.EndpointPort > 0 && a.cfg.ReadyPort > 0 {
 		endpoint = proxy.New(a.log)
 		var err error
-		if srv, err = proxy.Listen(net.JoinHostPort(a.cfg.Address, strconv.Itoa(a.cfg.EndpointPort)), endpoint); err != nil {
+		if srv, err = proxy.ListenWith(net.JoinHostPort(a.cfg.Address, strconv.Itoa(a.cfg.EndpointPort)), endpoint,
+			proxy.Options{IdleTimeout: a.cfg.EndpointIdleTimeout, MaxBodyBytes: a.cfg.MaxBodyBytes, BodyTimeout: a.cfg.EndpointBodyTimeout}); err != nil {
 			return &ExitError{Code: 1, Err: err}
 		}
 		a.log.Info("serving the group's endpoint", "addr", srv.Addr())
@@ -272,6 +283,13 @@ func (a *agent) run(ctx context.Context) error {
 					continue
 				}
 				launchedGen = as.GetGeneration()
+				if err := group.ValidateAddress(as.GetLeaderAddress()); err != nil {
+					// Checked by the coordinator already; checked again before
+					// it reaches the endpoint's upstream, argv or env.
+					a.log.Error("assignment refused", "err", err)
+					a.report(as.GetGeneration(), musterv1.RuntimeState_RUNTIME_STATE_EXITED, 2, "leader "+err.Error())
+					continue
+				}
 				target = proxy.Target{Generation: as.GetGeneration(), Rank: int(as.GetRank())}
 				if as.GetRank() == 0 {
 					target.Upstream = net.JoinHostPort(a.cfg.Address, strconv.Itoa(a.cfg.ReadyPort))
@@ -279,7 +297,7 @@ func (a *agent) run(ctx context.Context) error {
 					target.Upstream = net.JoinHostPort(as.GetLeaderAddress(), strconv.Itoa(a.cfg.EndpointPort))
 				}
 				setEndpoint(target)
-				go a.joinPeers(ctx, as.GetGeneration())
+				go a.joinPeers(ctx, as.GetGeneration(), as.GetGossipKey())
 				proc, err = a.launch(ctx, as)
 				procGen = as.GetGeneration()
 				if err != nil {
@@ -392,8 +410,16 @@ func (a *agent) run(ctx context.Context) error {
 
 // joinPeers makes this member's gossip node meet the rest of the group of
 // generation gen (their addresses come from the coordinator).
-func (a *agent) joinPeers(ctx context.Context, gen int64) {
+func (a *agent) joinPeers(ctx context.Context, gen int64, key []byte) {
 	if a.gossip == nil {
+		return
+	}
+	if len(key) == 0 {
+		a.log.Warn("gossip: the coordinator handed out no gossip key; relying on leases", "generation", gen)
+		return
+	}
+	if err := a.gossip.UseKey(key); err != nil {
+		a.log.Warn("gossip: relying on leases", "err", err)
 		return
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)

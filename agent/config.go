@@ -79,6 +79,23 @@ type Config struct {
 
 	Stdout, Stderr io.Writer
 	Logger         *slog.Logger
+	// EndpointIdleTimeout, MaxBodyBytes and EndpointBodyTimeout bound the
+	// endpoint's clients (0: proxy's defaults, negative: no limit): idle
+	// keep-alive connections are closed, bodies over the size get 413,
+	// bodies slower than the timeout get 408.
+	EndpointIdleTimeout time.Duration
+	MaxBodyBytes        int64
+	EndpointBodyTimeout time.Duration
+	// CAFile (or CAPEM, the PEM itself, as the webhook injects it)
+	// verifies the coordinator's TLS certificate; with neither the
+	// connection is plaintext.
+	CAFile, CAPEM string
+	// CertFile and KeyFile are this member's client certificate (bare
+	// hosts: coordinator certs member).
+	CertFile, KeyFile string
+	// TokenFile holds a token sent with every call (in a pod: the
+	// projected service-account token the webhook mounts).
+	TokenFile string
 	// DialOptions are extra gRPC dial options (credentials, interceptors);
 	// without any the connection is plaintext.
 	DialOptions []grpc.DialOption
@@ -95,6 +112,8 @@ func DefaultConfig() Config {
 		MemberID:     envOr("MUSTER_MEMBER_ID", envOr("POD_NAME", host)),
 		Address:      envOr("MUSTER_ADDRESS", envOr("POD_IP", "127.0.0.1")),
 		Runtime:      envOr("MUSTER_RUNTIME", "env"),
+		CAPEM:        os.Getenv("MUSTER_COORDINATOR_CA"),
+		TokenFile:    os.Getenv("MUSTER_TOKEN_FILE"),
 		JoinTimeout:  5 * time.Minute,
 		StopGrace:    10 * time.Second,
 		Stdout:       os.Stdout,
@@ -182,6 +201,9 @@ func (c *Config) Validate() error {
 	}
 	if c.StopGrace < 0 {
 		return fmt.Errorf("--stop-grace %s is negative", c.StopGrace)
+	}
+	if (c.CertFile == "") != (c.KeyFile == "") {
+		return errors.New("--cert and --key go together: give both (this member's client certificate and key) or neither")
 	}
 	if len(c.Command) == 0 {
 		return errors.New("no command: put the runtime's command after --, e.g. agent run --group g --size 2 -- python3 train.py")

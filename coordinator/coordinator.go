@@ -26,11 +26,13 @@ import (
 	"github.com/muster-dev/muster/agent/preset"
 	"github.com/muster-dev/muster/coordinator/webhook"
 
+	"github.com/muster-dev/muster/coordinator/auth"
 	"github.com/muster-dev/muster/coordinator/embedetcd"
 	"github.com/muster-dev/muster/coordinator/group"
 	"github.com/muster-dev/muster/coordinator/health"
 	"github.com/muster-dev/muster/coordinator/hub"
 	"github.com/muster-dev/muster/coordinator/podready"
+	"github.com/muster-dev/muster/coordinator/reaper"
 	"github.com/muster-dev/muster/coordinator/server"
 	"github.com/muster-dev/muster/coordinator/store"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
@@ -86,6 +88,37 @@ type Config struct {
 	// ReadyHook, when set, hears each change of a group's readiness or
 	// generation (with its members' ids); it must not block.
 	ReadyHook func(k group.Key, generation int64, phase group.Phase, ready bool, members []string, message string)
+	// TLSCert and TLSKey, when set, serve the gRPC port with TLS.
+	TLSCert, TLSKey string
+	// AgentCA is a PEM file of the CA injected agents verify the gRPC
+	// port with; default the webhook's CA when the coordinator made the
+	// gRPC certificate itself, or WebhookTLSDir's ca.crt.
+	AgentCA string
+	// ClientCA, when set, verifies client certificates: a member
+	// certificate (URI SAN muster://member/NS/GROUP/MEMBER) makes its holder
+	// that member, allowed to announce the certificate's IPs and DNS names.
+	ClientCA string
+	// TokenAudience is the audience of the pods' projected service-account
+	// tokens, checked by TokenReview when connected to Kubernetes.
+	TokenAudience string
+	// Insecure takes unauthenticated callers at their word even beyond
+	// loopback. Without it a coordinator with nothing to authenticate
+	// with listens on loopback only.
+	Insecure bool
+	// RateLimit is the calls per second one identity may make (bursts of
+	// RateBurst); 0 turns the limit off.
+	RateLimit float64
+	RateBurst int
+	// MaxMessageBytes caps a gRPC request (agents send a few KiB).
+	MaxMessageBytes int
+	// MaxGroupsPerNamespace caps the groups of one namespace; 0: no cap.
+	MaxGroupsPerNamespace int
+	// FinishedGroupTTL is how long a Completed or Failed group with no
+	// members stays before it is deleted.
+	FinishedGroupTTL time.Duration
+	// EtcdCACert, EtcdCert and EtcdKey are the client TLS files of an
+	// external etcd (--etcd-endpoints https://...).
+	EtcdCACert, EtcdCert, EtcdKey string
 	// ServerOptions are extra gRPC server options (credentials, interceptors).
 	ServerOptions []grpc.ServerOption
 	Logger        *slog.Logger
@@ -102,6 +135,14 @@ func DefaultConfig() Config {
 		Prefix:         store.DefaultPrefix,
 		MemberTTL:      o.MemberTTL,
 		MaxRestarts:    o.MaxRestarts,
+		TokenAudience:  auth.DefaultAudience,
+		// An agent makes a handful of calls per generation; 50/s with
+		// bursts of 100 leaves room for restarts and slows only a flood.
+		RateLimit:             50,
+		RateBurst:             100,
+		MaxMessageBytes:       64 << 10,
+		MaxGroupsPerNamespace: o.MaxGroupsPerNamespace,
+		FinishedGroupTTL:      reaper.DefaultConfig().TTL,
 	}
 }
 
@@ -143,7 +184,13 @@ func (c *Config) Validate() error {
 	if !strings.HasPrefix(c.Prefix, "/") || !strings.HasSuffix(c.Prefix, "/") {
 		return fmt.Errorf("--etcd-prefix %q must start and end with '/'", c.Prefix)
 	}
-	return nil
+	if c.FinishedGroupTTL <= 0 {
+		return fmt.Errorf("--finished-group-ttl %s: want a positive duration", c.FinishedGroupTTL)
+	}
+	if c.MaxGroupsPerNamespace < 0 {
+		return fmt.Errorf("--max-groups-per-namespace %d is negative (0: no cap)", c.MaxGroupsPerNamespace)
+	}
+	return c.validateSecurity()
 }
 
 // Coordinator is a running replica.
@@ -163,6 +210,9 @@ type Coordinator struct {
 	health      *health.Checker
 	stopHealth  context.CancelFunc
 	metricsLis  net.Listener
+	agentCA     []byte // PEM injected agents verify the gRPC port with
+	stopReaper  context.CancelFunc
+	reaperDone  sync.WaitGroup
 	once        sync.Once
 }
 
@@ -180,6 +230,7 @@ func Start(ctx context.Context, cfg Config) (*Coordinator, error) {
 	if len(endpoints) == 0 {
 		ec := embedetcd.DefaultConfig(filepath.Join(cfg.DataDir, "etcd"))
 		ec.ClientAddr, ec.PeerAddr = cfg.EtcdClientAddr, cfg.EtcdPeerAddr
+		ec.Logger = log.With("component", "etcd")
 		e, err := embedetcd.Start(ctx, ec)
 		if err != nil {
 			return nil, err
@@ -188,9 +239,15 @@ func Start(ctx context.Context, cfg Config) (*Coordinator, error) {
 		endpoints = []string{e.ClientURL}
 		log.Info("embedded etcd serving", "client_url", e.ClientURL, "data_dir", ec.Dir)
 	}
+	etls, err := etcdTLS(cfg)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: 5 * time.Second,
+		TLS:         etls,
 		Logger:      zap.NewNop(),
 	})
 	if err != nil {
@@ -206,6 +263,13 @@ func Start(ctx context.Context, cfg Config) (*Coordinator, error) {
 		return nil, fmt.Errorf("reach etcd %v: %w", endpoints, err)
 	}
 	c.Store = store.New(cli, cfg.Prefix)
+	rctx, stopReaper := context.WithCancel(context.Background())
+	c.stopReaper = stopReaper
+	c.reaperDone.Add(1)
+	go func() {
+		defer c.reaperDone.Done()
+		reaper.Run(rctx, c.Store, reaper.Config{TTL: cfg.FinishedGroupTTL}, log.With("component", "reaper"))
+	}()
 	c.hubs = hub.NewRegistry(c.Store, log, 30*time.Second)
 	if cfg.Kubeconfig != "" || cfg.InCluster {
 		var rc *rest.Config
@@ -238,13 +302,32 @@ func Start(ctx context.Context, cfg Config) (*Coordinator, error) {
 	} else {
 		c.hubs.ReadyHook = cfg.ReadyHook
 	}
-	srv := server.New(c.Store, c.hubs, server.Options{MemberTTL: cfg.MemberTTL, MaxRestarts: cfg.MaxRestarts}, log)
-	opts := append([]grpc.ServerOption{
+	if c.agentCA, err = c.prepareTLS(log); err != nil {
+		c.Close()
+		return nil, err
+	}
+	secOpts, kubeAuth, err := c.securityOptions(log)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	secret, err := gossipSecret(ctx, cli, cfg.Prefix)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	sopts := server.Options{MemberTTL: cfg.MemberTTL, MaxRestarts: cfg.MaxRestarts, Runtimes: preset.Names(),
+		MaxGroupsPerNamespace: cfg.MaxGroupsPerNamespace, GossipSecret: secret}
+	if kubeAuth != nil {
+		sopts.Readers = kubeAuth
+	}
+	srv := server.New(c.Store, c.hubs, sopts, log)
+	opts := append(append([]grpc.ServerOption{
 		// Agents hold one stream each for hours; ping them so that dead
 		// connections are noticed and their leases released.
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-	}, cfg.ServerOptions...)
+	}, secOpts...), cfg.ServerOptions...)
 	c.grpc = grpc.NewServer(opts...)
 	musterv1.RegisterRendezvousServer(c.grpc, srv)
 	if err := c.startHealth(log); err != nil {
@@ -306,6 +389,8 @@ func (c *Coordinator) startWebhook(ctx context.Context, log *slog.Logger) error 
 		wc.AgentImage = cfg.AgentImage
 	}
 	wc.Runtimes = preset.Names()
+	wc.CoordinatorCA = c.agentCA
+	wc.TokenAudience = cfg.TokenAudience
 	if c.kube != nil {
 		if sp, err := spclientset.NewForConfig(c.rest); err == nil {
 			wc.SizeLookup = webhook.PodGroupSizes(sp)
@@ -390,6 +475,10 @@ func (c *Coordinator) close() {
 		case <-time.After(2 * time.Second):
 			c.grpc.Stop()
 		}
+	}
+	if c.stopReaper != nil {
+		c.stopReaper()
+		c.reaperDone.Wait()
 	}
 	if c.cli != nil {
 		c.cli.Close()

@@ -119,6 +119,13 @@ func Parse(args []string, stderr io.Writer) (agent.Config, slog.Level, error) {
 	fs.BoolVar(&cfg.NoGossip, "no-gossip", false, "do not gossip with peers (a lost member is then noticed when its lease runs out, --member-ttl on the coordinator)")
 	fs.DurationVar(&cfg.JoinTimeout, "join-timeout", cfg.JoinTimeout, "give up when the coordinator stays unreachable this long")
 	fs.DurationVar(&cfg.StopGrace, "stop-grace", cfg.StopGrace, "time between SIGTERM and SIGKILL when stopping the runtime")
+	fs.DurationVar(&cfg.EndpointIdleTimeout, "endpoint-idle-timeout", 0, "close an endpoint connection idle this long (0: 90s; negative: never)")
+	fs.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", 0, "largest request body the endpoint forwards, larger gets 413 (0: 64 MiB; negative: no limit)")
+	fs.DurationVar(&cfg.EndpointBodyTimeout, "endpoint-body-timeout", 0, "a request body must arrive within this, else 408 (0: 60s; negative: no limit); responses may stream for as long as they like")
+	fs.StringVar(&cfg.CAFile, "ca", "", "verify the coordinator's TLS certificate with this CA (PEM); in a pod the webhook sets MUSTER_COORDINATOR_CA instead; empty: plaintext [MUSTER_COORDINATOR_CA holds the PEM itself]")
+	fs.StringVar(&cfg.CertFile, "cert", "", "this member's client certificate (bare hosts; coordinator certs member makes one)")
+	fs.StringVar(&cfg.KeyFile, "key", "", "the key of --cert")
+	fs.StringVar(&cfg.TokenFile, "token-file", cfg.TokenFile, "send the token in this file with every call (in a pod: the projected service-account token) [MUSTER_TOKEN_FILE]")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return cfg, 0, err

@@ -7,6 +7,8 @@
 package gossip
 
 import (
+	"bytes"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"log"
@@ -56,11 +58,13 @@ func memberlistConfig(c Config, port int) *memberlist.Config {
 
 // Node is a running gossip member.
 type Node struct {
-	ml   *memberlist.Memberlist
-	port int
+	ml      *memberlist.Memberlist
+	port    int
+	keyring *memberlist.Keyring
 
 	mu     sync.Mutex
 	closed bool
+	keys   [][]byte // oldest first; the last is in use
 }
 
 // Start creates the member's node.
@@ -75,11 +79,50 @@ func Start(c Config) (*Node, error) {
 	}
 	mc := memberlistConfig(c, port)
 	mc.Events = &events{self: c.Name, onLost: c.OnLost}
+	// Encryption is on from the first packet, with a key nobody else has
+	// until the coordinator hands out the group's (UseKey): a stranger who
+	// finds the port learns nothing and is not admitted. memberlist cannot
+	// turn encryption on after Create.
+	first := make([]byte, 32)
+	if _, err := rand.Read(first); err != nil {
+		return nil, err
+	}
+	kr, err := memberlist.NewKeyring(nil, first)
+	if err != nil {
+		return nil, fmt.Errorf("gossip keyring: %w", err)
+	}
+	mc.Keyring = kr
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return nil, fmt.Errorf("gossip on %s:%d: %w", c.BindAddr, port, err)
 	}
-	return &Node{ml: ml, port: port}, nil
+	return &Node{ml: ml, port: port, keyring: kr, keys: [][]byte{first}}, nil
+}
+
+// UseKey makes key (16, 24 or 32 bytes: the group's key of a generation)
+// the one gossip encrypts with. The previous key still decrypts, so that
+// peers that have not yet heard of the new generation are understood
+// meanwhile; older keys are dropped.
+func (n *Node) UseKey(key []byte) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if len(n.keys) > 0 && bytes.Equal(n.keys[len(n.keys)-1], key) {
+		return nil
+	}
+	if err := n.keyring.AddKey(key); err != nil {
+		return fmt.Errorf("gossip key: %w", err)
+	}
+	if err := n.keyring.UseKey(key); err != nil {
+		return fmt.Errorf("gossip key: %w", err)
+	}
+	n.keys = append(n.keys, key)
+	for len(n.keys) > 2 {
+		if err := n.keyring.RemoveKey(n.keys[0]); err != nil {
+			return fmt.Errorf("gossip key: %w", err)
+		}
+		n.keys = n.keys[1:]
+	}
+	return nil
 }
 
 // Port is the node's gossip port.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -25,11 +26,21 @@ coordinator runs an embedded etcd in --data-dir; several replicas may share
 one etcd (start the second with --etcd-endpoints set to the first's
 embedded etcd URL, which it logs).
 
+Callers are authenticated (see docs/security.md): pods by their projected
+service-account token (with --kubeconfig or --in-cluster), bare hosts by a
+client certificate (--client-ca; make them with "coordinator certs").
+With neither, the coordinator listens on loopback only, unless --insecure.
+
+  coordinator certs --help    make a CA, server and member certificates
+
 Flags:
 `
 
 // Main runs the coordinator with args; it returns the process exit code.
 func Main(args []string, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "certs" {
+		return certsMain(args[1:], os.Stdout, stderr)
+	}
 	cfg := coordinator.DefaultConfig()
 	fs := flag.NewFlagSet("coordinator", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -51,6 +62,20 @@ func Main(args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve Prometheus metrics (/metrics), /healthz and /readyz over HTTP on host:port; empty: none (the gRPC health service is always on --listen)")
 	fs.StringVar(&cfg.Advertise, "advertise", "", "coordinator address(es) injected agents dial, host:port[,host:port]; default the --listen address")
 	fs.StringVar(&cfg.AgentImage, "agent-image", "", "image holding the agent at /muster/agent, for the injected init container (default muster/agent:dev)")
+	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "serve gRPC with TLS: the certificate (PEM; re-read when the file changes)")
+	fs.StringVar(&cfg.TLSKey, "tls-key", "", "the key of --tls-cert")
+	fs.StringVar(&cfg.AgentCA, "agent-ca", "", "CA (PEM file) injected agents verify the gRPC port with (MUSTER_COORDINATOR_CA); default: the webhook's CA when the coordinator makes the gRPC certificate itself (--kubeconfig with --webhook-listen and no --tls-cert), or --webhook-tls-dir's ca.crt")
+	fs.StringVar(&cfg.ClientCA, "client-ca", "", "verify client certificates with this CA (PEM): a member certificate (coordinator certs member) makes its holder that member of that group")
+	fs.StringVar(&cfg.TokenAudience, "token-audience", cfg.TokenAudience, "with --kubeconfig/--in-cluster: the audience of pods' service-account tokens (the webhook projects them)")
+	fs.BoolVar(&cfg.Insecure, "insecure", false, "take unauthenticated callers at their word even beyond loopback: anyone who reaches --listen may act as any member of any group")
+	fs.Float64Var(&cfg.RateLimit, "rate-limit", cfg.RateLimit, "calls per second one identity may make (0: no limit)")
+	fs.IntVar(&cfg.RateBurst, "rate-burst", cfg.RateBurst, "burst of --rate-limit")
+	fs.IntVar(&cfg.MaxMessageBytes, "max-message-bytes", cfg.MaxMessageBytes, "largest gRPC request accepted")
+	fs.IntVar(&cfg.MaxGroupsPerNamespace, "max-groups-per-namespace", cfg.MaxGroupsPerNamespace, "groups one namespace may hold, finished ones included until reaped (0: no cap)")
+	fs.DurationVar(&cfg.FinishedGroupTTL, "finished-group-ttl", cfg.FinishedGroupTTL, "delete a Completed or Failed group with no members after this long")
+	fs.StringVar(&cfg.EtcdCACert, "etcd-cacert", "", "external etcd: CA of its serving certificate (PEM)")
+	fs.StringVar(&cfg.EtcdCert, "etcd-cert", "", "external etcd: client certificate (PEM)")
+	fs.StringVar(&cfg.EtcdKey, "etcd-key", "", "external etcd: key of --etcd-cert")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -5,8 +5,11 @@ package group
 
 import (
 	"fmt"
+	"net"
 	"regexp"
 	"strings"
+
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // Key names a group; group names are scoped by namespace.
@@ -172,13 +175,22 @@ func ValidateSize(size int) error {
 	return nil
 }
 
-// ValidateAddress checks a member address (an IP or host name, no port).
+// ValidateAddress checks a member address: an IP address or an RFC 1123
+// host name, no port. Addresses reach runtimes' argv, env and templates
+// (MASTER_ADDR, {{.LeaderAddr}} in a user's sh -c), so nothing else may
+// pass: not a shell's $(...), not a space, not a quote.
 func ValidateAddress(addr string) error {
 	if addr == "" {
 		return fmt.Errorf("address is empty: give the IP address the runtime listens on")
 	}
-	if len(addr) > MaxAddressLength || strings.ContainsAny(addr, " /\t\n") {
-		return fmt.Errorf("address %q is not an IP address or host name", truncate(addr))
+	if len(addr) > MaxAddressLength {
+		return fmt.Errorf("address %q is %d characters long; the limit is %d", truncate(addr), len(addr), MaxAddressLength)
+	}
+	if net.ParseIP(addr) != nil {
+		return nil
+	}
+	if errs := validation.IsDNS1123Subdomain(strings.ToLower(addr)); len(errs) > 0 {
+		return fmt.Errorf("address %q is not an IP address or host name (RFC 1123: letters, digits, '-' and '.')", truncate(addr))
 	}
 	return nil
 }

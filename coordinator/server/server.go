@@ -5,10 +5,13 @@ package server
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/muster-dev/muster/coordinator/auth"
 	"github.com/muster-dev/muster/coordinator/group"
 	"github.com/muster-dev/muster/coordinator/hub"
 	"github.com/muster-dev/muster/coordinator/store"
@@ -33,11 +37,28 @@ type Options struct {
 	MaxRestarts int
 	// ProgressInterval is how often a waiting member hears the barrier's count.
 	ProgressInterval time.Duration
+	// Runtimes are the runtime presets a group may name; empty takes any.
+	Runtimes []string
+	// MaxGroupsPerNamespace caps the groups one namespace may hold
+	// (terminal ones included, until they are reaped); 0 is no cap.
+	MaxGroupsPerNamespace int
+	// GossipSecret, when set, derives each group's gossip key per
+	// generation (GossipKey); every replica must share it.
+	GossipSecret []byte
+	// Readers decides what Kubernetes users (not pods) may read; nil
+	// lets no such user read anything.
+	Readers Readers
+}
+
+// Readers answers whether a Kubernetes user may verb (get, list) groups in
+// a namespace ("" = all); auth.Kube does, with a SubjectAccessReview.
+type Readers interface {
+	MayRead(ctx context.Context, u *auth.User, verb, namespace string) error
 }
 
 // DefaultOptions are the defaults for one machine or a LAN.
 func DefaultOptions() Options {
-	return Options{MemberTTL: 5 * time.Second, MaxRestarts: 10, ProgressInterval: time.Second}
+	return Options{MemberTTL: 5 * time.Second, MaxRestarts: 10, ProgressInterval: time.Second, MaxGroupsPerNamespace: 1000}
 }
 
 // Server implements musterv1.RendezvousServer.
@@ -113,6 +134,32 @@ func internal(err error) error {
 
 // Join implements the rendezvous join; see the proto for its contract.
 func (s *Server) Join(ctx context.Context, req *musterv1.JoinRequest) (*musterv1.JoinResponse, error) {
+	resp, err := s.join(ctx, req)
+	if err == nil && resp != nil {
+		resp.GossipKey = s.GossipKey(req.GetGroup(), resp.GetGeneration())
+	}
+	return resp, err
+}
+
+// GossipKey is group ref's gossip key in generation gen: an HMAC of the
+// coordinator's secret, so every replica derives the same key without
+// storing one per group, and a member of an earlier generation (a pod
+// since removed) cannot read the next generation's gossip. Nil without a
+// secret (gossip in the clear).
+func (s *Server) GossipKey(ref *musterv1.GroupRef, gen int64) []byte {
+	if len(s.opts.GossipSecret) == 0 {
+		return nil
+	}
+	k, err := groupKey(ref)
+	if err != nil {
+		return nil
+	}
+	m := hmac.New(sha256.New, s.opts.GossipSecret)
+	fmt.Fprintf(m, "muster gossip key\x00%s\x00%s\x00%d", k.Namespace, k.Name, gen)
+	return m.Sum(nil)
+}
+
+func (s *Server) join(ctx context.Context, req *musterv1.JoinRequest) (*musterv1.JoinResponse, error) {
 	k, err := groupKey(req.GetGroup())
 	if err != nil {
 		return nil, invalid("join: %v", err)
@@ -122,11 +169,18 @@ func (s *Server) Join(ctx context.Context, req *musterv1.JoinRequest) (*musterv1
 	if err := group.ValidateName("member_id", id, group.MaxMemberIDLen); err != nil {
 		return nil, invalid("join group %q: %v", k.String(), err)
 	}
+	caller := auth.FromContext(ctx)
+	if err := caller.ActAs(k.Namespace, k.Name, id); err != nil {
+		return nil, err
+	}
 	if err := group.ValidateSize(int(req.GetSize())); err != nil {
 		return nil, invalid("%s: %v", what, err)
 	}
 	if err := group.ValidateAddress(req.GetAddress()); err != nil {
 		return nil, invalid("%s: %v", what, err)
+	}
+	if err := caller.MayAnnounce(req.GetAddress()); err != nil {
+		return nil, err
 	}
 	if req.Ordinal != nil && req.GetOrdinal() < 0 {
 		return nil, invalid("%s: ordinal %d is negative; ordinals count from 0", what, req.GetOrdinal())
@@ -149,6 +203,9 @@ func (s *Server) Join(ctx context.Context, req *musterv1.JoinRequest) (*musterv1
 	if runtime == "" {
 		runtime = "env"
 	}
+	if len(s.opts.Runtimes) > 0 && !slices.Contains(s.opts.Runtimes, runtime) {
+		return nil, invalid("%s: runtime %q is not a known preset; use one of %s", what, truncateName(runtime), strings.Join(s.opts.Runtimes, ", "))
+	}
 	h, err := s.hubs.Acquire(ctx, k)
 	if err != nil {
 		return nil, internal(err)
@@ -166,6 +223,9 @@ func (s *Server) Join(ctx context.Context, req *musterv1.JoinRequest) (*musterv1
 		var rev int64
 		switch {
 		case p.create != nil:
+			if err := s.checkGroupCap(ctx, k); err != nil {
+				return nil, err
+			}
 			// Concurrent first joins through this replica create the group
 			// once; the others wait and find it.
 			if err := h.CreateOnce(ctx, func() (int64, error) {
@@ -216,6 +276,31 @@ func (s *Server) Join(ctx context.Context, req *musterv1.JoinRequest) (*musterv1
 		}
 	}
 	return nil, status.Errorf(codes.Aborted, "%s: too much contention on the group; retry", what)
+}
+
+// checkGroupCap refuses a new group in a namespace that holds
+// MaxGroupsPerNamespace already: one namespace's workloads (or one
+// compromised pod) cannot fill etcd for everyone.
+func (s *Server) checkGroupCap(ctx context.Context, k group.Key) error {
+	if s.opts.MaxGroupsPerNamespace <= 0 {
+		return nil
+	}
+	n, err := s.store.CountGroups(ctx, k.Namespace)
+	if err != nil {
+		return internal(err)
+	}
+	if n >= s.opts.MaxGroupsPerNamespace {
+		return status.Errorf(codes.ResourceExhausted, "create group %q: namespace %q holds %d groups, the limit (--max-groups-per-namespace); delete finished workloads or raise the limit", k.String(), k.Namespace, n)
+	}
+	return nil
+}
+
+// truncateName shortens an untrusted value for an error message.
+func truncateName(v string) string {
+	if len(v) > 64 {
+		return v[:64] + "..."
+	}
+	return v
 }
 
 type joinPlan struct {
@@ -347,6 +432,9 @@ func (s *Server) ReportStatus(ctx context.Context, req *musterv1.ReportStatusReq
 		return nil, invalid("report status to group %q: %v", k.String(), err)
 	}
 	what := fmt.Sprintf("report status of %q in group %q", id, k.String())
+	if err := auth.FromContext(ctx).ActAs(k.Namespace, k.Name, id); err != nil {
+		return nil, err
+	}
 	var state group.RuntimeState
 	switch req.GetState() {
 	case musterv1.RuntimeState_RUNTIME_STATE_LAUNCHING:
@@ -428,6 +516,9 @@ func (s *Server) Leave(ctx context.Context, req *musterv1.LeaveRequest) (*muster
 	if err := group.ValidateName("member_id", id, group.MaxMemberIDLen); err != nil {
 		return nil, invalid("leave group %q: %v", k.String(), err)
 	}
+	if err := auth.FromContext(ctx).ActAs(k.Namespace, k.Name, id); err != nil {
+		return nil, err
+	}
 	m, ok, err := s.store.GetMember(ctx, k, id)
 	if err != nil {
 		return nil, internal(err)
@@ -459,6 +550,16 @@ func (s *Server) ReportPeerLost(ctx context.Context, req *musterv1.ReportPeerLos
 		if err := group.ValidateName(f.name, f.v, group.MaxMemberIDLen); err != nil {
 			return nil, invalid("report lost peer in group %q: %v", k.String(), err)
 		}
+	}
+	if err := auth.FromContext(ctx).ActAs(k.Namespace, k.Name, req.GetMemberId()); err != nil {
+		return nil, err
+	}
+	// Only a member of the group may report one of its peers: a caller
+	// that left, or never joined, learns nothing and restarts nothing.
+	if _, ok, err := s.store.GetMember(ctx, k, req.GetMemberId()); err != nil {
+		return nil, internal(err)
+	} else if !ok {
+		return nil, status.Errorf(codes.PermissionDenied, "report lost peer in group %q: %q is not a member of the group; only members report their peers", k.String(), req.GetMemberId())
 	}
 	lost := req.GetLostMemberId()
 	id := k.String() + "/" + lost
@@ -510,13 +611,13 @@ func (s *Server) checkLost(ctx context.Context, k group.Key, lost, reporter stri
 		}
 		s.aliveMu.Unlock()
 		s.log.Info("gossip suspicion not confirmed: the peer's agent answers", "group", k.String(), "member", lost, "reporter", reporter)
-		return &musterv1.ReportPeerLostResponse{Reason: "peer's agent answers at " + addr}, nil
+		return &musterv1.ReportPeerLostResponse{Reason: "peer's agent answers"}, nil
 	}
 	if err := s.store.DeleteMember(ctx, k, m); err != nil {
 		return nil, internal(err)
 	}
 	s.log.Warn("member lost (gossip, confirmed)", "group", k.String(), "member", lost, "reporter", reporter)
-	return &musterv1.ReportPeerLostResponse{Confirmed: true, Reason: "peer's agent is unreachable at " + addr}, nil
+	return &musterv1.ReportPeerLostResponse{Confirmed: true, Reason: "peer's agent is unreachable"}, nil
 }
 
 // GetGroup returns one group's state.
@@ -524,6 +625,9 @@ func (s *Server) GetGroup(ctx context.Context, req *musterv1.GetGroupRequest) (*
 	k, err := groupKey(req.GetGroup())
 	if err != nil {
 		return nil, invalid("get group: %v", err)
+	}
+	if err := s.mayRead(ctx, k); err != nil {
+		return nil, err
 	}
 	v, err := s.store.Load(ctx, k)
 	if err != nil {
@@ -535,7 +639,15 @@ func (s *Server) GetGroup(ctx context.Context, req *musterv1.GetGroupRequest) (*
 	return toProto(v), nil
 }
 
-// ListGroups returns every group of a namespace, or of all namespaces.
+// Page sizes of ListGroups: a page is a bounded amount of memory however
+// many groups there are.
+const (
+	defaultPageSize = 100
+	maxPageSize     = 500
+)
+
+// ListGroups returns a page of the groups of a namespace, or of all
+// namespaces, that the caller may read: a member sees its own group only.
 func (s *Server) ListGroups(ctx context.Context, req *musterv1.ListGroupsRequest) (*musterv1.ListGroupsResponse, error) {
 	ns := req.GetNamespace()
 	if ns != "" {
@@ -543,11 +655,57 @@ func (s *Server) ListGroups(ctx context.Context, req *musterv1.ListGroupsRequest
 			return nil, invalid("list groups: %v", err)
 		}
 	}
-	keys, err := s.store.ListKeys(ctx, ns)
+	size := int(req.GetPageSize())
+	switch {
+	case size < 0:
+		return nil, invalid("list groups: page_size %d is negative", size)
+	case size == 0:
+		size = defaultPageSize
+	case size > maxPageSize:
+		size = maxPageSize
+	}
+	after := req.GetPageToken()
+	if after != "" {
+		ans, aname, ok := strings.Cut(after, "/")
+		if !ok || group.ValidateName("page_token", ans, group.MaxGroupNameLen) != nil || group.ValidateName("page_token", aname, group.MaxGroupNameLen) != nil || (ns != "" && ans != ns) {
+			return nil, invalid("list groups: page_token %q is not one this coordinator gave out; pass the previous response's next_page_token", truncateName(after))
+		}
+	}
+	id := auth.FromContext(ctx)
+	switch {
+	case id.Unrestricted():
+	case id.Member != "":
+		if ns != id.Namespace {
+			what := "all namespaces"
+			if ns != "" {
+				what = "namespace " + strconv.Quote(ns)
+			}
+			return nil, status.Errorf(codes.PermissionDenied, "list groups of %s: %s may read only its own group, %q: %v", what, id.Name, id.Namespace+"/"+id.Group, auth.ErrNotAllowed)
+		}
+		out := &musterv1.ListGroupsResponse{}
+		if id.Group == "" || after != "" {
+			return out, nil
+		}
+		v, err := s.store.Load(ctx, group.Key{Namespace: id.Namespace, Name: id.Group})
+		if err != nil {
+			return nil, internal(err)
+		}
+		if v.State != nil {
+			out.Groups = append(out.Groups, toProto(v))
+		}
+		return out, nil
+	case id.User != nil && s.opts.Readers != nil:
+		if err := s.opts.Readers.MayRead(ctx, id.User, "list", ns); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, status.Errorf(codes.PermissionDenied, "list groups: %s may read no groups: %v", id.Name, auth.ErrNotAllowed)
+	}
+	keys, next, err := s.store.ListKeysPage(ctx, ns, after, size)
 	if err != nil {
 		return nil, internal(err)
 	}
-	out := &musterv1.ListGroupsResponse{}
+	out := &musterv1.ListGroupsResponse{NextPageToken: next}
 	for _, k := range keys {
 		v, err := s.store.Load(ctx, k)
 		if err != nil {
@@ -558,6 +716,24 @@ func (s *Server) ListGroups(ctx context.Context, req *musterv1.ListGroupsRequest
 		}
 	}
 	return out, nil
+}
+
+// mayRead checks that the caller may read group k: its own group for a
+// member, what RBAC allows for a Kubernetes user.
+func (s *Server) mayRead(ctx context.Context, k group.Key) error {
+	id := auth.FromContext(ctx)
+	switch {
+	case id.Unrestricted():
+		return nil
+	case id.Member != "":
+		if id.Namespace == k.Namespace && id.Group == k.Name {
+			return nil
+		}
+		return status.Errorf(codes.PermissionDenied, "read group %q: %s may read only its own group, %q: %v", k.String(), id.Name, id.Namespace+"/"+id.Group, auth.ErrNotAllowed)
+	case id.User != nil && s.opts.Readers != nil:
+		return s.opts.Readers.MayRead(ctx, id.User, "get", k.Namespace)
+	}
+	return status.Errorf(codes.PermissionDenied, "read group %q: %s may read no groups: %v", k.String(), id.Name, auth.ErrNotAllowed)
 }
 
 func toProto(v *group.View) *musterv1.Group {

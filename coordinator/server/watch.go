@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/muster-dev/muster/coordinator/auth"
 	"github.com/muster-dev/muster/coordinator/group"
 	"github.com/muster-dev/muster/coordinator/hub"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
@@ -30,6 +31,9 @@ func (s *Server) Watch(req *musterv1.WatchRequest, stream musterv1.Rendezvous_Wa
 	id := req.GetMemberId()
 	if err := group.ValidateName("member_id", id, group.MaxMemberIDLen); err != nil {
 		return invalid("watch group %q: %v", k.String(), err)
+	}
+	if err := auth.FromContext(ctx).ActAs(k.Namespace, k.Name, id); err != nil {
+		return err
 	}
 	h, err := s.hubs.Acquire(ctx, k)
 	if err != nil {
@@ -136,6 +140,7 @@ func (w *watcher) step(o hub.Observation) (done bool, err error) {
 			if err := send(&musterv1.GroupEvent{Event: &musterv1.GroupEvent_Assignment{Assignment: &musterv1.Assignment{
 				Generation: st.Generation, Rank: int32(o.Rank), WorldSize: int32(len(st.Assignment)),
 				LeaderAddress: st.LeaderAddress, MasterPort: int32(st.MasterPort), LeaderMemberId: st.Assignment[0],
+				GossipKey: w.srv.GossipKey(&musterv1.GroupRef{Namespace: w.k.Namespace, Name: w.k.Name}, st.Generation),
 			}}}); err != nil {
 				return false, err
 			}

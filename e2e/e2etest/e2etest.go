@@ -36,6 +36,12 @@ var (
 // one, and returns that directory.
 func MusterBins(t testing.TB, root string) string {
 	t.Helper()
+	// The binaries are built with cmd.Dir = root: a relative root would
+	// put them relative to it twice.
+	root, err := filepath.Abs(root)
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir := filepath.Join(root, ".local", "e2e-bin")
 	buildOnce.Do(func() {
 		for _, c := range []string{"agent", "coordinator"} {

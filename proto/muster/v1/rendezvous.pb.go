@@ -329,10 +329,13 @@ func (x *JoinRequest) GetTopologyDomain() string {
 }
 
 type JoinResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Generation    int64                  `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
-	Joined        int32                  `protobuf:"varint,2,opt,name=joined,proto3" json:"joined,omitempty"`
-	Size          int32                  `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Generation int64                  `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	Joined     int32                  `protobuf:"varint,2,opt,name=joined,proto3" json:"joined,omitempty"`
+	Size       int32                  `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	// gossip_key is the group's gossip key for this generation (32 bytes,
+	// AES-256 for memberlist's keyring); only the group's members get it.
+	GossipKey     []byte `protobuf:"bytes,4,opt,name=gossip_key,json=gossipKey,proto3" json:"gossip_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -386,6 +389,13 @@ func (x *JoinResponse) GetSize() int32 {
 		return x.Size
 	}
 	return 0
+}
+
+func (x *JoinResponse) GetGossipKey() []byte {
+	if x != nil {
+		return x.GossipKey
+	}
+	return nil
 }
 
 type WatchRequest struct {
@@ -677,8 +687,11 @@ type Assignment struct {
 	LeaderAddress  string                 `protobuf:"bytes,4,opt,name=leader_address,json=leaderAddress,proto3" json:"leader_address,omitempty"`
 	MasterPort     int32                  `protobuf:"varint,5,opt,name=master_port,json=masterPort,proto3" json:"master_port,omitempty"`
 	LeaderMemberId string                 `protobuf:"bytes,6,opt,name=leader_member_id,json=leaderMemberId,proto3" json:"leader_member_id,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// gossip_key is the group's gossip key for this generation; it changes
+	// with every generation.
+	GossipKey     []byte `protobuf:"bytes,7,opt,name=gossip_key,json=gossipKey,proto3" json:"gossip_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Assignment) Reset() {
@@ -751,6 +764,13 @@ func (x *Assignment) GetLeaderMemberId() string {
 		return x.LeaderMemberId
 	}
 	return ""
+}
+
+func (x *Assignment) GetGossipKey() []byte {
+	if x != nil {
+		return x.GossipKey
+	}
+	return nil
 }
 
 // Readiness reports whether every rank of the generation has reported its
@@ -1362,7 +1382,13 @@ func (x *GetGroupRequest) GetGroup() *GroupRef {
 type ListGroupsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// namespace limits the list; empty lists all namespaces.
-	Namespace     string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// page_size is the most groups one response holds (default 100, at
+	// most 500).
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token continues a listing: the previous response's
+	// next_page_token.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1404,9 +1430,25 @@ func (x *ListGroupsRequest) GetNamespace() string {
 	return ""
 }
 
+func (x *ListGroupsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListGroupsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListGroupsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Groups        []*Group               `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Groups []*Group               `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	// next_page_token, when not empty, fetches the next page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1446,6 +1488,13 @@ func (x *ListGroupsResponse) GetGroups() []*Group {
 		return x.Groups
 	}
 	return nil
+}
+
+func (x *ListGroupsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type Group struct {
@@ -1748,13 +1797,15 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	" \x01(\tR\trankOrder\x12'\n" +
 	"\x0ftopology_domain\x18\v \x01(\tR\x0etopologyDomainB\n" +
 	"\n" +
-	"\b_ordinal\"Z\n" +
+	"\b_ordinal\"y\n" +
 	"\fJoinResponse\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x03R\n" +
 	"generation\x12\x16\n" +
 	"\x06joined\x18\x02 \x01(\x05R\x06joined\x12\x12\n" +
-	"\x04size\x18\x03 \x01(\x05R\x04size\"v\n" +
+	"\x04size\x18\x03 \x01(\x05R\x04size\x12\x1d\n" +
+	"\n" +
+	"gossip_key\x18\x04 \x01(\fR\tgossipKey\"v\n" +
 	"\fWatchRequest\x12)\n" +
 	"\x05group\x18\x01 \x01(\v2\x13.muster.v1.GroupRefR\x05group\x12\x1b\n" +
 	"\tmember_id\x18\x02 \x01(\tR\bmemberId\x12\x1e\n" +
@@ -1779,7 +1830,7 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	"\x06joined\x18\x02 \x01(\x05R\x06joined\x12\x12\n" +
 	"\x04size\x18\x03 \x01(\x05R\x04size\x12\x1f\n" +
 	"\vwaiting_for\x18\x04 \x03(\tR\n" +
-	"waitingFor\"\xd1\x01\n" +
+	"waitingFor\"\xf0\x01\n" +
 	"\n" +
 	"Assignment\x12\x1e\n" +
 	"\n" +
@@ -1791,7 +1842,9 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	"\x0eleader_address\x18\x04 \x01(\tR\rleaderAddress\x12\x1f\n" +
 	"\vmaster_port\x18\x05 \x01(\x05R\n" +
 	"masterPort\x12(\n" +
-	"\x10leader_member_id\x18\x06 \x01(\tR\x0eleaderMemberId\"A\n" +
+	"\x10leader_member_id\x18\x06 \x01(\tR\x0eleaderMemberId\x12\x1d\n" +
+	"\n" +
+	"gossip_key\x18\a \x01(\fR\tgossipKey\"A\n" +
 	"\tReadiness\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x03R\n" +
@@ -1839,11 +1892,15 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	"\tmember_id\x18\x02 \x01(\tR\bmemberId\"\x0f\n" +
 	"\rLeaveResponse\"<\n" +
 	"\x0fGetGroupRequest\x12)\n" +
-	"\x05group\x18\x01 \x01(\v2\x13.muster.v1.GroupRefR\x05group\"1\n" +
+	"\x05group\x18\x01 \x01(\v2\x13.muster.v1.GroupRefR\x05group\"m\n" +
 	"\x11ListGroupsRequest\x12\x1c\n" +
-	"\tnamespace\x18\x01 \x01(\tR\tnamespace\">\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"f\n" +
 	"\x12ListGroupsResponse\x12(\n" +
-	"\x06groups\x18\x01 \x03(\v2\x10.muster.v1.GroupR\x06groups\"\xb0\x03\n" +
+	"\x06groups\x18\x01 \x03(\v2\x10.muster.v1.GroupR\x06groups\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xb0\x03\n" +
 	"\x05Group\x12%\n" +
 	"\x03ref\x18\x01 \x01(\v2\x13.muster.v1.GroupRefR\x03ref\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x05R\x04size\x12\x18\n" +

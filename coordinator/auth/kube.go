@@ -1,0 +1,225 @@
+package auth
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	authnv1 "k8s.io/api/authentication/v1"
+	authzv1 "k8s.io/api/authorization/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	spgroup "github.com/muster-dev/muster/scheduler-plugin/group"
+)
+
+// The apiserver names the pod a bound service-account token was issued
+// for in the TokenReview's user extra.
+const (
+	extraPodName = "authentication.kubernetes.io/pod-name"
+	extraPodUID  = "authentication.kubernetes.io/pod-uid"
+)
+
+// DefaultAudience is the audience of the tokens the webhook projects into
+// muster pods: a token made for muster is good for nothing else, and a
+// token made for the apiserver is refused here.
+const DefaultAudience = "muster"
+
+// Resource is what a SubjectAccessReview asks about when a Kubernetes user
+// (not a pod) reads groups: verbs get, list and watch on groups.muster.dev.
+const (
+	ResourceGroup = "muster.dev"
+	Resource      = "groups"
+)
+
+// Kube identifies callers by a Kubernetes token: the apiserver reviews it
+// (TokenReview, audience Audience), and a pod-bound service-account token
+// becomes that pod's identity: its namespace, its name as the member, its
+// group from its labels, its IPs as the addresses it may announce.
+// Reviews are cached for CacheTTL by the token's hash, so a member's calls
+// cost one apiserver round trip every CacheTTL, not one each.
+type Kube struct {
+	Client   kubernetes.Interface
+	Audience string
+	CacheTTL time.Duration
+
+	mu    sync.Mutex
+	cache map[[32]byte]cached
+	sars  map[string]cachedSAR
+}
+
+type cached struct {
+	id      *Identity
+	err     error
+	expires time.Time
+}
+
+type cachedSAR struct {
+	err     error
+	expires time.Time
+}
+
+// NewKube returns a Kube authenticator with the default audience and a
+// 10s cache: a deleted pod's token stops working within 10s.
+func NewKube(c kubernetes.Interface, audience string) *Kube {
+	if audience == "" {
+		audience = DefaultAudience
+	}
+	return &Kube{Client: c, Audience: audience, CacheTTL: 10 * time.Second, cache: map[[32]byte]cached{}, sars: map[string]cachedSAR{}}
+}
+
+// bearer returns the call's bearer token, or "".
+func bearer(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, v := range md.Get("authorization") {
+		if t, ok := strings.CutPrefix(v, "Bearer "); ok {
+			return strings.TrimSpace(t)
+		}
+	}
+	return ""
+}
+
+// maxTokenLen bounds what is sent to the apiserver: service-account JWTs
+// are about 1 KB.
+const maxTokenLen = 16 << 10
+
+// Identify reviews token and returns whom it names.
+func (k *Kube) Identify(ctx context.Context, token string) (*Identity, error) {
+	if len(token) > maxTokenLen {
+		return nil, status.Errorf(codes.Unauthenticated, "bearer token is %d bytes; at most %d", len(token), maxTokenLen)
+	}
+	h := sha256.Sum256([]byte(token))
+	now := time.Now()
+	k.mu.Lock()
+	c, ok := k.cache[h]
+	if len(k.cache) > 10000 {
+		for key, v := range k.cache {
+			if now.After(v.expires) {
+				delete(k.cache, key)
+			}
+		}
+	}
+	k.mu.Unlock()
+	if ok && now.Before(c.expires) {
+		return c.id, c.err
+	}
+	id, err := k.review(ctx, token)
+	if st, ok := status.FromError(err); err != nil && ok && st.Code() == codes.Unavailable {
+		return nil, err // not cached: the apiserver may answer next time
+	}
+	k.mu.Lock()
+	k.cache[h] = cached{id: id, err: err, expires: now.Add(k.CacheTTL)}
+	k.mu.Unlock()
+	return id, err
+}
+
+func (k *Kube) review(ctx context.Context, token string) (*Identity, error) {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	tr, err := k.Client.AuthenticationV1().TokenReviews().Create(rctx, &authnv1.TokenReview{
+		Spec: authnv1.TokenReviewSpec{Token: token, Audiences: []string{k.Audience}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "review the caller's token with the apiserver: %v", err)
+	}
+	if !tr.Status.Authenticated {
+		msg := tr.Status.Error
+		if msg == "" {
+			msg = "the apiserver did not accept it"
+		}
+		return nil, status.Errorf(codes.Unauthenticated, "bearer token refused for audience %q: %s", k.Audience, msg)
+	}
+	u := tr.Status.User
+	podName, podUID := first(u.Extra[extraPodName]), first(u.Extra[extraPodUID])
+	ns, isSA := serviceAccountNamespace(u.Username)
+	if !isSA || podName == "" {
+		// A person or a controller with a token for muster's audience:
+		// reads only, as RBAC allows (see MayRead).
+		extra := map[string][]string{}
+		for k, v := range u.Extra {
+			extra[k] = v
+		}
+		return &Identity{Name: "user " + u.Username, User: &User{Name: u.Username, UID: u.UID, Groups: u.Groups, Extra: extra}}, nil
+	}
+	pod, err := k.Client.CoreV1().Pods(ns).Get(rctx, podName, metav1.GetOptions{})
+	if err != nil {
+		return nil, status.Errorf(codes.Unauthenticated, "token of pod %s/%s: read the pod: %v", ns, podName, err)
+	}
+	if string(pod.UID) != podUID {
+		return nil, status.Errorf(codes.Unauthenticated, "token of pod %s/%s was issued for uid %s; the pod is now uid %s (deleted and made again)", ns, podName, podUID, pod.UID)
+	}
+	id := &Identity{Name: fmt.Sprintf("pod %s/%s", ns, podName), Namespace: ns, Member: podName}
+	if key, ok := spgroup.Of(pod); ok {
+		id.Group = key.Name
+	}
+	for _, ip := range pod.Status.PodIPs {
+		id.Addresses = append(id.Addresses, ip.IP)
+	}
+	if len(id.Addresses) == 0 && pod.Status.PodIP != "" {
+		id.Addresses = []string{pod.Status.PodIP}
+	}
+	return id, nil
+}
+
+func first(v []string) string {
+	if len(v) == 0 {
+		return ""
+	}
+	return v[0]
+}
+
+// serviceAccountNamespace reads system:serviceaccount:NS:NAME.
+func serviceAccountNamespace(user string) (string, bool) {
+	parts := strings.Split(user, ":")
+	if len(parts) != 4 || parts[0] != "system" || parts[1] != "serviceaccount" {
+		return "", false
+	}
+	return parts[2], true
+}
+
+// MayRead asks the apiserver whether user may verb (get, list, watch)
+// groups.muster.dev in namespace ns ("" = all namespaces). Answers are
+// cached like token reviews.
+func (k *Kube) MayRead(ctx context.Context, u *User, verb, ns string) error {
+	key := strings.Join([]string{u.Name, verb, ns}, "\x00")
+	now := time.Now()
+	k.mu.Lock()
+	c, ok := k.sars[key]
+	k.mu.Unlock()
+	if ok && now.Before(c.expires) {
+		return c.err
+	}
+	extra := map[string]authzv1.ExtraValue{}
+	for k, v := range u.Extra {
+		extra[k] = v
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	sar, err := k.Client.AuthorizationV1().SubjectAccessReviews().Create(rctx, &authzv1.SubjectAccessReview{
+		Spec: authzv1.SubjectAccessReviewSpec{
+			User: u.Name, UID: u.UID, Groups: u.Groups, Extra: extra,
+			ResourceAttributes: &authzv1.ResourceAttributes{Namespace: ns, Verb: verb, Group: ResourceGroup, Resource: Resource},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "ask the apiserver whether %s may %s groups: %v", u.Name, verb, err)
+	}
+	var res error
+	if !sar.Status.Allowed {
+		where := "in namespace " + ns
+		if ns == "" {
+			where = "in all namespaces"
+		}
+		res = status.Errorf(codes.PermissionDenied, "user %s may not %s %s.%s %s (RBAC: grant the verb on resource %q of API group %q): %v", u.Name, verb, Resource, ResourceGroup, where, Resource, ResourceGroup, ErrNotAllowed)
+	}
+	k.mu.Lock()
+	k.sars[key] = cachedSAR{err: res, expires: now.Add(k.CacheTTL)}
+	k.mu.Unlock()
+	return res
+}

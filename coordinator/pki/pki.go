@@ -1,0 +1,188 @@
+// Package pki makes the certificates muster serves and authenticates
+// with: a CA, the coordinator's serving certificate, and member and
+// operator client certificates for bare hosts. Keys are ECDSA P-256;
+// files are PEM, keys written 0600.
+package pki
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"time"
+)
+
+// CA is a certificate authority that can sign.
+type CA struct {
+	Cert   *x509.Certificate
+	Signer crypto.Signer
+	PEM    []byte
+}
+
+// NewCA makes a self-signed CA named name, valid for validity.
+func NewCA(name string, validity time.Duration) (*CA, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial(),
+		Subject:               pkix.Name{CommonName: name},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(validity),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyPEM, err := encodeKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &CA{Cert: cert, Signer: key, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}, keyPEM, nil
+}
+
+// LoadCA reads a CA's certificate and key files.
+func LoadCA(certFile, keyFile string) (*CA, error) {
+	cb, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil, err
+	}
+	kb, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, err
+	}
+	cblk, _ := pem.Decode(cb)
+	kblk, _ := pem.Decode(kb)
+	if cblk == nil || kblk == nil {
+		return nil, fmt.Errorf("%s or %s is not PEM", certFile, keyFile)
+	}
+	cert, err := x509.ParseCertificate(cblk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", certFile, err)
+	}
+	key, err := x509.ParsePKCS8PrivateKey(kblk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", keyFile, err)
+	}
+	signer, ok := key.(crypto.Signer)
+	if !ok || !cert.IsCA {
+		return nil, fmt.Errorf("%s / %s is not a CA certificate and its key", certFile, keyFile)
+	}
+	return &CA{Cert: cert, Signer: signer, PEM: cb}, nil
+}
+
+// Leaf describes a certificate to issue.
+type Leaf struct {
+	CommonName string
+	// Hosts are IP addresses and DNS names (SANs).
+	Hosts []string
+	// URIs are URI SANs (muster identities).
+	URIs     []string
+	Server   bool // serverAuth usage
+	Client   bool // clientAuth usage
+	Validity time.Duration
+}
+
+// Issue signs l and returns the certificate and key, PEM encoded.
+func (ca *CA) Issue(l Leaf) (certPEM, keyPEM []byte, err error) {
+	if !l.Server && !l.Client {
+		return nil, nil, errors.New("a certificate for neither server nor client use")
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: l.CommonName},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(l.Validity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+	}
+	if l.Server {
+		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
+	}
+	if l.Client {
+		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageClientAuth)
+	}
+	for _, h := range l.Hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	for _, u := range l.URIs {
+		pu, err := url.Parse(u)
+		if err != nil {
+			return nil, nil, fmt.Errorf("URI %q: %w", u, err)
+		}
+		tmpl.URIs = append(tmpl.URIs, pu)
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Signer)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyPEM, err = encodeKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, nil
+}
+
+// WriteFiles writes a certificate (0644) and its key (0600). The key is
+// created afresh: an existing file is replaced, never written through a
+// symlink.
+func WriteFiles(certFile string, certPEM []byte, keyFile string, keyPEM []byte) error {
+	if err := writeAtomic(keyFile, keyPEM, 0o600); err != nil {
+		return err
+	}
+	return writeAtomic(certFile, certPEM, 0o644)
+}
+
+func writeAtomic(file string, b []byte, mode os.FileMode) error {
+	tmp := file + ".new"
+	_ = os.Remove(tmp)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, file)
+}
+
+func encodeKey(k *ecdsa.PrivateKey) ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+func serial() *big.Int {
+	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 126))
+	return n
+}

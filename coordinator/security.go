@@ -1,0 +1,296 @@
+package coordinator
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/muster-dev/muster/coordinator/auth"
+	"github.com/muster-dev/muster/coordinator/pki"
+	"github.com/muster-dev/muster/coordinator/webhook"
+)
+
+// validateSecurity checks the TLS and authentication flags; a coordinator
+// that would take anyone's word must say so (--insecure) unless it
+// listens on loopback only.
+func (c *Config) validateSecurity() error {
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("--tls-cert and --tls-key go together: give both (the gRPC port's certificate and key) or neither")
+	}
+	if c.ClientCA != "" && c.TLSCert == "" {
+		return errors.New("--client-ca needs --tls-cert and --tls-key: client certificates are checked in the TLS handshake")
+	}
+	for _, f := range []struct{ flag, path string }{{"--tls-cert", c.TLSCert}, {"--tls-key", c.TLSKey}, {"--client-ca", c.ClientCA},
+		{"--etcd-cacert", c.EtcdCACert}, {"--etcd-cert", c.EtcdCert}, {"--etcd-key", c.EtcdKey}} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return fmt.Errorf("%s %s: %w", f.flag, f.path, err)
+		}
+	}
+	if (c.EtcdCert == "") != (c.EtcdKey == "") {
+		return errors.New("--etcd-cert and --etcd-key go together: give both or neither")
+	}
+	if (c.EtcdCACert != "" || c.EtcdCert != "") && len(c.EtcdEndpoints) == 0 {
+		return errors.New("--etcd-cacert/--etcd-cert are for an external etcd: give --etcd-endpoints too")
+	}
+	if c.RateLimit < 0 || c.RateBurst < 0 {
+		return fmt.Errorf("--rate-limit %v / --rate-burst %d: negative", c.RateLimit, c.RateBurst)
+	}
+	if c.MaxMessageBytes < 1024 {
+		return fmt.Errorf("--max-message-bytes %d is too small: the largest agent request is a few KiB; give at least 1024", c.MaxMessageBytes)
+	}
+	if c.Insecure || loopbackOnly(c.Listen) {
+		return nil
+	}
+	if c.ClientCA == "" && c.Kubeconfig == "" && !c.InCluster {
+		return fmt.Errorf("--listen %s reaches beyond loopback and nothing authenticates callers: anyone who reaches the port could act as any member. Give --tls-cert, --tls-key and --client-ca (bare hosts), or --kubeconfig/--in-cluster (pods' service-account tokens), or --insecure to accept that", c.Listen)
+	}
+	if c.TLSCert == "" {
+		return fmt.Errorf("--listen %s reaches beyond loopback without TLS: tokens would cross the network in the clear. Give --tls-cert and --tls-key, or --insecure to accept that", c.Listen)
+	}
+	return nil
+}
+
+// loopbackOnly reports whether addr's host is a loopback IP or localhost.
+func loopbackOnly(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// securityOptions returns the gRPC server options for TLS, authentication,
+// rate limits and message size, and says in the log what is on.
+func (c *Coordinator) securityOptions(log *slog.Logger) ([]grpc.ServerOption, *auth.Kube, error) {
+	cfg := c.cfg
+	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(cfg.MaxMessageBytes)}
+	chain := &auth.Chain{AllowAnonymous: cfg.Insecure}
+	if cfg.TLSCert != "" {
+		tc, err := serverTLS(cfg.TLSCert, cfg.TLSKey, cfg.ClientCA)
+		if err != nil {
+			return nil, nil, err
+		}
+		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
+		if cfg.ClientCA != "" {
+			chain.Cert = &auth.Cert{}
+		}
+	}
+	if c.kube != nil {
+		chain.Kube = auth.NewKube(c.kube, cfg.TokenAudience)
+	}
+	if chain.Cert == nil && chain.Kube == nil && loopbackOnly(cfg.Listen) {
+		// Nothing to authenticate with: on loopback only this machine's
+		// users reach the port (the bare-host quick start, tests).
+		chain.AllowAnonymous = true
+	}
+	var lim *auth.Limiter
+	if cfg.RateLimit > 0 {
+		lim = auth.NewLimiter(cfg.RateLimit, max(cfg.RateBurst, 1))
+	}
+	opts = append(opts, auth.Interceptors(chain, lim)...)
+	log.Info("coordinator security", "tls", cfg.TLSCert != "", "client_certificates", chain.Cert != nil,
+		"kubernetes_tokens", chain.Kube != nil, "token_audience", cfg.TokenAudience, "anonymous_callers", chain.AllowAnonymous,
+		"rate_limit_per_identity", cfg.RateLimit, "max_message_bytes", cfg.MaxMessageBytes)
+	if chain.AllowAnonymous {
+		log.Warn("callers are not authenticated: anyone who reaches " + cfg.Listen + " may act as any member of any group (see docs/security.md)")
+	}
+	return opts, chain.Kube, nil
+}
+
+// serverTLS loads the gRPC port's certificate (re-read from disk at each
+// handshake when it changes, so a rotated certificate needs no restart)
+// and, with clientCA, requires and verifies client certificates.
+func serverTLS(certFile, keyFile, clientCA string) (*tls.Config, error) {
+	kp := &keyPair{cert: certFile, key: keyFile}
+	if _, err := kp.get(); err != nil {
+		return nil, err
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return kp.get() }}
+	if clientCA != "" {
+		pool, err := LoadCertPool(clientCA)
+		if err != nil {
+			return nil, fmt.Errorf("--client-ca: %w", err)
+		}
+		// VerifyClientCertIfGiven: pods authenticate with tokens over
+		// server-only TLS; a certificate, when sent, must verify.
+		tc.ClientCAs, tc.ClientAuth = pool, tls.VerifyClientCertIfGiven
+	}
+	return tc, nil
+}
+
+// keyPair re-reads a certificate and key when the certificate file
+// changes (a renewed Secret, a rotated bare-host certificate).
+type keyPair struct {
+	cert, key string
+
+	mu     sync.Mutex
+	mod    time.Time
+	cached *tls.Certificate
+}
+
+func (k *keyPair) get() (*tls.Certificate, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	st, err := os.Stat(k.cert)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-cert: %w", err)
+	}
+	if k.cached != nil && st.ModTime().Equal(k.mod) {
+		return k.cached, nil
+	}
+	c, err := tls.LoadX509KeyPair(k.cert, k.key)
+	if err != nil {
+		if k.cached != nil {
+			return k.cached, nil // a half-written rotation: keep serving the old one
+		}
+		return nil, fmt.Errorf("--tls-cert %s / --tls-key %s: %w", k.cert, k.key, err)
+	}
+	k.cached, k.mod = &c, st.ModTime()
+	return k.cached, nil
+}
+
+// LoadCertPool reads PEM certificates from file.
+func LoadCertPool(file string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", file)
+	}
+	return pool, nil
+}
+
+// etcdTLS is the client TLS for an external etcd, or nil.
+func etcdTLS(cfg Config) (*tls.Config, error) {
+	if cfg.EtcdCACert == "" && cfg.EtcdCert == "" {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if cfg.EtcdCACert != "" {
+		pool, err := LoadCertPool(cfg.EtcdCACert)
+		if err != nil {
+			return nil, fmt.Errorf("--etcd-cacert: %w", err)
+		}
+		tc.RootCAs = pool
+	}
+	if cfg.EtcdCert != "" {
+		c, err := tls.LoadX509KeyPair(cfg.EtcdCert, cfg.EtcdKey)
+		if err != nil {
+			return nil, fmt.Errorf("--etcd-cert/--etcd-key: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{c}
+	}
+	return tc, nil
+}
+
+// gossipSecret returns the secret every replica derives gossip keys from,
+// making it once (the first replica to start wins the create).
+func gossipSecret(ctx context.Context, cli *clientv3.Client, prefix string) ([]byte, error) {
+	key := path.Dir(strings.TrimSuffix(prefix, "/")) + "/secrets/gossip"
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(secret))).
+		Else(clientv3.OpGet(key)).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("gossip secret %s in etcd: %w", key, err)
+	}
+	if resp.Succeeded {
+		return secret, nil
+	}
+	kvs := resp.Responses[0].GetResponseRange().GetKvs()
+	if len(kvs) == 0 || len(kvs[0].Value) < 16 {
+		return nil, fmt.Errorf("gossip secret %s in etcd is missing or shorter than 16 bytes; delete it to make a new one", key)
+	}
+	return kvs[0].Value, nil
+}
+
+// prepareTLS settles the gRPC port's certificate and the CA agents verify
+// it with (returned, PEM; nil when agents dial in plaintext). A
+// coordinator that runs its own webhook certificates on Kubernetes (make
+// cluster) serves TLS by default: its gRPC certificate is issued by the
+// webhook's CA for the --listen and --advertise hosts, so the one CA the
+// apiserver trusts for the webhook is the one agents trust too.
+func (c *Coordinator) prepareTLS(log *slog.Logger) ([]byte, error) {
+	cfg := &c.cfg
+	var agentCA []byte
+	switch {
+	case cfg.AgentCA != "":
+		b, err := os.ReadFile(cfg.AgentCA)
+		if err != nil {
+			return nil, fmt.Errorf("--agent-ca: %w", err)
+		}
+		agentCA = b
+	case cfg.TLSCert != "" && cfg.WebhookTLSDir != "":
+		// A deployment's Secret (kubernetes.io/tls, cert-manager) carries
+		// its CA as ca.crt.
+		if b, err := os.ReadFile(filepath.Join(cfg.WebhookTLSDir, "ca.crt")); err == nil {
+			agentCA = b
+		}
+	}
+	if cfg.TLSCert != "" || cfg.Insecure || cfg.WebhookListen == "" || cfg.WebhookTLSDir != "" || c.kube == nil {
+		if cfg.TLSCert != "" && agentCA == nil && cfg.WebhookListen != "" {
+			log.Warn("the gRPC port serves TLS but injected agents get no CA to verify it with: give --agent-ca")
+		}
+		return agentCA, nil
+	}
+	dir := cfg.WebhookCertDir
+	if dir == "" {
+		dir = filepath.Join(cfg.DataDir, "webhook")
+	}
+	whost, _, _ := net.SplitHostPort(cfg.WebhookListen)
+	caPEM, _, _, err := webhook.EnsureCerts(dir, []string{whost})
+	if err != nil {
+		return nil, fmt.Errorf("webhook certificates in %s: %w", dir, err)
+	}
+	ca, err := pki.LoadCA(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key"))
+	if err != nil {
+		return nil, fmt.Errorf("webhook CA in %s: %w", dir, err)
+	}
+	var hosts []string
+	for _, a := range append([]string{cfg.Listen}, strings.Split(cfg.Advertise, ",")...) {
+		if h, _, err := net.SplitHostPort(strings.TrimSpace(a)); err == nil && h != "" && !slices.Contains(hosts, h) {
+			hosts = append(hosts, h)
+		}
+	}
+	certPEM, keyPEM, err := ca.Issue(pki.Leaf{CommonName: "muster-coordinator", Hosts: hosts, Server: true, Validity: 365 * 24 * time.Hour})
+	if err != nil {
+		return nil, fmt.Errorf("gRPC certificate: %w", err)
+	}
+	cfg.TLSCert, cfg.TLSKey = filepath.Join(dir, "grpc.crt"), filepath.Join(dir, "grpc.key")
+	if err := pki.WriteFiles(cfg.TLSCert, certPEM, cfg.TLSKey, keyPEM); err != nil {
+		return nil, fmt.Errorf("gRPC certificate: %w", err)
+	}
+	log.Info("gRPC port serves TLS with a certificate from the webhook's CA", "hosts", strings.Join(hosts, ","), "cert", cfg.TLSCert)
+	return caPEM, nil
+}

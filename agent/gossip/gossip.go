@@ -13,6 +13,7 @@ import (
 	"io"
 	"log"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -109,12 +110,18 @@ func (n *Node) UseKey(key []byte) error {
 	if len(n.keys) > 0 && bytes.Equal(n.keys[len(n.keys)-1], key) {
 		return nil
 	}
+	key = bytes.Clone(key) // the ring keeps it: not the caller's buffer
 	if err := n.keyring.AddKey(key); err != nil {
 		return fmt.Errorf("gossip key: %w", err)
 	}
 	if err := n.keyring.UseKey(key); err != nil {
 		return fmt.Errorf("gossip key: %w", err)
 	}
+	// A key still in the ring (the previous generation's, when two
+	// generations' assignments arrive out of order) moves to the end
+	// rather than appearing twice: dropping its older copy would remove
+	// the key now in use, which memberlist refuses.
+	n.keys = slices.DeleteFunc(n.keys, func(k []byte) bool { return bytes.Equal(k, key) })
 	n.keys = append(n.keys, key)
 	for len(n.keys) > 2 {
 		if err := n.keyring.RemoveKey(n.keys[0]); err != nil {

@@ -1,0 +1,334 @@
+package auth_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	authnv1 "k8s.io/api/authentication/v1"
+	authzv1 "k8s.io/api/authorization/v1"
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/muster-dev/muster/coordinator/auth"
+)
+
+// Tokens the fake apiserver knows.
+const (
+	tokPod        = "tok-pod"         // bound to pod ns1/g-0, uid-0
+	tokPodOldUID  = "tok-pod-old"     // bound to an earlier pod ns1/g-0
+	tokPodGone    = "tok-pod-gone"    // bound to a pod that does not exist
+	tokNoGroup    = "tok-nogroup"     // bound to pod ns1/loner (no group label)
+	tokUnboundSA  = "tok-unbound-sa"  // a service account's token not bound to a pod
+	tokAlice      = "tok-alice"       // a person
+	tokWrongAud   = "tok-wrong-aud"   // refused by the apiserver
+	tokReviewDown = "tok-review-down" // the review itself fails
+)
+
+// fakeKube is a fake apiserver answering TokenReviews and
+// SubjectAccessReviews, counting them.
+type fakeKube struct {
+	cs *fake.Clientset
+
+	mu      sync.Mutex
+	reviews map[string]int // token -> TokenReviews
+	sars    []authzv1.SubjectAccessReviewSpec
+	// allowed says what SubjectAccessReviews allow.
+	allowed func(authzv1.SubjectAccessReviewSpec) bool
+	// reviewErr, while set, fails TokenReviews (the apiserver is down).
+	reviewErr error
+}
+
+func podBound(ns, name, uid string) authnv1.UserInfo {
+	return authnv1.UserInfo{
+		Username: "system:serviceaccount:" + ns + ":default",
+		UID:      "sa-uid",
+		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+		Extra: map[string]authnv1.ExtraValue{
+			"authentication.kubernetes.io/pod-name": {name},
+			"authentication.kubernetes.io/pod-uid":  {uid},
+		},
+	}
+}
+
+func newFakeKube(t *testing.T) *fakeKube {
+	t.Helper()
+	pods := []runtime.Object{
+		&v1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "ns1", Name: "g-0", UID: types.UID("uid-0"), Labels: map[string]string{"muster.dev/group": "llama"}},
+			Status:     v1.PodStatus{PodIP: "10.0.0.5", PodIPs: []v1.PodIP{{IP: "10.0.0.5"}, {IP: "fd00::5"}}},
+		},
+		&v1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "ns1", Name: "loner", UID: types.UID("uid-l")},
+			Status:     v1.PodStatus{PodIP: "10.0.0.9"},
+		},
+	}
+	users := map[string]authnv1.UserInfo{
+		tokPod:       podBound("ns1", "g-0", "uid-0"),
+		tokPodOldUID: podBound("ns1", "g-0", "uid-old"),
+		tokPodGone:   podBound("ns1", "g-7", "uid-7"),
+		tokNoGroup:   podBound("ns1", "loner", "uid-l"),
+		tokUnboundSA: {Username: "system:serviceaccount:ns1:builder", UID: "sa-b"},
+		tokAlice: {Username: "alice", UID: "alice-uid", Groups: []string{"devs", "system:authenticated"},
+			Extra: map[string]authnv1.ExtraValue{"scopes": {"read"}}},
+	}
+	f := &fakeKube{cs: fake.NewClientset(pods...), reviews: map[string]int{}}
+	f.cs.PrependReactor("create", "tokenreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		tr := a.(k8stesting.CreateAction).GetObject().(*authnv1.TokenReview).DeepCopy()
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.reviews[tr.Spec.Token]++
+		if f.reviewErr != nil {
+			return true, nil, f.reviewErr
+		}
+		if !slices.Equal(tr.Spec.Audiences, []string{auth.DefaultAudience}) {
+			return true, nil, fmt.Errorf("TokenReview audiences %v, want [%s]", tr.Spec.Audiences, auth.DefaultAudience)
+		}
+		if u, ok := users[tr.Spec.Token]; ok {
+			tr.Status = authnv1.TokenReviewStatus{Authenticated: true, User: u, Audiences: tr.Spec.Audiences}
+		} else {
+			tr.Status = authnv1.TokenReviewStatus{Error: "[invalid bearer token, token audiences [\"api\"] is invalid for the target audiences [\"muster\"]]"}
+		}
+		return true, tr, nil
+	})
+	f.cs.PrependReactor("create", "subjectaccessreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		sar := a.(k8stesting.CreateAction).GetObject().(*authzv1.SubjectAccessReview).DeepCopy()
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.sars = append(f.sars, sar.Spec)
+		sar.Status.Allowed = f.allowed != nil && f.allowed(sar.Spec)
+		if !sar.Status.Allowed {
+			sar.Status.Reason = "no RBAC policy matched"
+		}
+		return true, sar, nil
+	})
+	return f
+}
+
+func (f *fakeKube) reviewsOf(token string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.reviews[token]
+}
+
+func (f *fakeKube) sarCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.sars)
+}
+
+func testCtx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestKubeIdentify(t *testing.T) {
+	tests := []struct {
+		name  string
+		token string
+		want  *auth.Identity // nil: an error is wanted
+		// wantErr are substrings of the Unauthenticated message.
+		wantErr []string
+	}{
+		{
+			name: "pod-bound token becomes the pod", token: tokPod,
+			want: &auth.Identity{Name: "pod ns1/g-0", Namespace: "ns1", Group: "llama", Member: "g-0", Addresses: []string{"10.0.0.5", "fd00::5"}},
+		},
+		{
+			// Only podIP set (no podIPs): still its address; no label: no group.
+			name: "pod without a group", token: tokNoGroup,
+			want: &auth.Identity{Name: "pod ns1/loner", Namespace: "ns1", Member: "loner", Addresses: []string{"10.0.0.9"}},
+		},
+		{
+			name: "pod deleted and made again", token: tokPodOldUID,
+			wantErr: []string{"ns1/g-0", "uid-old", "uid-0", "deleted and made again"},
+		},
+		{
+			name: "pod gone", token: tokPodGone,
+			wantErr: []string{"ns1/g-7", "read the pod", "not found"},
+		},
+		{
+			name: "refused by the apiserver", token: tokWrongAud,
+			wantErr: []string{`audience "muster"`, "invalid bearer token"},
+		},
+		{
+			name: "service account not bound to a pod is a user", token: tokUnboundSA,
+			want: &auth.Identity{Name: "user system:serviceaccount:ns1:builder", User: &auth.User{}},
+		},
+		{
+			name: "person", token: tokAlice,
+			want: &auth.Identity{Name: "user alice", User: &auth.User{}},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeKube(t)
+			k := auth.NewKube(f.cs, "")
+			id, err := k.Identify(testCtx(t), tc.token)
+			if tc.want == nil {
+				if status.Code(err) != codes.Unauthenticated || id != nil {
+					t.Fatalf("Identify = %+v, %v; want Unauthenticated", id, err)
+				}
+				for _, w := range tc.wantErr {
+					if msg := status.Convert(err).Message(); !strings.Contains(msg, w) {
+						t.Errorf("message %q does not name %q", msg, w)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Identify: %v", err)
+			}
+			checkIdentity(t, id, tc.want)
+		})
+	}
+}
+
+func TestKubeUserKeepsWhatTheApiserverSaid(t *testing.T) {
+	f := newFakeKube(t)
+	k := auth.NewKube(f.cs, "")
+	id, err := k.Identify(testCtx(t), tokAlice)
+	if err != nil {
+		t.Fatalf("Identify(alice): %v", err)
+	}
+	u := id.User
+	if u == nil || u.Name != "alice" || u.UID != "alice-uid" || !slices.Equal(u.Groups, []string{"devs", "system:authenticated"}) ||
+		!slices.Equal(u.Extra["scopes"], []string{"read"}) {
+		t.Fatalf("User = %+v, want alice with her uid, groups and extra", u)
+	}
+	if id.Member != "" || id.Operator || id.Anonymous {
+		t.Errorf("a person's identity %+v has member or operator rights", id)
+	}
+	if err := id.ActAs("ns1", "llama", "g-0"); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("alice ActAs a member = %v, want PermissionDenied", err)
+	}
+}
+
+func TestKubeCachesReviews(t *testing.T) {
+	t.Run("within CacheTTL one review", func(t *testing.T) {
+		f := newFakeKube(t)
+		k := auth.NewKube(f.cs, "")
+		k.CacheTTL = time.Hour
+		for i := range 3 {
+			id, err := k.Identify(testCtx(t), tokPod)
+			if err != nil || id.Member != "g-0" {
+				t.Fatalf("Identify #%d = %+v, %v; want pod g-0", i+1, id, err)
+			}
+		}
+		if n := f.reviewsOf(tokPod); n != 1 {
+			t.Errorf("3 calls with one token within CacheTTL made %d TokenReviews, want 1", n)
+		}
+		// Refusals are cached too: a stranger's retries do not reach the
+		// apiserver each time.
+		for range 3 {
+			if _, err := k.Identify(testCtx(t), tokWrongAud); status.Code(err) != codes.Unauthenticated {
+				t.Fatalf("Identify(refused token) = %v, want Unauthenticated", err)
+			}
+		}
+		if n := f.reviewsOf(tokWrongAud); n != 1 {
+			t.Errorf("3 calls with a refused token made %d TokenReviews, want 1", n)
+		}
+		// Another token is reviewed on its own.
+		if _, err := k.Identify(testCtx(t), tokNoGroup); err != nil {
+			t.Fatalf("Identify(other token): %v", err)
+		}
+		if n := f.reviewsOf(tokNoGroup); n != 1 {
+			t.Errorf("a second token made %d TokenReviews, want 1", n)
+		}
+	})
+	t.Run("expired entries are reviewed again", func(t *testing.T) {
+		f := newFakeKube(t)
+		k := auth.NewKube(f.cs, "")
+		k.CacheTTL = 0 // every entry has expired by the next call
+		for range 2 {
+			if _, err := k.Identify(testCtx(t), tokPod); err != nil {
+				t.Fatalf("Identify: %v", err)
+			}
+		}
+		if n := f.reviewsOf(tokPod); n != 2 {
+			t.Errorf("2 calls past CacheTTL made %d TokenReviews, want 2", n)
+		}
+	})
+	t.Run("a failed review is not cached", func(t *testing.T) {
+		f := newFakeKube(t)
+		k := auth.NewKube(f.cs, "")
+		k.CacheTTL = time.Hour
+		f.mu.Lock()
+		f.reviewErr = errors.New("connection refused")
+		f.mu.Unlock()
+		_, err := k.Identify(testCtx(t), tokPod)
+		if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "connection refused") {
+			t.Fatalf("Identify with the apiserver down = %v, want Unavailable naming the cause", err)
+		}
+		f.mu.Lock()
+		f.reviewErr = nil
+		f.mu.Unlock()
+		id, err := k.Identify(testCtx(t), tokPod)
+		if err != nil || id.Member != "g-0" {
+			t.Fatalf("Identify once the apiserver is back = %+v, %v; want pod g-0 (the outage must not be cached)", id, err)
+		}
+		if n := f.reviewsOf(tokPod); n != 2 {
+			t.Errorf("TokenReviews = %d, want 2 (one failed, one answered)", n)
+		}
+	})
+}
+
+func TestKubeMayRead(t *testing.T) {
+	alice := &auth.User{Name: "alice", UID: "alice-uid", Groups: []string{"devs"}, Extra: map[string][]string{"scopes": {"read"}}}
+	tests := []struct {
+		name, verb, ns string
+		// denied lists what the PermissionDenied message names; nil: allowed.
+		denied []string
+	}{
+		{name: "get in her namespace", verb: "get", ns: "team-a"},
+		{name: "list in her namespace", verb: "list", ns: "team-a"},
+		{name: "list in another namespace", verb: "list", ns: "team-b", denied: []string{"alice", "list", "groups.muster.dev", "in namespace team-b", "RBAC"}},
+		{name: "watch everywhere", verb: "watch", ns: "", denied: []string{"alice", "watch", "groups.muster.dev", "in all namespaces"}},
+	}
+	f := newFakeKube(t)
+	f.allowed = func(s authzv1.SubjectAccessReviewSpec) bool {
+		ra := s.ResourceAttributes
+		return s.User == "alice" && ra != nil && ra.Namespace == "team-a" && ra.Group == auth.ResourceGroup && ra.Resource == auth.Resource
+	}
+	k := auth.NewKube(f.cs, "")
+	k.CacheTTL = time.Hour
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := f.sarCount()
+			for range 2 {
+				err := k.MayRead(testCtx(t), alice, tc.verb, tc.ns)
+				if tc.denied == nil {
+					if err != nil {
+						t.Fatalf("MayRead(%s, %q) = %v, want allowed", tc.verb, tc.ns, err)
+					}
+					continue
+				}
+				checkDenied(t, "MayRead", err, tc.denied...)
+			}
+			if n := f.sarCount() - before; n != 1 {
+				t.Errorf("2 identical MayRead calls made %d SubjectAccessReviews, want 1 (cached)", n)
+			}
+			f.mu.Lock()
+			got := f.sars[len(f.sars)-1]
+			f.mu.Unlock()
+			ra := got.ResourceAttributes
+			if got.User != "alice" || got.UID != "alice-uid" || !slices.Equal(got.Groups, alice.Groups) || !slices.Equal(got.Extra["scopes"], []string{"read"}) ||
+				ra == nil || ra.Verb != tc.verb || ra.Namespace != tc.ns || ra.Group != "muster.dev" || ra.Resource != "groups" {
+				t.Errorf("SubjectAccessReview spec = %+v (resource %+v), want alice's identity asking %s groups.muster.dev in %q", got, ra, tc.verb, tc.ns)
+			}
+		})
+	}
+}

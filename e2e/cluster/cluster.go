@@ -291,6 +291,9 @@ func (c *Cluster) start(ctx context.Context) error {
 		"--requestheader-extra-headers-prefix=X-Remote-Extra-",
 		"--proxy-client-cert-file=" + p.proxyCert,
 		"--proxy-client-key-file=" + p.proxyKey,
+		// Tokens of other audiences (projected tokens of audience
+		// "muster") need no --api-audiences: a TokenReview names the
+		// audience it accepts in spec.audiences.
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file=" + p.saKey,
 		"--service-account-signing-key-file=" + p.saKey,

@@ -42,6 +42,9 @@ type podRuntime struct {
 	// gone is closed once the pod's processes are gone and, unless the
 	// node stopped, its dir and object too.
 	gone chan struct{}
+	// bg holds the pod's goroutines besides its containers' (the token
+	// refresher), which end with ctx; finish waits for them.
+	bg sync.WaitGroup
 
 	// reportMu orders status reports: each one is taken and sent under it,
 	// so vk never gets an older status after a newer one.
@@ -213,15 +216,20 @@ func (pr *podRuntime) run() {
 }
 
 // setup makes the pod's dir and volumes, retrying (as the kubelet retries
-// mounts) until it works or the pod terminates.
+// mounts) until it works or the pod terminates; then it starts the
+// refresher of the pod's service-account tokens (token.go).
 func (pr *podRuntime) setup() bool {
 	backoff := pr.p.cfg.BackoffInitial
 	for {
-		err := pr.makeSandbox(pr.ctx)
+		tokens, err := pr.makeSandbox(pr.ctx)
 		if err == nil {
 			pr.mu.Lock()
 			pr.sandboxOK, pr.message = true, ""
 			pr.mu.Unlock()
+			if len(tokens) > 0 {
+				pod := pr.current()
+				pr.bg.Go(func() { pr.refreshTokens(pr.ctx, pod, tokens) })
+			}
 			pr.report()
 			return true
 		}
@@ -238,20 +246,22 @@ func (pr *podRuntime) setup() bool {
 	}
 }
 
-func (pr *podRuntime) makeSandbox(ctx context.Context) error {
+// makeSandbox makes the pod's dir and volumes; it returns the
+// service-account token files to keep fresh.
+func (pr *podRuntime) makeSandbox(ctx context.Context) ([]*projectedToken, error) {
 	for _, d := range []string{pr.dir, filepath.Join(pr.dir, "logs"), filepath.Join(pr.dir, "volumes")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
-			return fmt.Errorf("create pod dir: %w", err)
+			return nil, fmt.Errorf("create pod dir: %w", err)
 		}
 	}
-	vols, err := pr.makeVolumes(ctx, pr.current())
+	vols, tokens, err := pr.makeVolumes(ctx, pr.current())
 	if err != nil {
-		return err
+		return nil, err
 	}
 	pr.mu.Lock()
 	pr.volumes = vols
 	pr.mu.Unlock()
-	return nil
+	return tokens, nil
 }
 
 // finish runs once every container is done: it waits for the pod's
@@ -262,6 +272,7 @@ func (pr *podRuntime) finish() {
 	defer close(pr.gone)
 	pr.report()
 	<-pr.ctx.Done()
+	pr.bg.Wait()
 	if pr.isStopped() {
 		return
 	}

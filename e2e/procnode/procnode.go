@@ -24,7 +24,10 @@
 //     leaks in. No service links.
 //   - Volumes: emptyDir as a directory in the pod's dir; configMap, secret
 //     and downwardAPI volumes as files written once when the pod starts
-//     (not refreshed); any other volume type is an empty directory.
+//     (not refreshed); projected volumes likewise, but for their
+//     serviceAccountToken sources: tokens from the TokenRequest API, bound
+//     to the pod and refreshed as the kubelet refreshes them (token.go);
+//     any other volume type is an empty directory.
 //   - Init containers in order, each to completion, then all containers;
 //     restartPolicy with restart counts and a capped exponential back-off;
 //     startup, readiness and liveness probes (HTTP GET, TCP, gRPC against
@@ -51,12 +54,13 @@
 // emptyDir mounted at /muster/bin, "/muster/bin/agent" becomes
 // "<pod dir>/volumes/<volume>/agent". Only leading paths are rewritten
 // ("--out=/muster/bin/x" is left alone), and programs that open fixed
-// container paths themselves (/var/run/secrets/...) do not find them. An
-// unset workingDir is the pod's dir.
+// container paths themselves (/var/run/secrets/...) do not find them: give
+// them the path in an env var or an argument of its own. An unset
+// workingDir is the pod's dir.
 //
 // Layout of a pod's dir (<cluster state dir>/procnode/pods/<ns>_<name>_<uid>):
 //
-//	volumes/<volume>/          emptyDir, configMap, secret, downwardAPI
+//	volumes/<volume>/          emptyDir, configMap, secret, downwardAPI, projected
 //	logs/<container>/<n>.log   the n-th run of the container (restart count)
 //
 // Resources: node capacity and allocatable are the NodeShape's; requests and
@@ -65,8 +69,9 @@
 // Not done: exec, attach and port-forward (the kubelet API answers 501),
 // native sidecars (init containers with restartPolicy Always are run as
 // ordinary init containers), image pull policies, security contexts,
-// resource enforcement, projected service-account tokens. A process that
-// leaves its process group (setsid) escapes the termination of its container.
+// resource enforcement, clusterTrustBundle and podCertificate projections.
+// A process that leaves its process group (setsid) escapes the termination
+// of its container.
 package procnode
 
 import (

@@ -48,6 +48,7 @@ func TestProcessNodes(t *testing.T) {
 	t.Run("EnvAndLogs", func(t *testing.T) { testEnvAndLogs(t, c) })
 	t.Run("InitContainersAndPaths", func(t *testing.T) { testInit(t, c) })
 	t.Run("Volumes", func(t *testing.T) { testVolumes(t, c) })
+	t.Run("ServiceAccountToken", func(t *testing.T) { testToken(t, c, nodes) })
 	t.Run("ReadinessProbeAndGate", func(t *testing.T) { testReadiness(t, c) })
 	t.Run("RestartPolicy", func(t *testing.T) { testRestart(t, c) })
 	t.Run("AgentImage", func(t *testing.T) { testAgent(t, c) })

@@ -2,11 +2,26 @@ package procnode
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 )
 
 func TestImageRepository(t *testing.T) {
@@ -128,3 +143,107 @@ func TestLoopbackOnly(t *testing.T) {
 		}
 	}
 }
+
+func TestRefreshTime(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	if got := refreshTime(t0, t0.Add(10*time.Minute)); !got.Equal(t0.Add(8 * time.Minute)) {
+		t.Errorf("10-minute token refreshed at +%s, want +8m", got.Sub(t0))
+	}
+	if got := refreshTime(t0, t0.Add(365*24*time.Hour)); !got.Equal(t0.Add(24 * time.Hour)) {
+		t.Errorf("1-year token refreshed at +%s, want +24h", got.Sub(t0))
+	}
+}
+
+// TestTokenRefresh: a projected token is requested bound to the pod, written
+// with mode 0600, replaced once 80% of its (here very short) lifetime has
+// passed, retried after a failed request, and the refresher ends with its
+// context.
+func TestTokenRefresh(t *testing.T) {
+	const lifetime = 300 * time.Millisecond
+	var mu sync.Mutex
+	var reqs []*authenticationv1.TokenRequest
+	cs := fake.NewClientset()
+	cs.PrependReactor("create", "serviceaccounts", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		ca := a.(k8stesting.CreateActionImpl)
+		if ca.GetSubresource() != "token" || ca.GetNamespace() != "ns" || ca.Name != "runner" {
+			return true, nil, fmt.Errorf("unexpected %s of %s/%s/%s %s", a.GetVerb(), ca.GetNamespace(), a.GetResource().Resource, ca.Name, ca.GetSubresource())
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		reqs = append(reqs, ca.GetObject().(*authenticationv1.TokenRequest))
+		if len(reqs) == 2 {
+			return true, nil, errors.New("apiserver unavailable")
+		}
+		out := reqs[len(reqs)-1].DeepCopy()
+		out.Status = authenticationv1.TokenRequestStatus{
+			Token:               fmt.Sprintf("tok-%d", len(reqs)),
+			ExpirationTimestamp: metav1.NewTime(time.Now().Add(lifetime)),
+		}
+		return true, out, nil
+	})
+	pr := &podRuntime{
+		p: &provider{providerConfig: providerConfig{
+			client: cs,
+			cfg:    Config{BackoffInitial: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond},
+			log:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+		}},
+		dir: t.TempDir(),
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "p", UID: "uid-1"},
+		Spec: corev1.PodSpec{ServiceAccountName: "runner", Volumes: []corev1.Volume{{Name: "muster-token", VolumeSource: corev1.VolumeSource{
+			Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+				Audience: "muster", ExpirationSeconds: ptrTo(int64(600)), Path: "token",
+			}}}},
+		}}}},
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	vols, tokens, err := pr.makeVolumes(ctx, pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(vols["muster-token"], "token")
+	if len(tokens) != 1 || tokens[0].path != file {
+		t.Fatalf("tokens %+v, want one at %s", tokens, file)
+	}
+	read := func() string { b, _ := os.ReadFile(file); return string(b) }
+	if fi, err := os.Stat(file); err != nil || fi.Mode().Perm() != tokenMode || read() != "tok-1" {
+		t.Fatalf("token file: %v, %v, %q", fi, err, read())
+	}
+
+	refreshCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		pr.refreshTokens(refreshCtx, pod, tokens)
+	}()
+	// Request 2 fails; 3 and 4 replace the token, each after 80% of the
+	// previous one's lifetime.
+	for read() != "tok-4" {
+		if !sleepCtx(ctx, 10*time.Millisecond) {
+			t.Fatalf("token never refreshed to tok-4: file holds %q", read())
+		}
+	}
+	stop()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("refresher still running 5s after its context ended")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i, r := range reqs {
+		ref := r.Spec.BoundObjectRef
+		if len(r.Spec.Audiences) != 1 || r.Spec.Audiences[0] != "muster" || r.Spec.ExpirationSeconds == nil || *r.Spec.ExpirationSeconds != 600 ||
+			ref == nil || ref.Kind != "Pod" || ref.APIVersion != "v1" || ref.Name != "p" || ref.UID != "uid-1" {
+			t.Errorf("request %d: %+v", i+1, r.Spec)
+		}
+	}
+	if entries, _ := os.ReadDir(filepath.Dir(file)); len(entries) != 1 {
+		t.Errorf("volume dir holds %d entries, want the token alone (no temporary files left)", len(entries))
+	}
+}
+
+func ptrTo[T any](v T) *T { return &v }

@@ -15,37 +15,46 @@ import (
 )
 
 // makeVolumes creates a host dir per volume under <pod dir>/volumes and
-// fills configMap, secret and downwardAPI volumes once. Other volume
-// types get an empty dir: better than refusing the pod, and nothing here
-// could provide them anyway.
-func (pr *podRuntime) makeVolumes(ctx context.Context, pod *corev1.Pod) (map[string]string, error) {
+// fills configMap, secret, downwardAPI and projected volumes once; it
+// returns the dirs by volume name and the service-account token files
+// (see token.go), which are to be refreshed. Other volume types get an
+// empty dir: better than refusing the pod, and nothing here could provide
+// them anyway.
+func (pr *podRuntime) makeVolumes(ctx context.Context, pod *corev1.Pod) (map[string]string, []*projectedToken, error) {
 	vols := map[string]string{}
+	var tokens []*projectedToken
 	for _, v := range pod.Spec.Volumes {
 		dir := filepath.Join(pr.dir, "volumes", v.Name)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return nil, fmt.Errorf("volume %s: %w", v.Name, err)
+			return nil, nil, fmt.Errorf("volume %s: %w", v.Name, err)
 		}
 		files, err := pr.volumeFiles(ctx, pod, &v)
 		if err != nil {
-			return nil, fmt.Errorf("volume %s: %w", v.Name, err)
+			return nil, nil, fmt.Errorf("volume %s: %w", v.Name, err)
 		}
 		for name, f := range files {
 			path := filepath.Join(dir, filepath.Clean("/"+name))
 			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-				return nil, fmt.Errorf("volume %s: %w", v.Name, err)
+				return nil, nil, fmt.Errorf("volume %s: %w", v.Name, err)
 			}
-			if err := os.WriteFile(path, f.data, f.mode); err != nil {
-				return nil, fmt.Errorf("volume %s: %w", v.Name, err)
+			if err := writeFileAtomic(path, f.data, f.mode); err != nil {
+				return nil, nil, fmt.Errorf("volume %s: %w", v.Name, err)
+			}
+			if f.token != nil {
+				f.token.path = path
+				tokens = append(tokens, f.token)
 			}
 		}
 		vols[v.Name] = dir
 	}
-	return vols, nil
+	return vols, tokens, nil
 }
 
 type volumeFile struct {
 	data []byte
 	mode os.FileMode
+	// token is set for a service-account token, which is to be refreshed.
+	token *projectedToken
 }
 
 func (pr *podRuntime) volumeFiles(ctx context.Context, pod *corev1.Pod, v *corev1.Volume) (map[string]volumeFile, error) {
@@ -63,7 +72,7 @@ func (pr *podRuntime) volumeFiles(ctx context.Context, pod *corev1.Pod, v *corev
 		files := map[string]volumeFile{}
 		if len(items) == 0 {
 			for k, d := range data {
-				files[k] = volumeFile{d, mode(def, nil)}
+				files[k] = volumeFile{data: d, mode: mode(def, nil)}
 			}
 			return files, nil
 		}
@@ -75,7 +84,7 @@ func (pr *podRuntime) volumeFiles(ctx context.Context, pod *corev1.Pod, v *corev
 				}
 				return nil, fmt.Errorf("%s has no key %q", what, it.Key)
 			}
-			files[it.Path] = volumeFile{d, mode(def, it.Mode)}
+			files[it.Path] = volumeFile{data: d, mode: mode(def, it.Mode)}
 		}
 		return files, nil
 	}
@@ -123,9 +132,11 @@ func (pr *podRuntime) volumeFiles(ctx context.Context, pod *corev1.Pod, v *corev
 			if err != nil {
 				return nil, fmt.Errorf("downwardAPI %s: %w", it.Path, err)
 			}
-			files[it.Path] = volumeFile{[]byte(val), mode(v.DownwardAPI.DefaultMode, it.Mode)}
+			files[it.Path] = volumeFile{data: []byte(val), mode: mode(v.DownwardAPI.DefaultMode, it.Mode)}
 		}
 		return files, nil
+	case v.Projected != nil:
+		return pr.projectedFiles(ctx, pod, v.Projected)
 	}
 	return nil, nil
 }

@@ -30,7 +30,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
 
 	"github.com/muster-dev/muster/e2e/e2etest"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
@@ -233,96 +232,12 @@ func TestOutsidersCannotTakeOverABareHostGroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer plainConn.Close()
-	callers := []struct {
-		name string
-		c    musterv1.RendezvousClient
-		want codes.Code
-	}{
+	callers := []caller{
 		{"no credentials", dial(t, addr, dir, ""), codes.Unauthenticated},
 		{"member of another namespace", dial(t, addr, dir, "member-other-model-host-1"), codes.PermissionDenied},
 		{"member of another group", dial(t, addr, dir, "member-prod-batch-host-1"), codes.PermissionDenied},
 	}
-	ord0 := int64(0)
-	big := strings.Repeat("x", 1<<20)
-	attacks := []struct {
-		name string
-		do   func(c musterv1.RendezvousClient) error
-		// also: codes accepted besides the caller's (input refused before
-		// anyone is asked who they are).
-		also codes.Code
-	}{
-		{"rejoin an existing member at the attacker's address", func(c musterv1.RendezvousClient) error {
-			_, err := c.Join(context.Background(), &musterv1.JoinRequest{Group: victim, MemberId: "host-0", Address: "127.0.0.99", Size: 3, Generation: 0})
-			return err
-		}, codes.OK},
-		{"report another member's exit", func(c musterv1.RendezvousClient) error {
-			_, err := c.ReportStatus(context.Background(), &musterv1.ReportStatusRequest{Group: victim, MemberId: "host-1", State: musterv1.RuntimeState_RUNTIME_STATE_EXITED, ExitCode: 137, Reason: "made up"})
-			return err
-		}, codes.OK},
-		{"leave as another member", func(c musterv1.RendezvousClient) error {
-			for i := 0; i < 3; i++ {
-				if _, err := c.Leave(context.Background(), &musterv1.LeaveRequest{Group: victim, MemberId: "host-2"}); err != nil {
-					return err
-				}
-			}
-			return nil
-		}, codes.OK},
-		{"join generation -1 with a stolen id", func(c musterv1.RendezvousClient) error {
-			_, err := c.Join(context.Background(), &musterv1.JoinRequest{Group: victim, MemberId: "host-1", Address: "127.0.0.99", Size: 3, Generation: -1})
-			return err
-		}, codes.OK},
-		{"join a new id with ordinal 0", func(c musterv1.RendezvousClient) error {
-			_, err := c.Join(context.Background(), &musterv1.JoinRequest{Group: victim, MemberId: "host-1", Address: "127.0.0.99", Ordinal: &ord0, Size: 3})
-			return err
-		}, codes.OK},
-		{"an address that is a shell command", func(c musterv1.RendezvousClient) error {
-			_, err := c.Join(context.Background(), &musterv1.JoinRequest{Group: victim, MemberId: "host-1", Address: "$(id>x)", Size: 3})
-			return err
-		}, codes.InvalidArgument},
-		{"list every namespace's groups", func(c musterv1.RendezvousClient) error {
-			_, err := c.ListGroups(context.Background(), &musterv1.ListGroupsRequest{})
-			return err
-		}, codes.OK},
-		{"read the victim group", func(c musterv1.RendezvousClient) error {
-			_, err := c.GetGroup(context.Background(), &musterv1.GetGroupRequest{Group: victim})
-			return err
-		}, codes.OK},
-		{"watch as a member", func(c musterv1.RendezvousClient) error {
-			s, err := c.Watch(context.Background(), &musterv1.WatchRequest{Group: victim, MemberId: "host-0"})
-			if err != nil {
-				return err
-			}
-			_, err = s.Recv()
-			return err
-		}, codes.OK},
-		{"report a peer lost (port scan)", func(c musterv1.RendezvousClient) error {
-			_, err := c.ReportPeerLost(context.Background(), &musterv1.ReportPeerLostRequest{Group: victim, MemberId: "host-1", LostMemberId: "host-0"})
-			return err
-		}, codes.OK},
-		{"1 MiB runtime string", func(c musterv1.RendezvousClient) error {
-			_, err := c.Join(context.Background(), &musterv1.JoinRequest{Group: &musterv1.GroupRef{Namespace: "prod", Name: "huge"}, MemberId: "host-1", Address: "127.0.0.99", Size: 3, Runtime: big})
-			return err
-		}, codes.ResourceExhausted},
-		{"plaintext call to the TLS port", func(musterv1.RendezvousClient) error {
-			_, err := musterv1.NewRendezvousClient(plainConn).GetGroup(context.Background(), &musterv1.GetGroupRequest{Group: victim})
-			return err
-		}, codes.Unavailable},
-	}
-	for _, caller := range callers {
-		for _, a := range attacks {
-			t.Run(caller.name+"/"+a.name, func(t *testing.T) {
-				err := a.do(caller.c)
-				st := status.Convert(err)
-				if err == nil || (st.Code() != caller.want && st.Code() != a.also) {
-					t.Fatalf("got %v (%v), want %v", st.Code(), err, caller.want)
-				}
-				if st.Code() == caller.want && len(st.Message()) < 20 {
-					t.Errorf("message %q does not say why", st.Message())
-				}
-				t.Logf("%s: %s", st.Code(), st.Message())
-			})
-		}
-	}
+	runAttacks(t, callers, victim, []string{"host-0", "host-1", "host-2"}, "127.0.0.99", plainConn)
 
 	// The victim did not notice.
 	g, err := op.GetGroup(context.Background(), &musterv1.GetGroupRequest{Group: victim})

@@ -47,6 +47,13 @@ func certsMain(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	kind := args[0]
+	switch kind {
+	case "ca", "server", "member", "operator":
+	default:
+		// Before anything is made or read: a typo is not a missing CA.
+		fmt.Fprintf(stderr, "coordinator certs: unknown kind %q: want ca, server, member or operator\n", kind)
+		return 2
+	}
 	fs := flag.NewFlagSet("coordinator certs "+kind, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, certsUsage); fs.PrintDefaults() }
@@ -65,6 +72,9 @@ func certsMain(args []string, stdout, stderr io.Writer) int {
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "coordinator certs %s: %s\n", kind, fmt.Sprintf(format, a...))
 		return 1
+	}
+	if *validity <= 0 {
+		return fail("--validity %s: want a positive duration (a certificate valid for no time is expired when made)", *validity)
 	}
 	if err := os.MkdirAll(*dir, 0o700); err != nil {
 		return fail("--dir: %v", err)
@@ -122,9 +132,6 @@ func certsMain(args []string, stdout, stderr io.Writer) int {
 		name = fmt.Sprintf("member-%s-%s-%s", *ns, *grp, *member)
 	case "operator":
 		leaf, name = pki.Leaf{CommonName: "muster-operator", URIs: []string{auth.OperatorURI}, Client: true}, "operator"
-	default:
-		fmt.Fprintf(stderr, "coordinator certs: unknown kind %q: want ca, server, member or operator\n", kind)
-		return 2
 	}
 	leaf.Validity = *validity
 	certPEM, keyPEM, err := ca.Issue(leaf)

@@ -63,10 +63,18 @@ func (c *Config) validateSecurity() error {
 	if c.ClientCA == "" && c.Kubeconfig == "" && !c.InCluster {
 		return fmt.Errorf("--listen %s reaches beyond loopback and nothing authenticates callers: anyone who reaches the port could act as any member. Give --tls-cert, --tls-key and --client-ca (bare hosts), or --kubeconfig/--in-cluster (pods' service-account tokens), or --insecure to accept that", c.Listen)
 	}
-	if c.TLSCert == "" {
+	if c.TLSCert == "" && !c.makesOwnTLS() {
 		return fmt.Errorf("--listen %s reaches beyond loopback without TLS: tokens would cross the network in the clear. Give --tls-cert and --tls-key, or --insecure to accept that", c.Listen)
 	}
 	return nil
+}
+
+// makesOwnTLS reports whether the coordinator issues its gRPC certificate
+// itself (prepareTLS): connected to Kubernetes, running its own webhook
+// certificates and given none for the gRPC port, it serves TLS from the
+// webhook's CA.
+func (c *Config) makesOwnTLS() bool {
+	return c.TLSCert == "" && !c.Insecure && c.WebhookListen != "" && c.WebhookTLSDir == "" && (c.Kubeconfig != "" || c.InCluster)
 }
 
 // loopbackOnly reports whether addr's host is a loopback IP or localhost.
@@ -258,7 +266,7 @@ func (c *Coordinator) prepareTLS(log *slog.Logger) ([]byte, error) {
 			agentCA = b
 		}
 	}
-	if cfg.TLSCert != "" || cfg.Insecure || cfg.WebhookListen == "" || cfg.WebhookTLSDir != "" || c.kube == nil {
+	if !cfg.makesOwnTLS() || c.kube == nil {
 		if cfg.TLSCert != "" && agentCA == nil && cfg.WebhookListen != "" {
 			log.Warn("the gRPC port serves TLS but injected agents get no CA to verify it with: give --agent-ca")
 		}

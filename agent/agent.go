@@ -418,6 +418,11 @@ func (a *agent) joinPeers(ctx context.Context, gen int64, key []byte) {
 		a.log.Warn("gossip: the coordinator handed out no gossip key; relying on leases", "generation", gen)
 		return
 	}
+	if gen != a.gen.Load() {
+		// A later generation's assignment came meanwhile: its key, not
+		// this older one, is the one to gossip with.
+		return
+	}
 	if err := a.gossip.UseKey(key); err != nil {
 		a.log.Warn("gossip: relying on leases", "err", err)
 		return

@@ -31,9 +31,18 @@ trap cleanup EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "1. coordinator on $COORD (embedded etcd in $DEMO/data)"
+step "0. certificates: a CA, the coordinator's, one per member (coordinator certs; see docs/security.md)"
+CERTS=$DEMO/certs
+"$BIN/coordinator" certs ca --dir "$CERTS" | sed 's/^/   /'
+"$BIN/coordinator" certs server --dir "$CERTS" --hosts 127.0.0.1 | sed 's/^/   /'
+for i in $(seq 0 $((N - 1))); do
+  "$BIN/coordinator" certs member --dir "$CERTS" --group demo --member "host-$i" --hosts "127.0.0.$((i + 2))" | sed 's/^/   /'
+done
+
+step "1. coordinator on $COORD (TLS, member certificates; embedded etcd in $DEMO/data)"
 "$BIN/coordinator" --listen "$COORD" --data-dir "$DEMO/data" \
   --etcd-listen-client "127.0.0.1:$(free_port)" --etcd-listen-peer "127.0.0.1:$(free_port)" \
+  --tls-cert "$CERTS/server.crt" --tls-key "$CERTS/server.key" --client-ca "$CERTS/ca.crt" \
   >"$DEMO/coordinator.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do grep -qs "coordinator serving" "$DEMO/coordinator.log" && break; sleep 0.1; done
@@ -41,13 +50,15 @@ grep -q "coordinator serving" "$DEMO/coordinator.log" || { cat "$DEMO/coordinato
 sed 's/^/   /' "$DEMO/coordinator.log"
 
 step "2. four agents on 127.0.0.2-5, started one second apart, each running:"
-echo "   agent run --coordinator $COORD --group demo --size $N --member-id host-I --address 127.0.0.I+2 --ordinal I \\"
+echo "   agent run --coordinator $COORD --ca $CERTS/ca.crt --cert $CERTS/member-default-demo-host-I.crt --key ... \\"
+echo "     --group demo --size $N --member-id host-I --address 127.0.0.I+2 --ordinal I \\"
 echo "     -- $PY e2e/testdata/allreduce.py    (STEPS=6; rank 2 crashes at step 2 in generation 0)"
 start=$(date +%s.%N)
 for i in $(seq 0 $((N - 1))); do
   STEPS=6 FAIL_RANK_IN_GEN0=2 FAIL_AT_STEP=2 \
     "$BIN/agent" run --coordinator "$COORD" --group demo --size $N \
     --member-id "host-$i" --address "127.0.0.$((i + 2))" --ordinal "$i" --stop-grace 3s \
+    --ca "$CERTS/ca.crt" --cert "$CERTS/member-default-demo-host-$i.crt" --key "$CERTS/member-default-demo-host-$i.key" \
     -- "$PY" e2e/testdata/allreduce.py >"$DEMO/host-$i.log" 2>&1 &
   pids+=($!)
   sleep 1

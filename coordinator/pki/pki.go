@@ -9,6 +9,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -58,7 +59,8 @@ func NewCA(name string, validity time.Duration) (*CA, []byte, error) {
 	return &CA{Cert: cert, Signer: key, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}, keyPEM, nil
 }
 
-// LoadCA reads a CA's certificate and key files.
+// LoadCA reads a CA's certificate and key files (PEM; the key in PKCS#8,
+// SEC 1 or PKCS#1 form, as other tools write them).
 func LoadCA(certFile, keyFile string) (*CA, error) {
 	cb, err := os.ReadFile(certFile)
 	if err != nil {
@@ -68,24 +70,25 @@ func LoadCA(certFile, keyFile string) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	cblk, _ := pem.Decode(cb)
-	kblk, _ := pem.Decode(kb)
-	if cblk == nil || kblk == nil {
-		return nil, fmt.Errorf("%s or %s is not PEM", certFile, keyFile)
+	if c, _ := pem.Decode(cb); c == nil {
+		return nil, fmt.Errorf("%s is not PEM", certFile)
 	}
-	cert, err := x509.ParseCertificate(cblk.Bytes)
+	if k, _ := pem.Decode(kb); k == nil {
+		return nil, fmt.Errorf("%s is not PEM", keyFile)
+	}
+	pair, err := tls.X509KeyPair(cb, kb) // also checks the key matches
+	if err != nil {
+		return nil, fmt.Errorf("%s / %s: %w", certFile, keyFile, err)
+	}
+	cert, err := x509.ParseCertificate(pair.Certificate[0])
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", certFile, err)
 	}
-	key, err := x509.ParsePKCS8PrivateKey(kblk.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", keyFile, err)
-	}
-	signer, ok := key.(crypto.Signer)
+	signer, ok := pair.PrivateKey.(crypto.Signer)
 	if !ok || !cert.IsCA {
 		return nil, fmt.Errorf("%s / %s is not a CA certificate and its key", certFile, keyFile)
 	}
-	return &CA{Cert: cert, Signer: signer, PEM: cb}, nil
+	return &CA{Cert: cert, Signer: signer, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: pair.Certificate[0]})}, nil
 }
 
 // Leaf describes a certificate to issue.

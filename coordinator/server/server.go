@@ -159,53 +159,65 @@ func (s *Server) GossipKey(ref *musterv1.GroupRef, gen int64) []byte {
 	return m.Sum(nil)
 }
 
-func (s *Server) join(ctx context.Context, req *musterv1.JoinRequest) (*musterv1.JoinResponse, error) {
+// checkJoin validates a join request and the caller's right to make it,
+// before anything is read or written; it returns the group and the
+// runtime the request names (the default filled in).
+func (s *Server) checkJoin(caller *auth.Identity, req *musterv1.JoinRequest) (group.Key, string, error) {
 	k, err := groupKey(req.GetGroup())
 	if err != nil {
-		return nil, invalid("join: %v", err)
+		return k, "", invalid("join: %v", err)
 	}
 	id := req.GetMemberId()
 	what := fmt.Sprintf("join group %q as %q", k.String(), id)
 	if err := group.ValidateName("member_id", id, group.MaxMemberIDLen); err != nil {
-		return nil, invalid("join group %q: %v", k.String(), err)
+		return k, "", invalid("join group %q: %v", k.String(), err)
 	}
-	caller := auth.FromContext(ctx)
 	if err := caller.ActAs(k.Namespace, k.Name, id); err != nil {
-		return nil, err
+		return k, "", err
 	}
 	if err := group.ValidateSize(int(req.GetSize())); err != nil {
-		return nil, invalid("%s: %v", what, err)
+		return k, "", invalid("%s: %v", what, err)
 	}
 	if err := group.ValidateAddress(req.GetAddress()); err != nil {
-		return nil, invalid("%s: %v", what, err)
+		return k, "", invalid("%s: %v", what, err)
 	}
 	if err := caller.MayAnnounce(req.GetAddress()); err != nil {
-		return nil, err
+		return k, "", err
 	}
 	if req.Ordinal != nil && req.GetOrdinal() < 0 {
-		return nil, invalid("%s: ordinal %d is negative; ordinals count from 0", what, req.GetOrdinal())
+		return k, "", invalid("%s: ordinal %d is negative; ordinals count from 0", what, req.GetOrdinal())
 	}
 	if p := req.GetMasterPort(); p < 0 || p > 65535 {
-		return nil, invalid("%s: master_port %d is not a TCP port (0-65535)", what, p)
+		return k, "", invalid("%s: master_port %d is not a TCP port (0-65535)", what, p)
 	}
 	if p := req.GetGossipPort(); p < 0 || p > 65535 {
-		return nil, invalid("%s: gossip_port %d is not a port (0-65535)", what, p)
+		return k, "", invalid("%s: gossip_port %d is not a port (0-65535)", what, p)
 	}
 	switch req.GetRankOrder() {
 	case "", group.RankOrderOrdinal, group.RankOrderTopology:
 	default:
-		return nil, invalid("%s: rank_order %q is not %q or %q", what, req.GetRankOrder(), group.RankOrderOrdinal, group.RankOrderTopology)
+		return k, "", invalid("%s: rank_order %q is not %q or %q", what, truncateName(req.GetRankOrder()), group.RankOrderOrdinal, group.RankOrderTopology)
 	}
 	if len(req.GetTopologyDomain()) > 253 {
-		return nil, invalid("%s: topology_domain is %d bytes; at most 253", what, len(req.GetTopologyDomain()))
+		return k, "", invalid("%s: topology_domain is %d bytes; at most 253", what, len(req.GetTopologyDomain()))
 	}
 	runtime := req.GetRuntime()
 	if runtime == "" {
 		runtime = "env"
 	}
 	if len(s.opts.Runtimes) > 0 && !slices.Contains(s.opts.Runtimes, runtime) {
-		return nil, invalid("%s: runtime %q is not a known preset; use one of %s", what, truncateName(runtime), strings.Join(s.opts.Runtimes, ", "))
+		return k, "", invalid("%s: runtime %q is not a known preset; use one of %s", what, truncateName(runtime), strings.Join(s.opts.Runtimes, ", "))
 	}
+	return k, runtime, nil
+}
+
+func (s *Server) join(ctx context.Context, req *musterv1.JoinRequest) (*musterv1.JoinResponse, error) {
+	k, runtime, err := s.checkJoin(auth.FromContext(ctx), req)
+	if err != nil {
+		return nil, err
+	}
+	id := req.GetMemberId()
+	what := fmt.Sprintf("join group %q as %q", k.String(), id)
 	h, err := s.hubs.Acquire(ctx, k)
 	if err != nil {
 		return nil, internal(err)

@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	spclientset "sigs.k8s.io/scheduler-plugins/pkg/generated/clientset/versioned"
 
+	"github.com/muster-dev/muster/coordinator/auth"
 	"github.com/muster-dev/muster/scheduler-plugin/group"
 )
 
@@ -72,9 +73,9 @@ const (
 	TokenPath = "token"
 	// TokenFile is the token as the agent reads it (MUSTER_TOKEN_FILE).
 	TokenFile = TokenDir + "/" + TokenPath
-	// DefaultTokenAudience must be the audience the coordinator's
-	// TokenReview asks for (coordinator/auth DefaultAudience).
-	DefaultTokenAudience = "muster"
+	// DefaultTokenAudience is the audience the coordinator's TokenReview
+	// asks for by default.
+	DefaultTokenAudience = auth.DefaultAudience
 	// DefaultTokenExpiration is the shortest lifetime the apiserver
 	// grants; the kubelet replaces the token once 80% of it has passed.
 	DefaultTokenExpiration = 10 * time.Minute

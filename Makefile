@@ -9,7 +9,7 @@ TORCH_PYTHON ?= /usr/bin/python3
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 
-.PHONY: all build test test-short bench bench-deps coscheduling-bin proto demo demo-bare clean deps
+.PHONY: all build test fuzz bench bench-deps coscheduling-bin proto demo demo-bare clean deps
 
 all: build
 
@@ -31,6 +31,18 @@ test: deps build lws-bin
 	# and torch processes; on 2 cores running them side by side only makes
 	# each slower and their timings noisier.
 	MUSTER_BIN=$(BIN) TORCH_PYTHON=$(TORCH_PYTHON) $(GO) test -p 1 -count=1 -timeout 25m ./...
+	$(MAKE) fuzz
+
+# fuzz runs each fuzz target for FUZZTIME (go test runs their seeds with
+# the rest): what reaches a process from the network or a pod spec, and
+# what reaches a runtime's argv.
+FUZZTIME ?= 10s
+FUZZ_TARGETS := FuzzBuild:./agent/preset FuzzRender:./agent/preset FuzzCheckJoin:./coordinator/server FuzzAdmit:./coordinator/webhook
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $${t%%:*} in $${t#*:} for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) $${t#*:} || exit 1; \
+	done
 
 # bench: every comparison of issue #6/#9 side by side (bench/*/): each
 # benchmark appends rows to $(BENCH_OUT); benchreport turns them into

@@ -42,8 +42,15 @@ var chartValues = []struct {
 	{"defaults", nil},
 	{"external-etcd", map[string]any{"etcd": map[string]any{"external": map[string]any{
 		"endpoints": []any{"http://etcd-0.etcd.infra.svc:2379", "http://etcd-1.etcd.infra.svc:2379"}}}}},
+	{"external-etcd-tls", map[string]any{"etcd": map[string]any{"external": map[string]any{
+		"endpoints": []any{"https://etcd-0.etcd.infra.svc:2379", "https://etcd-1.etcd.infra.svc:2379"},
+		"tls":       map[string]any{"secret": "infra-etcd-client"}}}}},
+	{"etcd-without-tls", map[string]any{"etcd": map[string]any{"tls": map[string]any{"enabled": false}}}},
 	{"certgen", map[string]any{"webhook": map[string]any{"certs": "certgen"}}},
-	{"own-secret", map[string]any{"webhook": map[string]any{"certs": "secret", "existingSecret": "my-tls", "caBundle": "Y2E="}}},
+	{"own-secret", map[string]any{
+		"webhook": map[string]any{"certs": "secret", "existingSecret": "my-tls", "caBundle": "Y2E="},
+		"etcd":    map[string]any{"tls": map[string]any{"existingSecret": "my-etcd-tls", "existingClientSecret": "my-etcd-client-tls"}},
+	}},
 	{"no-scheduler", map[string]any{"scheduler": map[string]any{"enabled": false}}},
 	{"extra-args", map[string]any{
 		"coordinator": map[string]any{"extraArgs": []any{"--log-level=debug"}},

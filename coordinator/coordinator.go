@@ -111,6 +111,8 @@ type Config struct {
 	RateBurst int
 	// MaxMessageBytes caps a gRPC request (agents send a few KiB).
 	MaxMessageBytes int
+	// MaxGroupSize caps the members of one group.
+	MaxGroupSize int
 	// MaxGroupsPerNamespace caps the groups of one namespace; 0: no cap.
 	MaxGroupsPerNamespace int
 	// FinishedGroupTTL is how long a Completed or Failed group with no
@@ -142,6 +144,7 @@ func DefaultConfig() Config {
 		RateBurst:             100,
 		MaxMessageBytes:       64 << 10,
 		MaxGroupsPerNamespace: o.MaxGroupsPerNamespace,
+		MaxGroupSize:          o.MaxGroupSize,
 		FinishedGroupTTL:      reaper.DefaultConfig().TTL,
 	}
 }
@@ -186,6 +189,9 @@ func (c *Config) Validate() error {
 	}
 	if c.FinishedGroupTTL <= 0 {
 		return fmt.Errorf("--finished-group-ttl %s: want a positive duration", c.FinishedGroupTTL)
+	}
+	if c.MaxGroupSize < 1 || c.MaxGroupSize > group.MaxSize {
+		return fmt.Errorf("--max-group-size %d: want 1 to %d", c.MaxGroupSize, group.MaxSize)
 	}
 	if c.MaxGroupsPerNamespace < 0 {
 		return fmt.Errorf("--max-groups-per-namespace %d is negative (0: no cap)", c.MaxGroupsPerNamespace)
@@ -317,7 +323,7 @@ func Start(ctx context.Context, cfg Config) (*Coordinator, error) {
 		return nil, err
 	}
 	sopts := server.Options{MemberTTL: cfg.MemberTTL, MaxRestarts: cfg.MaxRestarts, Runtimes: preset.Names(),
-		MaxGroupsPerNamespace: cfg.MaxGroupsPerNamespace, GossipSecret: secret}
+		MaxGroupsPerNamespace: cfg.MaxGroupsPerNamespace, MaxGroupSize: cfg.MaxGroupSize, GossipSecret: secret}
 	if kubeAuth != nil {
 		sopts.Readers = kubeAuth
 	}

@@ -71,6 +71,7 @@ func Main(args []string, stderr io.Writer) int {
 	fs.Float64Var(&cfg.RateLimit, "rate-limit", cfg.RateLimit, "calls per second one identity may make (0: no limit)")
 	fs.IntVar(&cfg.RateBurst, "rate-burst", cfg.RateBurst, "burst of --rate-limit")
 	fs.IntVar(&cfg.MaxMessageBytes, "max-message-bytes", cfg.MaxMessageBytes, "largest gRPC request accepted")
+	fs.IntVar(&cfg.MaxGroupSize, "max-group-size", cfg.MaxGroupSize, "members one group may have")
 	fs.IntVar(&cfg.MaxGroupsPerNamespace, "max-groups-per-namespace", cfg.MaxGroupsPerNamespace, "groups one namespace may hold, finished ones included until reaped (0: no cap)")
 	fs.DurationVar(&cfg.FinishedGroupTTL, "finished-group-ttl", cfg.FinishedGroupTTL, "delete a Completed or Failed group with no members after this long")
 	fs.StringVar(&cfg.EtcdCACert, "etcd-cacert", "", "external etcd: CA of its serving certificate (PEM)")

@@ -26,7 +26,7 @@ func FuzzCheckJoin(f *testing.F) {
 	f.Add("", "model", "host-1", "127.0.0.99", int32(-1), int64(-1), true, int32(70000), int32(-5), "random", "x", "")
 	f.Add("prod", "model", "host-0", "a.b-c.example", int32(65536), int64(7), true, int32(1), int32(1), "ordinal", "", "torchrun")
 	f.Add("Prod", "mo del", "../x", "::1", int32(1), int64(0), false, int32(0), int32(0), "", "", "nope")
-	s := New(nil, nil, Options{Runtimes: []string{"env", "torchrun", "vllm"}}, nil)
+	s := New(nil, nil, Options{Runtimes: []string{"env", "torchrun", "vllm"}, MaxGroupSize: 1024}, nil)
 	member := &auth.Identity{Name: "test member", Namespace: "prod", Group: "model", Member: "host-0", Addresses: []string{"127.0.0.2"}}
 	f.Fuzz(func(t *testing.T, ns, name, id, addr string, size int32, ord int64, hasOrd bool, mport, gport int32, rankOrder, domain, runtime string) {
 		req := &musterv1.JoinRequest{Group: &musterv1.GroupRef{Namespace: ns, Name: name}, MemberId: id, Address: addr, Size: size,
@@ -38,8 +38,8 @@ func FuzzCheckJoin(f *testing.F) {
 			k, rt, err := s.checkJoin(caller, req)
 			if err != nil {
 				st, ok := status.FromError(err)
-				if !ok || (st.Code() != codes.InvalidArgument && st.Code() != codes.PermissionDenied) {
-					t.Fatalf("refusal %v is not InvalidArgument or PermissionDenied", err)
+				if !ok || (st.Code() != codes.InvalidArgument && st.Code() != codes.PermissionDenied && st.Code() != codes.ResourceExhausted) {
+					t.Fatalf("refusal %v is not InvalidArgument, PermissionDenied or ResourceExhausted", err)
 				}
 				if len(st.Message()) > 2048 {
 					t.Fatalf("refusal message is %d bytes: untrusted input echoed", len(st.Message()))
@@ -58,7 +58,7 @@ func FuzzCheckJoin(f *testing.F) {
 					}
 				}
 			}
-			if size < 1 || size > group.MaxSize || !slices.Contains(s.opts.Runtimes, rt) || mport < 0 || mport > 65535 || gport < 0 || gport > 65535 || (hasOrd && ord < 0) {
+			if size < 1 || size > 1024 || !slices.Contains(s.opts.Runtimes, rt) || mport < 0 || mport > 65535 || gport < 0 || gport > 65535 || (hasOrd && ord < 0) {
 				t.Fatalf("accepted size %d runtime %q ports %d/%d ordinal %d", size, rt, mport, gport, ord)
 			}
 			if caller == member && (k.Namespace != "prod" || k.Name != "model" || id != "host-0" || addr != "127.0.0.2") {

@@ -39,6 +39,8 @@ type Options struct {
 	ProgressInterval time.Duration
 	// Runtimes are the runtime presets a group may name; empty takes any.
 	Runtimes []string
+	// MaxGroupSize caps the members of one group; 0 is group.MaxSize.
+	MaxGroupSize int
 	// MaxGroupsPerNamespace caps the groups one namespace may hold
 	// (terminal ones included, until they are reaped); 0 is no cap.
 	MaxGroupsPerNamespace int
@@ -58,7 +60,7 @@ type Readers interface {
 
 // DefaultOptions are the defaults for one machine or a LAN.
 func DefaultOptions() Options {
-	return Options{MemberTTL: 5 * time.Second, MaxRestarts: 10, ProgressInterval: time.Second, MaxGroupsPerNamespace: 1000}
+	return Options{MemberTTL: 5 * time.Second, MaxRestarts: 10, ProgressInterval: time.Second, MaxGroupsPerNamespace: 1000, MaxGroupSize: 8192}
 }
 
 // Server implements musterv1.RendezvousServer.
@@ -177,6 +179,9 @@ func (s *Server) checkJoin(caller *auth.Identity, req *musterv1.JoinRequest) (gr
 	}
 	if err := group.ValidateSize(int(req.GetSize())); err != nil {
 		return k, "", invalid("%s: %v", what, err)
+	}
+	if m := s.opts.MaxGroupSize; m > 0 && int(req.GetSize()) > m {
+		return k, "", status.Errorf(codes.ResourceExhausted, "%s: size %d is over this coordinator's limit of %d members per group (--max-group-size)", what, req.GetSize(), m)
 	}
 	if err := group.ValidateAddress(req.GetAddress()); err != nil {
 		return k, "", invalid("%s: %v", what, err)

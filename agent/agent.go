@@ -394,7 +394,15 @@ func (a *agent) run(ctx context.Context) error {
 				}
 				r := proc.Result()
 				code = r.Code
-				a.report(procGen, musterv1.RuntimeState_RUNTIME_STATE_EXITED, r.Code, "agent received "+s.String()+"; runtime "+r.Reason())
+				reported, why := r.Code, r.Reason()
+				if reported == 0 {
+					// A runtime that stops cleanly when told to (a pod
+					// deleted, a node drained) was stopped, not done: the
+					// group restarts rather than counting this rank as
+					// completed.
+					reported, why = 128+int(s), "exited 0 when told to stop"
+				}
+				a.report(procGen, musterv1.RuntimeState_RUNTIME_STATE_EXITED, reported, "agent received "+s.String()+"; runtime "+why)
 			} else {
 				a.log.Info("stopping on signal", "signal", s.String())
 			}

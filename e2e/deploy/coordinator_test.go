@@ -102,8 +102,8 @@ func coordinatorRunsChartArgs(t *testing.T, c *cluster.Cluster, a *applier) {
 		if err := p.stop(); err != nil {
 			t.Errorf("coordinator did not stop cleanly on SIGTERM: %v\n%s", err, p.output())
 		}
-		// The apiserver refused the coordinator something the tests did
-		// not ask for directly.
+		// What the apiserver refused the coordinator in calls no check
+		// above looked at (it logs them).
 		if strings.Contains(p.output(), "forbidden") {
 			t.Errorf("the coordinator, as the chart's ServiceAccount, was refused something:\n%s", p.output())
 		}
@@ -117,7 +117,7 @@ func coordinatorRunsChartArgs(t *testing.T, c *cluster.Cluster, a *applier) {
 	addrOf := map[string]string{"grpc": grpcAddr, "webhook": webhookAddr, "metrics": metricsAddr}
 	probe := readinessProbe(t, deployment)
 	if probe.HTTPGet == nil {
-		fail("the coordinator's readiness probe is not an httpGet: the kubelet's grpc probe cannot verify TLS, which the gRPC port serves")
+		fail("the coordinator's readiness probe is not an httpGet: the kubelet's grpc probe cannot speak TLS, which the gRPC port serves")
 	}
 	probeURL := "http://" + addrOf[probe.HTTPGet.Port.String()] + probe.HTTPGet.Path
 	deadline := time.Now().Add(30 * time.Second)

@@ -87,10 +87,18 @@ func (id *Identity) ActAs(ns, name, member string) error {
 		return status.Errorf(codes.PermissionDenied, "%s may act as no member (only a group's own pods or member certificates may): %v", id.Name, ErrNotAllowed)
 	}
 	if id.Namespace != ns || id.Group != name || id.Member != member {
-		return status.Errorf(codes.PermissionDenied, "%s is member %q of group %q and may act only as itself: not as %q of group %q: %v",
-			id.Name, id.Member, id.Namespace+"/"+id.Group, member, ns+"/"+name, ErrNotAllowed)
+		return status.Errorf(codes.PermissionDenied, "%s is member %q of %s and may act only as itself: not as %q of group %q: %v",
+			id.Name, id.Member, id.GroupName(), member, ns+"/"+name, ErrNotAllowed)
 	}
 	return nil
+}
+
+// GroupName names the member's group for messages.
+func (id *Identity) GroupName() string {
+	if id.Group == "" {
+		return "no group (its pod has no muster.dev/group label)"
+	}
+	return fmt.Sprintf("group %q", id.Namespace+"/"+id.Group)
 }
 
 // MayAnnounce checks an address a member announces at join.

@@ -697,7 +697,7 @@ func (s *Server) ListGroups(ctx context.Context, req *musterv1.ListGroupsRequest
 			if ns != "" {
 				what = "namespace " + strconv.Quote(ns)
 			}
-			return nil, status.Errorf(codes.PermissionDenied, "list groups of %s: %s may read only its own group, %q: %v", what, id.Name, id.Namespace+"/"+id.Group, auth.ErrNotAllowed)
+			return nil, status.Errorf(codes.PermissionDenied, "list groups of %s: %s may read only its own group, %s: %v", what, id.Name, id.GroupName(), auth.ErrNotAllowed)
 		}
 		out := &musterv1.ListGroupsResponse{}
 		if id.Group == "" || after != "" {
@@ -746,7 +746,7 @@ func (s *Server) mayRead(ctx context.Context, k group.Key) error {
 		if id.Namespace == k.Namespace && id.Group == k.Name {
 			return nil
 		}
-		return status.Errorf(codes.PermissionDenied, "read group %q: %s may read only its own group, %q: %v", k.String(), id.Name, id.Namespace+"/"+id.Group, auth.ErrNotAllowed)
+		return status.Errorf(codes.PermissionDenied, "read group %q: %s may read only its own group, %s: %v", k.String(), id.Name, id.GroupName(), auth.ErrNotAllowed)
 	case id.User != nil && s.opts.Readers != nil:
 		return s.opts.Readers.MayRead(ctx, id.User, "get", k.Namespace)
 	}

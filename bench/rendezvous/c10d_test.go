@@ -36,7 +36,7 @@ func BenchmarkVersusC10d(b *testing.B) {
 				// falls on both alike.
 				// After a group that never completed, later ones are not
 				// waited for: each would cost 30s of the budget.
-				rdzv, launch := musterRun(b, coord, py, c.n, fmt.Sprintf("rdzv-%d-%d", c.n, rep), incomplete == 0)
+				rdzv, launch := musterRun(b, coord, py, c.n, fmt.Sprintf("rdzv-%d-%d", c.n, rep), incomplete == 0, nil)
 				ours = append(ours, ms(rdzv))
 				if launch < 0 {
 					incomplete++
@@ -81,9 +81,18 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // rank, and from the first agent's start to every agent exited 0; launch is
 // negative when the group did not complete within 30s of being released,
 // or was not waited for (waitExit false); the agents are then killed.
-func musterRun(b *testing.B, coord, py string, n int, group string, waitExit bool) (rendezvous, launch time.Duration) {
+// memberArgs, when not nil, adds member m<i>'s own agent flags (its
+// certificate).
+func musterRun(b *testing.B, coord, py string, n int, group string, waitExit bool, memberArgs func(i int) []string) (rendezvous, launch time.Duration) {
 	b.Helper()
-	ps := Agents(b, coord, group, n, []string{"--stop-grace", "2s"}, py, Testdata("rank.py"))
+	args := func(i int) []string {
+		a := []string{"--stop-grace", "2s"}
+		if memberArgs != nil {
+			a = append(a, memberArgs(i)...)
+		}
+		return a
+	}
+	ps := AgentsEach(b, coord, group, n, args, py, Testdata("rank.py"))
 	defer func() {
 		for _, p := range ps {
 			p.Kill()

@@ -112,6 +112,32 @@ func (p *Proc) Kill() {
 	syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGKILL)
 }
 
+// CPU is the user+system CPU time the process (not its children) used so
+// far, from /proc/PID/stat (clock ticks of 1/100 s on Linux); 0 when it
+// cannot be read.
+func (p *Proc) CPU() time.Duration {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(p.Cmd.Process.Pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces; the fields after it are
+	// numbers.
+	rest := string(data)
+	if i := strings.LastIndexByte(rest, ')'); i >= 0 {
+		rest = rest[i+1:]
+	}
+	f := strings.Fields(rest) // f[0] is field 3
+	if len(f) < 13 {
+		return 0
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
 // Output is everything the process printed so far.
 func (p *Proc) Output() string {
 	p.mu.Lock()
@@ -268,25 +294,43 @@ func FreeAddr(tb testing.TB, host string) string {
 // its address once it answers.
 func Coordinator(tb testing.TB, extra ...string) string {
 	tb.Helper()
-	addr := FreeAddr(tb, "127.0.0.1")
-	args := append([]string{"--listen", addr, "--data-dir", tb.TempDir(),
-		"--etcd-listen-client", FreeAddr(tb, "127.0.0.1"), "--etcd-listen-peer", FreeAddr(tb, "127.0.0.1")}, extra...)
-	p := Start(tb, nil, filepath.Join(Bins(tb), "coordinator"), args...)
+	addr, _ := coordinatorProc(tb, extra...)
+	return addr
+}
+
+func coordinatorProc(tb testing.TB, extra ...string) (string, *Proc) {
+	tb.Helper()
+	addr, p := startCoordinator(tb, extra...)
 	if err := testcoord.WaitServing(addr, 30*time.Second, p.Done()); err != nil {
 		tb.Fatalf("%v\n%s", err, p.Output())
 	}
-	return addr
+	return addr, p
+}
+
+func startCoordinator(tb testing.TB, extra ...string) (string, *Proc) {
+	tb.Helper()
+	addr := FreeAddr(tb, "127.0.0.1")
+	args := append([]string{"--listen", addr, "--data-dir", tb.TempDir(),
+		"--etcd-listen-client", FreeAddr(tb, "127.0.0.1"), "--etcd-listen-peer", FreeAddr(tb, "127.0.0.1")}, extra...)
+	return addr, Start(tb, nil, filepath.Join(Bins(tb), "coordinator"), args...)
 }
 
 // Agents starts n agents of group on 127.0.0.2, .3, ... (member m<i>,
 // ordinal i), each running command, and returns them in ordinal order.
 func Agents(tb testing.TB, coord, group string, n int, agentArgs []string, command ...string) []*Proc {
 	tb.Helper()
+	return AgentsEach(tb, coord, group, n, func(int) []string { return agentArgs }, command...)
+}
+
+// AgentsEach is Agents with each agent's own extra arguments (agentArgs(i)
+// for member m<i>: its certificate, say).
+func AgentsEach(tb testing.TB, coord, group string, n int, agentArgs func(i int) []string, command ...string) []*Proc {
+	tb.Helper()
 	agent := filepath.Join(Bins(tb), "agent")
 	ps := make([]*Proc, n)
 	for i := range ps {
 		args := append([]string{"run", "--coordinator", coord, "--group", group, "--size", strconv.Itoa(n),
-			"--member-id", fmt.Sprintf("m%d", i), "--address", Loopback(i), "--ordinal", strconv.Itoa(i)}, agentArgs...)
+			"--member-id", fmt.Sprintf("m%d", i), "--address", Loopback(i), "--ordinal", strconv.Itoa(i)}, agentArgs(i)...)
 		ps[i] = Start(tb, nil, agent, append(append(args, "--"), command...)...)
 	}
 	return ps

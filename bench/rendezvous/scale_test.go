@@ -181,9 +181,9 @@ func member(ctx context.Context, c musterv1.RendezvousClient, group string, i, n
 var rejoins atomic.Int64
 
 // stagedRendezvous runs one rendezvous of n members: n-1 arrive at once
-// and wait at the barrier, then the last one joins. It returns the ms until
-// the n-1 all waited, and each member's ms from the last Join to its
-// assignment.
+// and wait at the barrier, then the last one joins; member i calls through
+// clients[i%len(clients)]. It returns the ms until the n-1 all waited, and
+// each member's ms from the last Join to its assignment.
 func stagedRendezvous(clients []musterv1.RendezvousClient, group string, n int) (float64, []float64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -194,7 +194,7 @@ func stagedRendezvous(clients []musterv1.RendezvousClient, group string, n int) 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			t, err := member(ctx, clients[i%conns], group, i, n, waiting)
+			t, err := member(ctx, clients[i%len(clients)], group, i, n, waiting)
 			released[i] = t
 			if err != nil {
 				errs <- err

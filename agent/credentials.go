@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/muster-dev/muster/coordinator/pki"
 )
 
 // transportCredentials are how the agent dials the coordinator: TLS that
@@ -42,13 +44,13 @@ func (c *Config) transportCredentials() ([]grpc.DialOption, error) {
 	}
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}
 	if c.CertFile != "" {
-		kp := &clientKeyPair{cert: c.CertFile, key: c.KeyFile}
-		if _, err := kp.get(); err != nil {
-			return nil, err
+		kp := &pki.KeyPair{CertFile: c.CertFile, KeyFile: c.KeyFile}
+		if _, err := kp.Get(); err != nil {
+			return nil, fmt.Errorf("--cert/--key: %w", err)
 		}
 		// Re-read at each handshake when the file changed: a rotated
 		// certificate takes effect at the next reconnect, no restart.
-		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return kp.get() }
+		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return kp.Get() }
 	}
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tc))}
 	if c.TokenFile != "" {
@@ -106,32 +108,3 @@ func (t *tokenFile) GetRequestMetadata(context.Context, ...string) (map[string]s
 // RequireTransportSecurity implements credentials.PerRPCCredentials: a
 // token never crosses the network in the clear.
 func (t *tokenFile) RequireTransportSecurity() bool { return true }
-
-type clientKeyPair struct {
-	cert, key string
-
-	mu     sync.Mutex
-	mod    time.Time
-	cached *tls.Certificate
-}
-
-func (k *clientKeyPair) get() (*tls.Certificate, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	st, err := os.Stat(k.cert)
-	if err != nil {
-		return nil, fmt.Errorf("--cert: %w", err)
-	}
-	if k.cached != nil && st.ModTime().Equal(k.mod) {
-		return k.cached, nil
-	}
-	c, err := tls.LoadX509KeyPair(k.cert, k.key)
-	if err != nil {
-		if k.cached != nil {
-			return k.cached, nil
-		}
-		return nil, fmt.Errorf("--cert %s / --key %s: %w", k.cert, k.key, err)
-	}
-	k.cached, k.mod = &c, st.ModTime()
-	return k.cached, nil
-}

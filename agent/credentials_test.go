@@ -188,10 +188,10 @@ func TestTokenFileFollowsRewrites(t *testing.T) {
 
 func TestClientKeyPairFollowsRotation(t *testing.T) {
 	p := newTestPKI(t)
-	kp := &clientKeyPair{cert: p.cert, key: p.key}
+	kp := &pki.KeyPair{CertFile: p.cert, KeyFile: p.key}
 	cn := func() string {
 		t.Helper()
-		c, err := kp.get()
+		c, err := kp.Get()
 		if err != nil {
 			t.Fatalf("get: %v", err)
 		}

@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -132,11 +131,11 @@ func (c *Coordinator) securityOptions(log *slog.Logger) ([]grpc.ServerOption, *a
 // handshake when it changes, so a rotated certificate needs no restart)
 // and, with clientCA, requires and verifies client certificates.
 func serverTLS(certFile, keyFile, clientCA string) (*tls.Config, error) {
-	kp := &keyPair{cert: certFile, key: keyFile}
-	if _, err := kp.get(); err != nil {
-		return nil, err
+	kp := &pki.KeyPair{CertFile: certFile, KeyFile: keyFile}
+	if _, err := kp.Get(); err != nil {
+		return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
 	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return kp.get() }}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return kp.Get() }}
 	if clientCA != "" {
 		pool, err := LoadCertPool(clientCA)
 		if err != nil {
@@ -147,37 +146,6 @@ func serverTLS(certFile, keyFile, clientCA string) (*tls.Config, error) {
 		tc.ClientCAs, tc.ClientAuth = pool, tls.VerifyClientCertIfGiven
 	}
 	return tc, nil
-}
-
-// keyPair re-reads a certificate and key when the certificate file
-// changes (a renewed Secret, a rotated bare-host certificate).
-type keyPair struct {
-	cert, key string
-
-	mu     sync.Mutex
-	mod    time.Time
-	cached *tls.Certificate
-}
-
-func (k *keyPair) get() (*tls.Certificate, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	st, err := os.Stat(k.cert)
-	if err != nil {
-		return nil, fmt.Errorf("--tls-cert: %w", err)
-	}
-	if k.cached != nil && st.ModTime().Equal(k.mod) {
-		return k.cached, nil
-	}
-	c, err := tls.LoadX509KeyPair(k.cert, k.key)
-	if err != nil {
-		if k.cached != nil {
-			return k.cached, nil // a half-written rotation: keep serving the old one
-		}
-		return nil, fmt.Errorf("--tls-cert %s / --tls-key %s: %w", k.cert, k.key, err)
-	}
-	k.cached, k.mod = &c, st.ModTime()
-	return k.cached, nil
 }
 
 // LoadCertPool reads PEM certificates from file.

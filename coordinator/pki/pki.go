@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"sync"
 	"time"
 )
 
@@ -188,4 +189,38 @@ func encodeKey(k *ecdsa.PrivateKey) ([]byte, error) {
 func serial() *big.Int {
 	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 126))
 	return n
+}
+
+// KeyPair is a certificate and key on disk, read again when the
+// certificate file changes, so that a rotated certificate (a renewed
+// Secret, a replaced file) takes effect at the next handshake without a
+// restart. A half-written rotation keeps the previous pair.
+type KeyPair struct {
+	CertFile, KeyFile string
+
+	mu     sync.Mutex
+	mod    time.Time
+	cached *tls.Certificate
+}
+
+// Get returns the current pair.
+func (k *KeyPair) Get() (*tls.Certificate, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	st, err := os.Stat(k.CertFile)
+	if err != nil {
+		return nil, err
+	}
+	if k.cached != nil && st.ModTime().Equal(k.mod) {
+		return k.cached, nil
+	}
+	c, err := tls.LoadX509KeyPair(k.CertFile, k.KeyFile)
+	if err != nil {
+		if k.cached != nil {
+			return k.cached, nil
+		}
+		return nil, fmt.Errorf("%s / %s: %w", k.CertFile, k.KeyFile, err)
+	}
+	k.cached, k.mod = &c, st.ModTime()
+	return k.cached, nil
 }

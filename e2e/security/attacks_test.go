@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"sync/atomic"
 	"strings"
 	"testing"
 
@@ -130,6 +132,48 @@ func runAttacks(t *testing.T, callers []caller, victim *musterv1.GroupRef, ids [
 				}
 				t.Logf("%s: %s", st.Code(), st.Message())
 			})
+		}
+	}
+}
+
+// listenTrap listens where the attacker wants the group's traffic and
+// counts the connections that arrive.
+func listenTrap(t *testing.T, host string) *atomic.Int64 {
+	t.Helper()
+	var reached atomic.Int64
+	trap, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { trap.Close() })
+	go func() {
+		for {
+			c, err := trap.Accept()
+			if err != nil {
+				return
+			}
+			reached.Add(1)
+			c.Close()
+		}
+	}()
+	return &reached
+}
+
+// victimUntouched checks, as op, that the victim is still at generation
+// 0, Ready, never restarted, and that no member has the attacker's address.
+func victimUntouched(t *testing.T, op musterv1.RendezvousClient, victim *musterv1.GroupRef, evil string) {
+	t.Helper()
+	g, err := op.GetGroup(context.Background(), &musterv1.GetGroupRequest{Group: victim})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.GetGeneration() != 0 || !g.GetReady() || g.GetRestarts() != 0 {
+		t.Fatalf("victim after the attacks: generation %d ready %v restarts %d, first error %q; want generation 0, Ready, no restart",
+			g.GetGeneration(), g.GetReady(), g.GetRestarts(), g.GetFirstError())
+	}
+	for _, m := range g.GetMembers() {
+		if m.GetAddress() == evil {
+			t.Errorf("member %s has the attacker's address %s", m.GetId(), m.GetAddress())
 		}
 	}
 }

@@ -436,6 +436,9 @@ func TestBadInputIsRefusedAndGroupSurvives(t *testing.T) {
 		{"negative ordinal", join(func(r *musterv1.JoinRequest) { r.Ordinal = ord(-1) }), codes.InvalidArgument, []string{"ordinal -1 is negative"}},
 		{"empty address", join(func(r *musterv1.JoinRequest) { r.Address = "" }), codes.InvalidArgument, []string{"address is empty"}},
 		{"bad port", join(func(r *musterv1.JoinRequest) { r.MasterPort = 70000 }), codes.InvalidArgument, []string{"master_port 70000"}},
+		{"shell in the address", join(func(r *musterv1.JoinRequest) { r.MemberId = "m0"; r.Address = "$(id>x)" }), codes.InvalidArgument, []string{`address "$(id>x)" is not an IP address or host name`}},
+		{"unknown runtime", join(func(r *musterv1.JoinRequest) { r.Group = ref("other"); r.Runtime = "nope" }), codes.InvalidArgument, []string{`runtime "nope" is not a known preset`}},
+		{"group too large", join(func(r *musterv1.JoinRequest) { r.Group = ref("huge"); r.Size = 9000 }), codes.ResourceExhausted, []string{"limit of 8192 members", "--max-group-size"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -653,5 +656,28 @@ func TestPeerLostIsConfirmedBeforeAnyRestart(t *testing.T) {
 	}
 	if r := ms[0].restart(); !strings.Contains(r.Reason, "member c was lost") {
 		t.Fatalf("restart %v, want it to name c", r)
+	}
+}
+
+func TestGroupsPerNamespaceAreCapped(t *testing.T) {
+	cfg := testcoord.Config(t)
+	cfg.MaxGroupsPerNamespace = 2
+	co := testcoord.Start(t, cfg)
+	c := testcoord.Client(t, co.Addr())
+	for i, name := range []string{"a", "b", "c"} {
+		_, err := c.Join(context.Background(), &musterv1.JoinRequest{Group: ref(name), MemberId: "m0", Address: "127.0.0.2", Size: 2, Generation: -1})
+		if i < 2 && err != nil {
+			t.Fatalf("group %s: %v", name, err)
+		}
+		if i == 2 {
+			st := status.Convert(err)
+			if st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "--max-groups-per-namespace") {
+				t.Fatalf("third group: %v, want ResourceExhausted naming --max-groups-per-namespace", err)
+			}
+		}
+	}
+	// Another namespace has a cap of its own.
+	if _, err := c.Join(context.Background(), &musterv1.JoinRequest{Group: &musterv1.GroupRef{Namespace: "other", Name: "c"}, MemberId: "m0", Address: "127.0.0.2", Size: 2, Generation: -1}); err != nil {
+		t.Fatalf("a group of another namespace: %v", err)
 	}
 }

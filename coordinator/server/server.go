@@ -240,15 +240,20 @@ func (s *Server) join(ctx context.Context, req *musterv1.JoinRequest) (*musterv1
 		var rev int64
 		switch {
 		case p.create != nil:
-			if err := s.checkGroupCap(ctx, k); err != nil {
-				return nil, err
-			}
 			// Concurrent first joins through this replica create the group
-			// once; the others wait and find it.
+			// once; the others wait and find it. Only the one that creates
+			// counts the namespace's groups (N members arriving at once
+			// would otherwise scan it N times).
 			if err := h.CreateOnce(ctx, func() (int64, error) {
+				if err := s.checkGroupCap(ctx, k); err != nil {
+					return 0, err
+				}
 				_, rev, err := s.store.CreateState(ctx, k, *p.create)
 				return rev, err
 			}); err != nil {
+				if status.Code(err) == codes.ResourceExhausted {
+					return nil, err
+				}
 				return nil, internal(fmt.Errorf("%s: %w", what, err))
 			}
 			continue

@@ -164,6 +164,12 @@ func (k *Kube) review(ctx context.Context, token string) (*Identity, error) {
 	if len(id.Addresses) == 0 && pod.Status.PodIP != "" {
 		id.Addresses = []string{pod.Status.PodIP}
 	}
+	if len(id.Addresses) == 0 {
+		// The container may start (and its agent call) before the kubelet's
+		// status update with the pod's IP reaches the apiserver: a moment
+		// to retry (Unavailable is not cached), not a refusal.
+		return nil, status.Errorf(codes.Unavailable, "pod %s/%s has no IP in its status yet; retry", ns, podName)
+	}
 	return id, nil
 }
 

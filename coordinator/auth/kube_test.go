@@ -34,6 +34,7 @@ const (
 	tokAlice      = "tok-alice"       // a person
 	tokWrongAud   = "tok-wrong-aud"   // refused by the apiserver
 	tokReviewDown = "tok-review-down" // the review itself fails
+	tokNoIP       = "tok-no-ip"       // bound to pod ns1/g-1, whose IP is not in its status yet
 )
 
 // fakeKube is a fake apiserver answering TokenReviews and
@@ -70,6 +71,9 @@ func newFakeKube(t *testing.T) *fakeKube {
 			Status:     v1.PodStatus{PodIP: "10.0.0.5", PodIPs: []v1.PodIP{{IP: "10.0.0.5"}, {IP: "fd00::5"}}},
 		},
 		&v1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "ns1", Name: "g-1", UID: types.UID("uid-1"), Labels: map[string]string{"muster.dev/group": "llama"}},
+		},
+		&v1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "ns1", Name: "loner", UID: types.UID("uid-l")},
 			Status:     v1.PodStatus{PodIP: "10.0.0.9"},
 		},
@@ -79,6 +83,7 @@ func newFakeKube(t *testing.T) *fakeKube {
 		tokPodOldUID: podBound("ns1", "g-0", "uid-old"),
 		tokPodGone:   podBound("ns1", "g-7", "uid-7"),
 		tokNoGroup:   podBound("ns1", "loner", "uid-l"),
+		tokNoIP:      podBound("ns1", "g-1", "uid-1"),
 		tokUnboundSA: {Username: "system:serviceaccount:ns1:builder", UID: "sa-b"},
 		tokAlice: {Username: "alice", UID: "alice-uid", Groups: []string{"devs", "system:authenticated"},
 			Extra: map[string]authnv1.ExtraValue{"scopes": {"read"}}},
@@ -330,5 +335,28 @@ func TestKubeMayRead(t *testing.T) {
 				t.Errorf("SubjectAccessReview spec = %+v (resource %+v), want alice's identity asking %s groups.muster.dev in %q", got, ra, tc.verb, tc.ns)
 			}
 		})
+	}
+}
+
+// A pod whose IP has not reached the apiserver yet (its container started
+// first) is told to retry, and the answer is not cached: once the kubelet
+// reports the IP, the next call succeeds.
+func TestKubePodWithoutIPYetIsRetried(t *testing.T) {
+	f := newFakeKube(t)
+	k := auth.NewKube(f.cs, "")
+	if _, err := k.Identify(context.Background(), tokNoIP); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "no IP") {
+		t.Fatalf("pod without an IP: %v, want Unavailable saying it has no IP yet", err)
+	}
+	p, err := f.cs.CoreV1().Pods("ns1").Get(context.Background(), "g-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Status.PodIPs = []v1.PodIP{{IP: "10.0.0.6"}}
+	if _, err := f.cs.CoreV1().Pods("ns1").UpdateStatus(context.Background(), p, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	id, err := k.Identify(context.Background(), tokNoIP)
+	if err != nil || !slices.Equal(id.Addresses, []string{"10.0.0.6"}) {
+		t.Fatalf("after the IP is reported: %+v, %v; want addresses [10.0.0.6]", id, err)
 	}
 }

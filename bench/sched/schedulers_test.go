@@ -72,7 +72,7 @@ var schedulers = []scheduler{
 	{name: "upstream-gang", bin: "kube-scheduler", profile: "default-scheduler", gates: true, groups: upstreamGroups, topology: true},
 }
 
-// gangGates are the gates of Kubernetes 1.37's gang scheduling (DESIGN.md).
+// gangGates are the gates of Kubernetes 1.37's gang scheduling (GenericWorkload, beta, off by default).
 const gangGates = "GenericWorkload=true,TopologyAwareWorkloadScheduling=true"
 
 // binaryHint says how to build a missing scheduler binary.

@@ -2,8 +2,8 @@
 // muster.dev/inject: "true" it checks the group annotations and injects the
 // agent (an init container that installs it, the main container's command
 // wrapped as `agent run -- ...`, downward-API env, a service-account token
-// for the coordinator, muster's scheduler and a readiness gate). See
-// DESIGN.md, "The life of a group".
+// for the coordinator, muster's scheduler and a readiness gate); README.md
+// says what a pod gets.
 package webhook
 
 import (
@@ -177,7 +177,7 @@ func UpstreamPodGroups(cs kubernetes.Interface) GangLookup {
 }
 
 // DefaultConfig is the configuration for one machine: the coordinator's
-// default address and every preset of DESIGN.md.
+// default address and every runtime preset.
 func DefaultConfig() Config {
 	return Config{
 		CoordinatorAddress: "127.0.0.1:7070",

@@ -11,7 +11,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 )
 
-// The pod labels and annotations muster reads (see DESIGN.md).
+// The pod labels and annotations muster reads (README.md lists them).
 const (
 	LabelGroup            = "muster.dev/group"
 	LabelPodGroup         = "scheduling.x-k8s.io/pod-group" // scheduler-plugins, LWS, Kubeflow, Kueue

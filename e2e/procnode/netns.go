@@ -59,6 +59,13 @@ func setupPodNetwork(dir string, prefix netip.Prefix) (*podNetwork, error) {
 	bits := fmt.Sprint(n.prefix.Bits())
 	steps := [][]string{
 		{"netns", "add", n.name},
+		// Pods' addresses share one /16 on one interface: the first is the
+		// primary, the rest secondaries, and by default deleting the
+		// primary (its pod ended) deletes every secondary with it: every
+		// other pod of the cluster lost its address at once ("Network is
+		// unreachable", groups that never heal). Promote a secondary
+		// instead.
+		{"netns", "exec", n.name, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/all/promote_secondaries"},
 		{"link", "add", n.hostIf, "type", "veth", "peer", "name", n.podIf},
 		{"link", "set", n.podIf, "netns", n.name},
 		{"addr", "add", n.gateway.String() + "/" + bits, "dev", n.hostIf},

@@ -601,7 +601,11 @@ func (a *agent) send(ctx context.Context, req *musterv1.ReportStatusRequest) {
 			a.log.Warn("status report refused", "state", req.GetState().String(), "err", status.Convert(err).Message())
 			return
 		}
-		a.log.Debug("status report failed; retrying", "state", req.GetState().String(), "err", status.Convert(err).Message(), "retry_in", backoff)
+		lvl := slog.LevelDebug
+		if backoff >= time.Second {
+			lvl = slog.LevelWarn // failing for a while: say so
+		}
+		a.log.Log(ctx, lvl, "status report failed; retrying", "state", req.GetState().String(), "err", status.Convert(err).Message(), "retry_in", backoff)
 		select {
 		case <-time.After(backoff):
 		case <-ctx.Done():

@@ -288,6 +288,13 @@ func Start(ctx context.Context, cfg Config) (*Coordinator, error) {
 			c.Close()
 			return nil, fmt.Errorf("--kubeconfig %s: %w", cfg.Kubeconfig, err)
 		}
+		// Every agent's token is reviewed (TokenReview, its pod read) on
+		// top of the readiness patches and events: client-go's default 5
+		// requests per second would queue them behind each other until
+		// agents' calls time out.
+		if rc.QPS == 0 {
+			rc.QPS, rc.Burst = 200, 400
+		}
 		cs, err := kubernetes.NewForConfig(rc)
 		if err != nil {
 			c.Close()

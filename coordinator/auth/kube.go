@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/singleflight"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -49,9 +50,10 @@ type Kube struct {
 	Audience string
 	CacheTTL time.Duration
 
-	mu    sync.Mutex
-	cache map[[32]byte]cached
-	sars  map[string]cachedSAR
+	flight singleflight.Group
+	mu     sync.Mutex
+	cache  map[[32]byte]cached
+	sars   map[string]cachedSAR
 }
 
 type cached struct {
@@ -109,7 +111,10 @@ func (k *Kube) Identify(ctx context.Context, token string) (*Identity, error) {
 	if ok && now.Before(c.expires) {
 		return c.id, c.err
 	}
-	id, err := k.review(ctx, token)
+	// An agent's first calls (join, watch, reports, gossip's reads) come
+	// together: one review serves them all.
+	v, err, _ := k.flight.Do(string(h[:]), func() (any, error) { return k.review(context.WithoutCancel(ctx), token) })
+	id, _ := v.(*Identity)
 	if st, ok := status.FromError(err); err != nil && ok && st.Code() == codes.Unavailable {
 		return nil, err // not cached: the apiserver may answer next time
 	}

@@ -132,6 +132,21 @@ func newAgent(cfg Config) (*agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	if ip := net.ParseIP(cfg.Address); ip != nil {
+		// Dial the coordinator from the member's own address: where several
+		// members share one network namespace (pods of a process node,
+		// hosts on one machine), a connection from whichever address the
+		// kernel picks dies with that address's pod.
+		opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			d := net.Dialer{}
+			if host, _, err := net.SplitHostPort(addr); err == nil {
+				if t := net.ParseIP(host); t != nil && (t.To4() == nil) == (ip.To4() == nil) {
+					d.LocalAddr = &net.TCPAddr{IP: ip}
+				}
+			}
+			return d.DialContext(ctx, "tcp", addr)
+		}))
+	}
 	target := cfg.Coordinators[0]
 	if len(cfg.Coordinators) > 1 {
 		// pick_first over every replica: when the current one fails, gRPC

@@ -172,7 +172,7 @@ func FuzzRender(f *testing.F) {
 			t.Fatalf("valid addresses %q %q refused: %v", leader, address, err)
 		}
 		// The parts an address fills, between literal text of the user's.
-		if strings.Contains(prefix, "{{") || strings.Contains(suffix, "{{") {
+		if strings.ContainsAny(prefix, "{}") || strings.ContainsAny(suffix, "{}") {
 			return
 		}
 		out, err = Render(a, []string{prefix + "{{.LeaderAddr}}" + suffix, prefix + "{{.Address}}" + suffix})

@@ -84,6 +84,19 @@ func (h *handler) read(ctx context.Context, pod *corev1.Pod) (member, field.Erro
 	case src == group.SourceLeaderWorkerSet && hasLWS:
 		// LeaderWorkerSet sets the group size on each of its pods.
 		m.size = positive(&errs, lwsSizePath, lws)
+	case src == group.SourceKServe:
+		// KServe writes the pod count (head and workers) as RAY_NODE_COUNT
+		// into both Deployments' containers.
+		n, found, err := group.KServeSize(pod)
+		switch {
+		case err != nil:
+			errs = append(errs, field.Invalid(containersPath, group.EnvKServeNodeCount, err.Error()))
+		case !found:
+			errs = append(errs, field.Required(sizePath, fmt.Sprintf(
+				"KServe's pods say their count in env %s and this pod's containers do not; set it to the number of pods of InferenceService %q (head and workers)", group.EnvKServeNodeCount, pod.Labels[group.LabelKServeInferenceService])))
+		default:
+			m.size = n
+		}
 	case src == group.SourcePodGroupLabel && len(errs) == 0: // no lookup for a bad name
 		// The scheduler takes the size from the PodGroup's minMember; the
 		// agent needs it too, so read it now.
@@ -112,6 +125,12 @@ func (h *handler) read(ctx context.Context, pod *corev1.Pod) (member, field.Erro
 		m.topologyKey = topo
 	}
 
+	if v, ok := ann[group.AnnotationOrdinal]; ok {
+		if n, err := strconv.Atoi(strings.TrimSpace(v)); err != nil || n < 0 {
+			errs = append(errs, field.Invalid(annotationsPath.Key(group.AnnotationOrdinal), v,
+				"must be a whole number from 0: the member's rank hint (members with a hint take the lowest ranks, in its order)"))
+		}
+	}
 	if v, ok := ann[AnnotationRuntime]; ok {
 		m.runtime = strings.TrimSpace(v)
 		if !slices.Contains(h.cfg.Runtimes, m.runtime) {
@@ -191,6 +210,8 @@ func sourcePath(src group.Source) *field.Path {
 		return sgPath
 	case group.SourceLeaderWorkerSet:
 		return labelsPath.Key(group.LabelLWSName)
+	case group.SourceKServe:
+		return labelsPath.Key(group.LabelKServeInferenceService)
 	}
 	return labelsPath.Key(group.LabelGroup)
 }

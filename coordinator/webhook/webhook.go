@@ -32,7 +32,7 @@ import (
 // topology key and timeout are in scheduler-plugin/group, shared with the
 // scheduler.
 const (
-	AnnotationInject       = "muster.dev/inject"        // "true": inject the agent
+	AnnotationInject       = group.AnnotationInject     // "true": inject the agent
 	AnnotationInjected     = "muster.dev/injected"      // set by the webhook
 	AnnotationRuntime      = "muster.dev/runtime"       // preset name
 	AnnotationPort         = "muster.dev/port"          // the runtime's serving port

@@ -300,6 +300,27 @@ func TestInvalid(t *testing.T) {
 		code   int32    // 0: 422
 	}{
 		{
+			name:   "ordinal hint not a whole number",
+			change: ann("muster.dev/ordinal", "first"),
+			want:   []string{`metadata.annotations[muster.dev/ordinal]: Invalid value: "first": must be a whole number from 0`},
+		},
+		{
+			name: "KServe pod without its node count",
+			change: func(p *corev1.Pod) {
+				kserve(p, false)
+				p.Spec.Containers[0].Env = nil
+			},
+			want: []string{`metadata.annotations[muster.dev/size]: Required value: KServe's pods say their count in env RAY_NODE_COUNT and this pod's containers do not; set it to the number of pods of InferenceService "llm"`},
+		},
+		{
+			name: "KServe pod with a bad node count",
+			change: func(p *corev1.Pod) {
+				kserve(p, false)
+				p.Spec.Containers[0].Env[0].Value = "many"
+			},
+			want: []string{`spec.containers: Invalid value: "RAY_NODE_COUNT": container worker-container: env RAY_NODE_COUNT="many" is not a positive whole number; set annotation muster.dev/size`},
+		},
+		{
 			name:   "no group",
 			change: func(p *corev1.Pod) { delete(p.Labels, "muster.dev/group") },
 			want:   []string{`metadata.labels[muster.dev/group]: Required value: add label muster.dev/group: NAME (the same on every pod of the group)`},
@@ -633,6 +654,12 @@ func TestGroupSources(t *testing.T) {
 			p.Labels["leaderworkerset.sigs.k8s.io/worker-index"] = "2"
 			p.Annotations["leaderworkerset.sigs.k8s.io/size"] = "4"
 		}, "vllm-1", "4", false},
+		{"KServe head: rank 0, size from RAY_NODE_COUNT", func(p *corev1.Pod) { kserve(p, true) }, "llm-7", "4", false},
+		{"KServe worker: size from RAY_NODE_COUNT, no ordinal", func(p *corev1.Pod) { kserve(p, false) }, "llm-7", "4", true},
+		{"KServe worker with an ordinal hint", func(p *corev1.Pod) {
+			kserve(p, false)
+			p.Annotations["muster.dev/ordinal"] = "3"
+		}, "llm-7", "4", false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -710,4 +737,23 @@ func TestDiff(t *testing.T) {
 			}
 		})
 	}
+}
+
+// kserve makes p a pod of the multi-node InferenceService "llm" at
+// generation 7 as KServe v0.17 makes them: the head (Deployment
+// llm-predictor) or a worker (llm-predictor-worker), its container
+// carrying KServe's node count, annotated with nothing but
+// muster.dev/inject.
+func kserve(p *corev1.Pod, head bool) {
+	app, container := "isvc.llm-predictor-worker", "worker-container"
+	if head {
+		app, container = "isvc.llm-predictor", "kserve-container"
+	}
+	p.Labels = map[string]string{
+		"serving.kserve.io/inferenceservice": "llm", "isvc.generation": "7",
+		"component": "predictor", "app": app,
+	}
+	p.Annotations = map[string]string{AnnotationInject: "true"}
+	p.Spec.Containers[0].Name = container
+	p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "RAY_NODE_COUNT", Value: "4"}, {Name: "REQUEST_GPU_COUNT", Value: "1"}}
 }

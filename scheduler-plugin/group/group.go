@@ -29,6 +29,13 @@ const (
 	// groups by; without it, the group's muster.dev/topology-key (which
 	// then also keeps the group in one domain of that key).
 	AnnotationRankTopologyKey = "muster.dev/rank-topology-key"
+	// AnnotationOrdinal is a member's rank hint when its workload gives it
+	// no index (a Deployment's pods): members with a hint take the low
+	// ranks in its order, the others follow in order of arrival.
+	AnnotationOrdinal = "muster.dev/ordinal"
+	// AnnotationInject "true" asks the webhook for the agent. A workload's
+	// labels alone make a group only for pods that ask (KServe's).
+	AnnotationInject = "muster.dev/inject"
 )
 
 // RankTopologyKey is the node label whose domains rank-order topology
@@ -49,6 +56,20 @@ const (
 	AnnotationLWSSize  = "leaderworkerset.sigs.k8s.io/size"
 )
 
+// KServe (github.com/kserve/kserve v0.17, pkg/constants) labels the pods of
+// a multi-node InferenceService in Standard (RawDeployment) mode: the head
+// Deployment <isvc>-predictor (app=isvc.<isvc>-predictor, one pod) and the
+// worker Deployment <isvc>-predictor-worker (RAY_NODE_COUNT-1 pods) carry
+// the InferenceService's name, component=predictor and its generation.
+// KServe sets the pod count as RAY_NODE_COUNT in both pods' containers.
+const (
+	LabelKServeInferenceService = "serving.kserve.io/inferenceservice"
+	LabelKServeGeneration       = "isvc.generation"
+	LabelKServeComponent        = "component"
+	LabelKServeApp              = "app"
+	EnvKServeNodeCount          = "RAY_NODE_COUNT"
+)
+
 // Key identifies a group: group names are scoped by namespace.
 type Key struct {
 	Namespace string
@@ -66,6 +87,7 @@ const (
 	SourcePodGroupLabel          // scheduling.x-k8s.io/pod-group (size from its PodGroup's minMember)
 	SourceSchedulingGroup        // spec.schedulingGroup.podGroupName (size from the scheduling.k8s.io PodGroup's gang minCount)
 	SourceLeaderWorkerSet        // LWS name and group index: "<name>-<index>", the leader pod's name
+	SourceKServe                 // a multi-node InferenceService and its generation: "<isvc>-<generation>"
 )
 
 // Field is where the name was read, for messages.
@@ -79,13 +101,17 @@ func (s Source) Field() string {
 		return "spec.schedulingGroup.podGroupName"
 	case SourceLeaderWorkerSet:
 		return "metadata.labels[" + LabelLWSName + "]-[" + LabelLWSGroupIndex + "]"
+	case SourceKServe:
+		return "metadata.labels[" + LabelKServeInferenceService + "]-[" + LabelKServeGeneration + "]"
 	}
 	return ""
 }
 
 // Name returns the pod's group name and where it came from, in this order:
 // muster's label, scheduler-plugins' label, the upstream PodGroup the pod
-// names, its LeaderWorkerSet group. "" and SourceNone for a pod of no group.
+// names, its LeaderWorkerSet group, its KServe InferenceService (only for
+// pods annotated muster.dev/inject: "true"). "" and SourceNone for a pod of
+// no group.
 func Name(pod *v1.Pod) (string, Source) {
 	if v := pod.Labels[LabelGroup]; v != "" {
 		return v, SourceLabel
@@ -99,7 +125,49 @@ func Name(pod *v1.Pod) (string, Source) {
 	if set, idx := pod.Labels[LabelLWSName], pod.Labels[LabelLWSGroupIndex]; set != "" && idx != "" {
 		return set + "-" + idx, SourceLeaderWorkerSet
 	}
+	if isvc, gen, ok := kserve(pod); ok {
+		// One group per generation: a rollout's new pods form a group of
+		// their own while the old generation's still serve.
+		return isvc + "-" + gen, SourceKServe
+	}
 	return "", SourceNone
+}
+
+// kserve reads the InferenceService and generation of a multi-node KServe
+// predictor pod that asked for muster.
+func kserve(pod *v1.Pod) (isvc, gen string, ok bool) {
+	l := pod.Labels
+	isvc, gen = l[LabelKServeInferenceService], l[LabelKServeGeneration]
+	if isvc == "" || gen == "" || l[LabelKServeComponent] != "predictor" || pod.Annotations[AnnotationInject] != "true" {
+		return "", "", false
+	}
+	return isvc, gen, true
+}
+
+// KServeHead says whether pod is the head of a multi-node InferenceService
+// (a pod of its <isvc>-predictor Deployment, not of -predictor-worker).
+func KServeHead(pod *v1.Pod) bool {
+	isvc, _, ok := kserve(pod)
+	return ok && pod.Labels[LabelKServeApp] == "isvc."+isvc+"-predictor"
+}
+
+// KServeSize is the pod count KServe gives a multi-node InferenceService
+// (RAY_NODE_COUNT, which it writes into the head's and the workers'
+// containers); found is false when no container says it.
+func KServeSize(pod *v1.Pod) (size int, found bool, err error) {
+	for _, c := range pod.Spec.Containers {
+		for _, e := range c.Env {
+			if e.Name != EnvKServeNodeCount || e.ValueFrom != nil {
+				continue
+			}
+			n, perr := strconv.Atoi(strings.TrimSpace(e.Value))
+			if perr != nil || n < 1 {
+				return 0, true, fmt.Errorf("container %s: env %s=%q is not a positive whole number; set annotation %s to the number of pods in the group", c.Name, EnvKServeNodeCount, e.Value, AnnotationSize)
+			}
+			return n, true, nil
+		}
+	}
+	return 0, false, nil
 }
 
 // SchedulingGroup is the scheduling.k8s.io PodGroup the pod names in
@@ -121,16 +189,19 @@ func Of(pod *v1.Pod) (Key, bool) {
 }
 
 // Size reads the group size from the pod's muster.dev/size annotation, or
-// for a LeaderWorkerSet pod from LWS's size annotation. present is false
-// when neither is there (the size may then come from a PodGroup); err names
-// the annotation and the fix.
+// for a LeaderWorkerSet pod from LWS's size annotation, or for a KServe pod
+// from KServe's RAY_NODE_COUNT. present is false when none is there (the
+// size may then come from a PodGroup); err names the field and the fix.
 func Size(pod *v1.Pod) (size int, present bool, err error) {
 	key := AnnotationSize
 	v, ok := pod.Annotations[key]
 	if !ok {
-		if _, src := Name(pod); src == SourceLeaderWorkerSet {
+		switch _, src := Name(pod); src {
+		case SourceLeaderWorkerSet:
 			key = AnnotationLWSSize
 			v, ok = pod.Annotations[key]
+		case SourceKServe:
+			return KServeSize(pod)
 		}
 	}
 	if !ok {
@@ -163,8 +234,14 @@ func Timeout(pod *v1.Pod, def time.Duration) (time.Duration, error) {
 }
 
 // Ordinal is the pod's index in its workload, for ordering members: the
-// StatefulSet, LeaderWorkerSet and indexed Job labels, or -1.
+// muster.dev/ordinal hint, the StatefulSet, LeaderWorkerSet and indexed Job
+// labels, 0 for a KServe head, or -1.
 func Ordinal(pod *v1.Pod) int {
+	if v, ok := pod.Annotations[AnnotationOrdinal]; ok {
+		if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && n >= 0 {
+			return n
+		}
+	}
 	// LWS first: a LeaderWorkerSet's leaders are pods of a StatefulSet, so
 	// the leader of group i carries pod-index i, but worker-index 0.
 	for _, k := range []string{"leaderworkerset.sigs.k8s.io/worker-index", "apps.kubernetes.io/pod-index", "batch.kubernetes.io/job-completion-index"} {
@@ -178,6 +255,9 @@ func Ordinal(pod *v1.Pod) int {
 				return n
 			}
 		}
+	}
+	if KServeHead(pod) {
+		return 0
 	}
 	return -1
 }

@@ -77,3 +77,62 @@ func TestTimeoutAndOrdinal(t *testing.T) {
 		t.Errorf("Ordinal of plain pod = %d, want -1", o)
 	}
 }
+
+// kservePod is a pod of a multi-node InferenceService "llm" at generation
+// 3 as KServe v0.17 makes it in Standard mode: the head from Deployment
+// llm-predictor, a worker from llm-predictor-worker.
+func kservePod(head bool, inject string, env ...v1.EnvVar) *v1.Pod {
+	app, container := "isvc.llm-predictor-worker", "worker-container"
+	if head {
+		app, container = "isvc.llm-predictor", "kserve-container"
+	}
+	p := podWith(map[string]string{
+		LabelKServeInferenceService: "llm", LabelKServeGeneration: "3",
+		LabelKServeComponent: "predictor", LabelKServeApp: app,
+	}, map[string]string{AnnotationInject: inject})
+	p.Spec.Containers = []v1.Container{{Name: container, Env: env}}
+	return p
+}
+
+func TestKServe(t *testing.T) {
+	count := v1.EnvVar{Name: EnvKServeNodeCount, Value: "4"}
+	for _, head := range []bool{true, false} {
+		p := kservePod(head, "true", v1.EnvVar{Name: "TENSOR_PARALLEL_SIZE", Value: "4"}, count)
+		if name, src := Name(p); name != "llm-3" || src != SourceKServe {
+			t.Errorf("head %v: Name = %q, %v; want llm-3 (InferenceService and generation), SourceKServe", head, name, src)
+		}
+		if n, present, err := Size(p); n != 4 || !present || err != nil {
+			t.Errorf("head %v: Size = %d, %v, %v; want RAY_NODE_COUNT 4", head, n, present, err)
+		}
+		want := -1
+		if head {
+			want = 0 // the head is rank 0: it serves, the workers follow in arrival order
+		}
+		if o := Ordinal(p); o != want {
+			t.Errorf("head %v: Ordinal = %d, want %d", head, o, want)
+		}
+	}
+	// KServe's labels alone make no group: only a pod that asks for muster.
+	if name, src := Name(kservePod(true, "false", count)); name != "" || src != SourceNone {
+		t.Errorf("a KServe pod without muster.dev/inject: Name = %q, %v; want none", name, src)
+	}
+	// A hint or an explicit size wins over what KServe says.
+	p := kservePod(false, "true", count)
+	p.Annotations[AnnotationOrdinal] = "2"
+	p.Annotations[AnnotationSize] = "8"
+	if o := Ordinal(p); o != 2 {
+		t.Errorf("Ordinal with %s: 2 = %d", AnnotationOrdinal, o)
+	}
+	if n, _, _ := Size(p); n != 8 {
+		t.Errorf("Size with %s: 8 = %d", AnnotationSize, n)
+	}
+	if _, present, err := Size(kservePod(false, "true", v1.EnvVar{Name: EnvKServeNodeCount, Value: "x"})); !present || err == nil || !strings.Contains(err.Error(), AnnotationSize) {
+		t.Errorf("Size with RAY_NODE_COUNT=x: present %v, err %v; want an error naming the fix", present, err)
+	}
+	if _, present, err := Size(kservePod(false, "true")); present || err != nil {
+		t.Errorf("Size without RAY_NODE_COUNT: present %v, err %v; want absent", present, err)
+	}
+	if o := Ordinal(podWith(nil, map[string]string{AnnotationOrdinal: "-1"})); o != -1 {
+		t.Errorf("a negative %s is no hint: Ordinal = %d", AnnotationOrdinal, o)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/resolver"
@@ -648,6 +649,17 @@ func (a *agent) leave() {
 	}
 }
 
+// groupFull says whether the coordinator refused a join because the group
+// had its size of members attached.
+func groupFull(err error) bool {
+	for _, d := range status.Convert(err).Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == musterv1.ErrorDomain && info.GetReason() == musterv1.ReasonGroupFull {
+			return true
+		}
+	}
+	return false
+}
+
 func retryable(err error) bool {
 	switch status.Code(err) {
 	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted, codes.Canceled, codes.Unknown, codes.Internal:
@@ -679,14 +691,23 @@ func (a *agent) join(ctx context.Context, gen int64) (*musterv1.JoinResponse, er
 		if ctx.Err() != nil {
 			return nil, &ExitError{Code: 1, Err: ctx.Err()}
 		}
-		if !retryable(err) {
+		full := groupFull(err)
+		if !retryable(err) && !full {
 			return nil, &ExitError{Code: 1, Err: errors.New(status.Convert(err).Message())}
 		}
 		left := time.Until(deadline)
-		if left <= 0 {
+		switch {
+		case left <= 0 && full:
+			return nil, &ExitError{Code: 1, Err: fmt.Errorf("no member left the full group within %s (--join-timeout): %s", a.cfg.JoinTimeout, status.Convert(err).Message())}
+		case left <= 0:
 			return nil, &ExitError{Code: 1, Err: fmt.Errorf("could not reach the coordinator at %v for %s (--join-timeout): %s", a.cfg.Coordinators, a.cfg.JoinTimeout, status.Convert(err).Message())}
+		case full:
+			// A pod that replaces a member (a Deployment's new pod for a
+			// deleted one) can start before its predecessor has left.
+			a.log.Info("group is full; waiting for a member to leave", "err", status.Convert(err).Message(), "retry_in", backoff, "giving_up_in", left.Round(time.Second))
+		default:
+			a.log.Warn("coordinator unreachable; retrying", "coordinator", fmt.Sprint(a.cfg.Coordinators), "err", status.Convert(err).Message(), "retry_in", backoff, "giving_up_in", left.Round(time.Second))
 		}
-		a.log.Warn("coordinator unreachable; retrying", "coordinator", fmt.Sprint(a.cfg.Coordinators), "err", status.Convert(err).Message(), "retry_in", backoff, "giving_up_in", left.Round(time.Second))
 		select {
 		case <-time.After(backoff):
 		case <-ctx.Done():

@@ -19,6 +19,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/singleflight"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -399,7 +400,11 @@ func (s *Server) planJoin(h *hub.Hub, k group.Key, id string, req *musterv1.Join
 				for mid := range v.Members {
 					ids = append(ids, mid)
 				}
-				p.err = status.Errorf(codes.ResourceExhausted, "%s: group is full: %d of %d members are attached (%s) and %q is not one of them; check --size, or the member ids", what, live, st.Size, strings.Join(limit(ids, 5), ", "), id)
+				full := status.Newf(codes.ResourceExhausted, "%s: group is full: %d of %d members are attached (%s) and %q is not one of them; check --size, or the member ids", what, live, st.Size, strings.Join(limit(ids, 5), ", "), id)
+				if d, err := full.WithDetails(&errdetails.ErrorInfo{Domain: musterv1.ErrorDomain, Reason: musterv1.ReasonGroupFull}); err == nil {
+					full = d
+				}
+				p.err = full.Err()
 				return
 			}
 		}

@@ -507,6 +507,12 @@ func (c *Cluster) writeSchedulerConfig() (string, error) {
 // output goes to <Dir>/logs/<name>.log, an unexpected exit fails the
 // cluster (see Failed), and Stop ends it. Node backends use it.
 func (c *Cluster) StartProcess(name, bin string, args ...string) (*Process, error) {
+	return c.StartProcessEnv(name, bin, nil, args...)
+}
+
+// StartProcessEnv is StartProcess with env (KEY=value) added to this
+// process's environment.
+func (c *Cluster) StartProcessEnv(name, bin string, env []string, args ...string) (*Process, error) {
 	// The lock is held across the start so that Stop, which takes it
 	// first, either sees this process or refuses it.
 	c.mu.Lock()
@@ -514,7 +520,7 @@ func (c *Cluster) StartProcess(name, bin string, args ...string) (*Process, erro
 		c.mu.Unlock()
 		return nil, fmt.Errorf("start %s: cluster is stopping", name)
 	}
-	p, err := startProcess(name, filepath.Join(c.logDir, name+".log"), bin, args)
+	p, err := startProcess(name, filepath.Join(c.logDir, name+".log"), bin, env, args)
 	if err == nil {
 		c.procs = append(c.procs, p)
 	}

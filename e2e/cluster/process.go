@@ -28,7 +28,7 @@ type Process struct {
 
 // startProcess starts bin in its own process group with output to logPath
 // (truncated: one log per run).
-func startProcess(name, logPath, bin string, args []string) (*Process, error) {
+func startProcess(name, logPath, bin string, env, args []string) (*Process, error) {
 	if _, err := os.Stat(bin); err != nil {
 		return nil, fmt.Errorf("start %s: binary: %w", name, err)
 	}
@@ -38,6 +38,9 @@ func startProcess(name, logPath, bin string, args []string) (*Process, error) {
 	}
 	fmt.Fprintf(f, "# %s %s\n", bin, strings.Join(args, " "))
 	cmd := exec.Command(bin, args...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		// Own process group: Stop signals the whole group, so anything the

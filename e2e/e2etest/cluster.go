@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/discovery/cached/memory"
@@ -44,7 +45,14 @@ func ProcessCluster(t testing.TB, root string, crds ...string) *cluster.Cluster 
 // field validation, and returns their kinds in order.
 func CreateExample(t testing.TB, c *cluster.Cluster, ns, root, file string) []string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(root, "deploy", "examples", file))
+	return CreateFile(t, c, ns, root, filepath.Join("deploy", "examples", file))
+}
+
+// CreateFile is CreateExample for any file of the repository (rel to
+// root); cluster-scoped objects are created as such, the others in ns.
+func CreateFile(t testing.TB, c *cluster.Cluster, ns, root, rel string) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(root, rel))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +65,7 @@ func CreateExample(t testing.TB, c *cluster.Cluster, ns, root, file string) []st
 	for _, doc := range strings.Split(strings.ReplaceAll(string(b), "__MUSTER_REPO__", root), "\n---\n") {
 		var obj unstructured.Unstructured
 		if err := yaml.Unmarshal([]byte(doc), &obj.Object); err != nil {
-			t.Fatalf("%s: %v", file, err)
+			t.Fatalf("%s: %v", rel, err)
 		}
 		if len(obj.Object) == 0 {
 			continue
@@ -65,10 +73,14 @@ func CreateExample(t testing.TB, c *cluster.Cluster, ns, root, file string) []st
 		gvk := obj.GroupVersionKind()
 		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
 		if err != nil {
-			t.Fatalf("%s: %s: %v", file, gvk, err)
+			t.Fatalf("%s: %s: %v", rel, gvk, err)
 		}
-		if _, err := dyn.Resource(m.Resource).Namespace(ns).Create(context.Background(), &obj, metav1.CreateOptions{FieldValidation: "Strict"}); err != nil {
-			t.Fatalf("%s: create %s %s: %v", file, gvk.Kind, obj.GetName(), err)
+		var ri dynamic.ResourceInterface = dyn.Resource(m.Resource)
+		if m.Scope.Name() == meta.RESTScopeNameNamespace {
+			ri = dyn.Resource(m.Resource).Namespace(ns)
+		}
+		if _, err := ri.Create(context.Background(), &obj, metav1.CreateOptions{FieldValidation: "Strict"}); err != nil {
+			t.Fatalf("%s: create %s %s: %v", rel, gvk.Kind, obj.GetName(), err)
 		}
 		kinds = append(kinds, gvk.Kind)
 	}

@@ -116,7 +116,12 @@ func LastRank(t testing.TB, cs kubernetes.Interface, ns, pod string) (gen, rank,
 // RankFromLogs is LastRank for callers that poll: an error while the
 // container has not started yet.
 func RankFromLogs(cs kubernetes.Interface, ns, pod string) (gen, rank, world string, err error) {
-	logs, err := cs.CoreV1().Pods(ns).GetLogs(pod, &v1.PodLogOptions{Container: "model"}).DoRaw(context.Background())
+	return RankFromContainerLogs(cs, ns, pod, "model")
+}
+
+// RankFromContainerLogs is RankFromLogs for a container of another name.
+func RankFromContainerLogs(cs kubernetes.Interface, ns, pod, container string) (gen, rank, world string, err error) {
+	logs, err := cs.CoreV1().Pods(ns).GetLogs(pod, &v1.PodLogOptions{Container: container}).DoRaw(context.Background())
 	if err != nil {
 		return "", "", "", fmt.Errorf("logs of %s: %w", pod, err)
 	}
@@ -144,21 +149,32 @@ func Predict(t testing.TB, addr string) (Prediction, http.Header) {
 	t.Helper()
 	var p Prediction
 	var hdr http.Header
+	var last error
 	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
-		resp, err := http.Post("http://"+addr+"/v1/predict", "application/json", strings.NewReader(`{"inputs": [[1,2,3,4,5], [40, 41, 42]]}`))
-		if err != nil {
-			return false, nil
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != 200 {
-			return false, nil
-		}
-		hdr = resp.Header
-		return true, json.Unmarshal(b, &p)
+		p, hdr, last = TryPredict(addr)
+		return last == nil, nil
 	})
 	if err != nil {
-		t.Fatalf("no prediction from %s: %v", addr, err)
+		t.Fatalf("no prediction from %s: %v (last: %v)", addr, err, last)
 	}
 	return p, hdr
+}
+
+// TryPredict asks the model at addr for the fixed prediction once.
+func TryPredict(addr string) (Prediction, http.Header, error) {
+	var p Prediction
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Post("http://"+addr+"/v1/predict", "application/json", strings.NewReader(`{"inputs": [[1,2,3,4,5], [40, 41, 42]]}`))
+	if err != nil {
+		return p, nil, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return p, nil, fmt.Errorf("%s: %s", resp.Status, Tail(string(b), 2))
+	}
+	if err := json.Unmarshal(b, &p); err != nil {
+		return p, nil, fmt.Errorf("answer %q: %w", Tail(string(b), 2), err)
+	}
+	return p, resp.Header, nil
 }

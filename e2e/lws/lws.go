@@ -103,7 +103,7 @@ func Start(ctx context.Context, c *cluster.Cluster, bin, moduleDir string) (*clu
 			return nil, fmt.Errorf("lws webhook cert: %w", err)
 		}
 	}
-	port, err := freePort()
+	port, err := cluster.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -188,7 +188,7 @@ func register(ctx context.Context, cs kubernetes.Interface, moduleDir, base stri
 				return err
 			}
 			for i := range m.Webhooks {
-				if err := toURL(&m.Webhooks[i].ClientConfig, base, caBundle); err != nil {
+				if err := cluster.WebhookToURL(&m.Webhooks[i].ClientConfig, base, caBundle); err != nil {
 					return fmt.Errorf("webhook %s: %w", m.Webhooks[i].Name, err)
 				}
 			}
@@ -205,7 +205,7 @@ func register(ctx context.Context, cs kubernetes.Interface, moduleDir, base stri
 				return err
 			}
 			for i := range v.Webhooks {
-				if err := toURL(&v.Webhooks[i].ClientConfig, base, caBundle); err != nil {
+				if err := cluster.WebhookToURL(&v.Webhooks[i].ClientConfig, base, caBundle); err != nil {
 					return fmt.Errorf("webhook %s: %w", v.Webhooks[i].Name, err)
 				}
 			}
@@ -243,23 +243,4 @@ func patch[W any](file string, webhooks []W) error {
 		webhooks[i] = op.Value
 	}
 	return nil
-}
-
-// toURL points a webhook at base + the path of the Service it names.
-func toURL(cc *admissionregistrationv1.WebhookClientConfig, base string, caBundle []byte) error {
-	if cc.Service == nil || cc.Service.Path == nil {
-		return fmt.Errorf("no service path in its clientConfig")
-	}
-	url := base + *cc.Service.Path
-	*cc = admissionregistrationv1.WebhookClientConfig{URL: &url, CABundle: caBundle}
-	return nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -3,14 +3,11 @@ package lws_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,10 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/cache"
-	watchtools "k8s.io/client-go/tools/watch"
 
 	"github.com/muster-dev/muster/e2e/cluster"
 	"github.com/muster-dev/muster/e2e/cluster/clustertest"
@@ -70,7 +64,9 @@ func TestLeaderWorkerSet(t *testing.T) {
 
 	cs := c.Clientset()
 	ns := clustertest.Namespace(t, c)
-	gang := watchGang(t, cs, ns)
+	gang := e2etest.WatchGang(t, cs, ns, size, func(p *v1.Pod) string {
+		return p.Labels[lws.LabelName] + "/" + p.Labels[lws.LabelGroupIndex]
+	})
 
 	start := time.Now()
 	if kinds := e2etest.CreateExample(t, c, ns, root, "lws-torch.yaml"); strings.Join(kinds, ",") != "Service,LeaderWorkerSet" {
@@ -91,7 +87,7 @@ func TestLeaderWorkerSet(t *testing.T) {
 			}
 		}
 	}
-	if v := gang.violations(); len(v) > 0 {
+	if v := gang.Violations(); len(v) > 0 {
 		t.Errorf("pods bound before their whole group existed:\n  %s", strings.Join(v, "\n  "))
 	}
 
@@ -125,7 +121,7 @@ func TestLeaderWorkerSet(t *testing.T) {
 	if _, ok := before[victim]; !ok {
 		t.Fatalf("no pod %s among %v", victim, names(pods))
 	}
-	probe := startProbe(addrs[0])
+	probe := e2etest.StartProbe(addrs[0])
 	healStart := time.Now()
 	if err := cs.CoreV1().Pods(ns).Delete(context.Background(), victim, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
@@ -149,7 +145,7 @@ func TestLeaderWorkerSet(t *testing.T) {
 		}
 	}
 	t.Logf("worker %s deleted: group 1 re-formed and answering at its %d pods in %s", victim, size, time.Since(healStart).Round(time.Millisecond))
-	ok, failed, gens := probe.stop()
+	ok, failed, gens := probe.Stop()
 	if ok == 0 || len(failed) > 0 || len(gens) != 1 || gens["0"] == 0 {
 		t.Errorf("group 0 while group 1 healed: %d answers, generations %v, %d failures %v; want every request answered in generation 0", ok, gens, len(failed), failed)
 	} else {
@@ -173,7 +169,7 @@ func TestLeaderWorkerSet(t *testing.T) {
 			}
 		}
 	}
-	if v := gang.violations(); len(v) > 0 {
+	if v := gang.Violations(); len(v) > 0 {
 		t.Errorf("pods bound before their whole group existed:\n  %s", strings.Join(v, "\n  "))
 	}
 }
@@ -355,126 +351,3 @@ func addrsOf(t *testing.T, addrs []string) []string {
 	}
 	return addrs
 }
-
-// probe asks a group's addresses for e2etest.Predictions in turn until stopped,
-// counting answers by generation and failures.
-type probe struct {
-	cancel context.CancelFunc
-	done   chan struct{}
-	ok     int
-	failed []string
-	gens   map[string]int
-}
-
-func startProbe(addrs []string) *probe {
-	ctx, cancel := context.WithCancel(context.Background())
-	p := &probe{cancel: cancel, done: make(chan struct{}), gens: map[string]int{}}
-	client := &http.Client{Timeout: 10 * time.Second}
-	go func() {
-		defer close(p.done)
-		for i := 0; ctx.Err() == nil; i++ {
-			addr := addrs[i%len(addrs)]
-			resp, err := client.Post("http://"+addr+"/v1/predict", "application/json", strings.NewReader(`{"inputs": [[1,2,3,4,5]]}`))
-			if err != nil {
-				p.failed = append(p.failed, fmt.Sprintf("%s: %v", addr, err))
-			} else {
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					p.failed = append(p.failed, fmt.Sprintf("%s: %s", addr, resp.Status))
-				} else {
-					p.ok++
-					p.gens[resp.Header.Get("X-Muster-Generation")]++
-				}
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(100 * time.Millisecond):
-			}
-		}
-	}()
-	return p
-}
-
-func (p *probe) stop() (ok int, failed []string, gens map[string]int) {
-	p.cancel()
-	<-p.done
-	return p.ok, p.failed, p.gens
-}
-
-// gangWatch follows the namespace's pods in the order the apiserver
-// changed them and notes every pod bound to a node while fewer than size
-// pods of its LWS group existed.
-type gangWatch struct {
-	mu  sync.Mutex
-	bad []string
-	err error
-}
-
-func watchGang(t *testing.T, cs kubernetes.Interface, ns string) *gangWatch {
-	t.Helper()
-	list, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	lw := &cache.ListWatch{WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-		return cs.CoreV1().Pods(ns).Watch(ctx, o)
-	}}
-	rw, err := watchtools.NewRetryWatcherWithContext(ctx, list.ResourceVersion, lw)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	g := &gangWatch{}
-	done := make(chan struct{})
-	t.Cleanup(func() { cancel(); rw.Stop(); <-done })
-	go func() {
-		defer close(done)
-		pods := map[string]*v1.Pod{}
-		for ev := range rw.ResultChan() {
-			p, ok := ev.Object.(*v1.Pod)
-			if !ok {
-				if ev.Type == watch.Error {
-					g.mu.Lock()
-					g.err = fmt.Errorf("pod watch: %v", ev.Object)
-					g.mu.Unlock()
-				}
-				continue
-			}
-			if ev.Type == watch.Deleted {
-				delete(pods, p.Name)
-				continue
-			}
-			prev := pods[p.Name]
-			pods[p.Name] = p
-			if p.Spec.NodeName == "" || (prev != nil && prev.UID == p.UID && prev.Spec.NodeName != "") {
-				continue
-			}
-			members := 0
-			for _, q := range pods {
-				if q.Labels[lws.LabelName] == p.Labels[lws.LabelName] && q.Labels[lws.LabelGroupIndex] == p.Labels[lws.LabelGroupIndex] {
-					members++
-				}
-			}
-			if members < size {
-				g.mu.Lock()
-				g.bad = append(g.bad, fmt.Sprintf("%s bound to %s while its group had %d of %d pods", p.Name, p.Spec.NodeName, members, size))
-				g.mu.Unlock()
-			}
-		}
-	}()
-	return g
-}
-
-func (g *gangWatch) violations() []string {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.err != nil {
-		return append([]string{g.err.Error()}, g.bad...)
-	}
-	return append([]string(nil), g.bad...)
-}
-
-// The helpers below are copied from e2e/kube/kube_test.go (unexported
-// there); they belong in a shared test package.

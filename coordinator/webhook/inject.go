@@ -45,6 +45,8 @@ func (h *handler) inject(pod *corev1.Pod, m member) (warnings []string) {
 		spec.InitContainers = append([]corev1.Container{h.installer()}, spec.InitContainers...)
 	}
 
+	shareWorkloadEnv(spec, m.container)
+
 	c := &spec.Containers[m.container]
 	if !wrapped(c.Command) {
 		// Kubernetes expands $(VAR) in command and args alike, so moving
@@ -197,6 +199,32 @@ func (h *handler) installer() corev1.Container {
 	}
 	addMount(&c)
 	return c
+}
+
+// workloadEnv are env vars a workload's own pod webhook gives every
+// container and init container of a pod, on create and again on every
+// update: LeaderWorkerSet's (sigs.k8s.io/lws v0.7.0,
+// pkg/utils/pod.AddLWSVariables, reinvocationPolicy Never). Its create
+// call comes before muster's (configurations run in name order), so the
+// agent's init container misses them, and its next call, on any update of
+// the pod (the garbage collector taking off the foregroundDeletion
+// finalizer when LWS recreates a group), would add them to a pod's spec,
+// which the apiserver forbids: the update fails and the pod never goes.
+var workloadEnv = map[string]bool{"LWS_LEADER_ADDRESS": true, "LWS_GROUP_SIZE": true, "LWS_WORKER_INDEX": true}
+
+// shareWorkloadEnv gives the agent's init container the workloadEnv vars
+// the wrapped container has, so a workload's webhook finds nothing to add.
+func shareWorkloadEnv(spec *corev1.PodSpec, wrapped int) {
+	i := slices.IndexFunc(spec.InitContainers, func(c corev1.Container) bool { return c.Name == InitContainerName })
+	if i < 0 {
+		return
+	}
+	init := &spec.InitContainers[i]
+	for _, e := range spec.Containers[wrapped].Env {
+		if workloadEnv[e.Name] && !slices.ContainsFunc(init.Env, func(have corev1.EnvVar) bool { return have.Name == e.Name }) {
+			init.Env = append(init.Env, e)
+		}
+	}
 }
 
 // env is what the agent reads in a pod (agent/config.go): the group's

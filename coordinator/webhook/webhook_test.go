@@ -305,6 +305,14 @@ func TestInvalid(t *testing.T) {
 			want:   []string{`metadata.annotations[muster.dev/ordinal]: Invalid value: "first": must be a whole number from 0`},
 		},
 		{
+			name: "KServe pod of a single-node InferenceService",
+			change: func(p *corev1.Pod) {
+				kserve(p, true)
+				delete(p.Labels, "isvc.generation")
+			},
+			want: []string{`metadata.labels[isvc.generation]: Required value: InferenceService "llm" is not multi-node`, `metadata.annotations[muster.dev/size]: Required value`},
+		},
+		{
 			name: "KServe pod without its node count",
 			change: func(p *corev1.Pod) {
 				kserve(p, false)
@@ -756,4 +764,57 @@ func kserve(p *corev1.Pod, head bool) {
 	p.Annotations = map[string]string{AnnotationInject: "true"}
 	p.Spec.Containers[0].Name = container
 	p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "RAY_NODE_COUNT", Value: "4"}, {Name: "REQUEST_GPU_COUNT", Value: "1"}}
+}
+
+// TestLWSWebhookFindsNothingToAdd: LeaderWorkerSet's pod webhook adds its
+// env (LWS_LEADER_ADDRESS, LWS_GROUP_SIZE, LWS_WORKER_INDEX) to every
+// container and init container, on create (before muster's webhook) and
+// again on every update. The injected pod must already carry them
+// everywhere, or its next update (the garbage collector removing the
+// foregroundDeletion finalizer when LWS recreates a group) would change
+// its spec and be refused, and the pod would never go away.
+func TestLWSWebhookFindsNothingToAdd(t *testing.T) {
+	lwsEnv := []corev1.EnvVar{
+		{Name: "LWS_LEADER_ADDRESS", Value: "vllm-1.vllm.ns"},
+		{Name: "LWS_GROUP_SIZE", Value: "4"},
+		{Name: "LWS_WORKER_INDEX", Value: "2"},
+	}
+	// What LWS's webhook does (sigs.k8s.io/lws v0.7.0 AddLWSVariables).
+	lwsDefault := func(spec *corev1.PodSpec) {
+		add := func(c *corev1.Container) {
+			for _, e := range lwsEnv {
+				if !slices.ContainsFunc(c.Env, func(have corev1.EnvVar) bool { return have.Name == e.Name }) {
+					c.Env = append(c.Env, e)
+				}
+			}
+		}
+		for i := range spec.Containers {
+			add(&spec.Containers[i])
+		}
+		for i := range spec.InitContainers {
+			add(&spec.InitContainers[i])
+		}
+	}
+	pod := validPod()
+	delete(pod.Labels, "muster.dev/group")
+	delete(pod.Annotations, "muster.dev/size")
+	pod.Labels["leaderworkerset.sigs.k8s.io/name"] = "vllm"
+	pod.Labels["leaderworkerset.sigs.k8s.io/group-index"] = "1"
+	pod.Labels["leaderworkerset.sigs.k8s.io/worker-index"] = "2"
+	pod.Annotations["leaderworkerset.sigs.k8s.io/size"] = "4"
+	lwsDefault(&pod.Spec) // LWS's create call, first
+	raw := mustJSON(t, pod)
+	resp := testHandler(testConfig()).admit(t.Context(), createRequest(raw))
+	if !resp.Allowed {
+		t.Fatalf("denied: %s", resp.Result.Message)
+	}
+	var got corev1.Pod
+	if err := json.Unmarshal(applyPatch(t, raw, resp), &got); err != nil {
+		t.Fatal(err)
+	}
+	updated := got.Spec.DeepCopy()
+	lwsDefault(updated) // LWS's call on a later update
+	if !equality.Semantic.DeepEqual(got.Spec, *updated) {
+		t.Errorf("LWS's webhook would change the injected pod's spec on update (the apiserver refuses that): init containers %+v, after it %+v", got.Spec.InitContainers, updated.InitContainers)
+	}
 }

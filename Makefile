@@ -9,7 +9,7 @@ TORCH_PYTHON ?= /usr/bin/python3
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 
-.PHONY: all build test fuzz bench bench-deps coscheduling-bin proto demo demo-bare clean deps
+.PHONY: all build test fuzz bench bench-deps coscheduling-bin proto demo demo-kserve demo-bare clean deps
 
 all: build
 
@@ -26,7 +26,7 @@ deps:
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-torch protobuf-compiler; \
 	fi
 
-test: deps build lws-bin
+test: deps build lws-bin kserve-bin
 	# -p 1: one package at a time. Several start a Kubernetes control plane
 	# and torch processes; on 2 cores running them side by side only makes
 	# each slower and their timings noisier.
@@ -83,9 +83,15 @@ proto: $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc
 		--go-grpc_out=proto --go-grpc_opt=paths=source_relative \
 		proto/muster/v1/rendezvous.proto
 
-# demo: the model on the local Kubernetes cluster (see e2e/demo.sh).
-demo: deps build kube-bins
-	./e2e/demo.sh
+# demo: the model on the local Kubernetes cluster (see e2e/demo.sh); with
+# KSERVE=1, through KServe (demo-kserve).
+demo: deps build kube-bins $(if $(KSERVE),kserve-bin)
+	$(if $(KSERVE),./e2e/demo-kserve.sh,./e2e/demo.sh)
+
+# demo-kserve: the same model as a multi-node KServe InferenceService, with
+# KServe's own controller (see e2e/demo-kserve.sh).
+demo-kserve: deps build kube-bins kserve-bin
+	./e2e/demo-kserve.sh
 
 # demo-bare: the same rendezvous on bare hosts, no Kubernetes.
 demo-bare: deps build
@@ -121,7 +127,7 @@ NODE_BACKEND ?= process
 # Seconds `make cluster` waits for the cluster to be ready.
 CLUSTER_WAIT ?= 300
 
-.PHONY: kube-bins lws-bin cluster cluster-down
+.PHONY: kube-bins lws-bin kserve-bin cluster cluster-down
 
 # kube-bins: go build relinks only what changed (about a second per binary
 # when nothing did; a cold build of all of them takes several minutes on 2
@@ -146,9 +152,27 @@ lws-bin:
 		cd tools/lws && v=$$($(GO) list -m -f '{{.Version}}' sigs.k8s.io/lws) && \
 		$(GO) build -ldflags "-X sigs.k8s.io/lws/pkg/version.GitVersion=$$v" -o $(BIN)/lws-controller sigs.k8s.io/lws/cmd; }
 
+# kserve-bin: KServe's controller manager and LLMInferenceService controller
+# (github.com/kserve/kserve cmd/manager and cmd/llmisvc, the version
+# tools/kserve/go.mod pins) for e2e/kserve and
+# `make demo-kserve`. A module of its own: KServe pins older Kubernetes
+# libraries and controller-runtime through replace directives. Built only
+# when missing or older than tools/kserve/go.mod: about 10 minutes cold on
+# 2 cores, from the Go module proxy alone.
+kserve-bin:
+	@test $(BIN)/kserve-manager -nt tools/kserve/go.mod || { echo "building KServe's controller manager into $(BIN)/kserve-manager"; \
+		cd tools/kserve && $(GO) build -o $(BIN)/kserve-manager github.com/kserve/kserve/cmd/manager; }
+	@test $(BIN)/kserve-llmisvc -nt tools/kserve/go.mod || { echo "building KServe's LLMInferenceService controller into $(BIN)/kserve-llmisvc"; \
+		cd tools/kserve && $(GO) build -o $(BIN)/kserve-llmisvc github.com/kserve/kserve/cmd/llmisvc; }
+
+# KSERVE=1: the cluster also runs KServe's controller manager (make
+# kserve-bin), its CRDs, ConfigMap and webhooks (e2e/kserve).
+KSERVE ?=
+KSERVE_FLAGS = $(if $(KSERVE),--kserve-manager $(BIN)/kserve-manager --kserve-module $$(cd tools/kserve && $(GO) list -m -f '{{.Dir}}' github.com/kserve/kserve))
+
 # cluster starts `bin/cluster up` in its own session (it outlives make and a
 # Ctrl-C in this terminal), then waits for its ready marker.
-cluster: kube-bins
+cluster: kube-bins $(if $(KSERVE),kserve-bin)
 	$(GO) build -o $(BIN)/cluster ./e2e/cmd/cluster
 	$(GO) build -o $(BIN)/agent ./agent/cmd/agent
 	$(GO) build -o $(BIN)/coordinator ./coordinator/cmd/coordinator
@@ -160,7 +184,7 @@ cluster: kube-bins
 		--scheduler-config $(CURDIR)/deploy/scheduler/config.yaml --crd-dir $(CURDIR)/deploy/crds \
 		--nodes $(NODES) --gpus $(GPUS) --rack-size $(RACK_SIZE) \
 		--cpu $(NODE_CPU) --memory $(NODE_MEMORY) --pods $(NODE_PODS) \
-		--node-backend $(NODE_BACKEND) \
+		--node-backend $(NODE_BACKEND) $(KSERVE_FLAGS) \
 		</dev/null >$(CLUSTER_DIR)/logs/cluster.log 2>&1 & \
 	pid=$$!; start=$$(date +%s); n=0; \
 	printf 'starting the cluster (%s %s nodes; log: %s) ' $(NODES) $(NODE_BACKEND) $(CLUSTER_DIR)/logs/cluster.log; \

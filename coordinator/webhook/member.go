@@ -58,10 +58,14 @@ func (h *handler) read(ctx context.Context, pod *corev1.Pod) (member, field.Erro
 
 	name, src := group.Name(pod)
 	namePath := sourcePath(src)
-	if name == "" {
+	switch isvc := pod.Labels[group.LabelKServeInferenceService]; {
+	case name == "" && isvc != "":
+		errs = append(errs, field.Required(labelsPath.Key(group.LabelKServeGeneration), fmt.Sprintf(
+			"InferenceService %q is not multi-node (KServe labels the pods of one with predictor.workerSpec by generation): give it a workerSpec, or add label muster.dev/group: NAME and muster.dev/size to its predictor", isvc)))
+	case name == "":
 		errs = append(errs, field.Required(labelsPath.Key(group.LabelGroup),
 			"add label muster.dev/group: NAME (the same on every pod of the group)"))
-	} else {
+	default:
 		for _, msg := range validation.IsValidLabelValue(name) {
 			errs = append(errs, field.Invalid(namePath, name, msg))
 		}

@@ -27,6 +27,7 @@ import (
 	"github.com/muster-dev/muster/e2e/cluster"
 	"github.com/muster-dev/muster/e2e/cluster/clustertest"
 	"github.com/muster-dev/muster/e2e/deploy"
+	"github.com/muster-dev/muster/e2e/kserve"
 )
 
 func TestMain(m *testing.M) { clustertest.Main(m) }
@@ -105,9 +106,23 @@ func kustomize(t *testing.T, dir string) []*unstructured.Unstructured {
 // admission) is the judge.
 func TestDryRun(t *testing.T) {
 	root := repoRoot(t)
+	// KServe's CRDs, for the KServe examples and runtimes.
+	kserveDir, err := kserve.ModuleDir(t.Context(), root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kserveCRDs []string
+	for _, f := range []func(string) ([]string, error){kserve.CRDs, kserve.LLMCRDs} {
+		files, err := f(kserveDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kserveCRDs = append(kserveCRDs, files...)
+	}
 	c := clustertest.New(t, func(cfg *cluster.Config) {
 		cfg.Nodes = nil // nothing runs; no nodes needed
 		cfg.CRDs = append(cfg.CRDs, filepath.Join(root, "e2e", "deploy", "testdata", "leaderworkerset.x-k8s.io_leaderworkersets.yaml"))
+		cfg.CRDs = append(cfg.CRDs, kserveCRDs...)
 	})
 	ctx := t.Context()
 	// Namespaced objects are checked in their namespace, which must exist.
@@ -133,8 +148,13 @@ func TestDryRun(t *testing.T) {
 	if err != nil || len(examples) == 0 {
 		t.Fatalf("no examples in deploy/examples (%v)", err)
 	}
+	runtimes, err := filepath.Glob(filepath.Join(root, "deploy", "kserve", "*.yaml"))
+	if err != nil || len(runtimes) == 0 {
+		t.Fatalf("no ClusterServingRuntimes in deploy/kserve (%v)", err)
+	}
+	examples = append(examples, runtimes...)
 	for _, f := range examples {
-		t.Run("examples/"+filepath.Base(f), func(t *testing.T) {
+		t.Run(filepath.Base(filepath.Dir(f))+"/"+filepath.Base(f), func(t *testing.T) {
 			s, err := deploy.ReadFile(f)
 			if err != nil {
 				t.Fatal(err)

@@ -491,8 +491,8 @@ def free_port(host):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--port", type=int, default=int(os.environ.get("MUSTER_PORT") or 8000))
-    ap.add_argument("--host", default=os.environ.get("MUSTER_ADDRESS") or "127.0.0.1",
-                    help="address the leader serves on (default MUSTER_ADDRESS, else 127.0.0.1)")
+    ap.add_argument("--host", default=os.environ.get("MUSTER_ADDRESS") or os.environ.get("POD_IP") or "127.0.0.1",
+                    help="address the leader serves on (default MUSTER_ADDRESS, else POD_IP, else 127.0.0.1)")
     ap.add_argument("--seed", type=int, default=0, help="weight seed; must be the same on every rank")
     ap.add_argument("--step-delay-ms", type=float, default=30.0,
                     help="simulated decode latency slept before each generated token")

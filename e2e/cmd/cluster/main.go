@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/muster-dev/muster/e2e/cluster"
+	"github.com/muster-dev/muster/e2e/kserve"
 	"github.com/muster-dev/muster/e2e/procnode"
 )
 
@@ -84,6 +85,8 @@ func up(args []string) error {
 	rackSize := fs.Int("rack-size", def.RackSize, "nodes per "+cluster.RackLabel+" value (rack-a, rack-b, ...)")
 	gates := fs.String("feature-gates", "", "feature gates on top of the defaults (GenericWorkload=true,TopologyAwareWorkloadScheduling=true), e.g. Foo=true,Bar=false")
 	timeout := fs.Duration("timeout", 0, "start timeout (0: 3m plus 100ms per node)")
+	kserveBin := fs.String("kserve-manager", "", "also run KServe's controller manager (bin/kserve-manager from `make kserve-bin`), with its CRDs, ConfigMap and webhooks (package e2e/kserve)")
+	kserveModule := fs.String("kserve-module", "", "with --kserve-manager: the github.com/kserve/kserve module directory (CRDs, ConfigMap, webhook manifests)")
 	fs.Parse(args)
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -116,6 +119,16 @@ func up(args []string) error {
 		if cfg.CRDs, err = filepath.Glob(filepath.Join(*crdDir, "*.yaml")); err != nil {
 			return fmt.Errorf("--crd-dir %q: %w", *crdDir, err)
 		}
+	}
+	if (*kserveBin == "") != (*kserveModule == "") {
+		return fmt.Errorf("--kserve-manager and --kserve-module go together")
+	}
+	if *kserveBin != "" {
+		crds, err := kserve.CRDs(*kserveModule)
+		if err != nil {
+			return fmt.Errorf("--kserve-module: %w", err)
+		}
+		cfg.CRDs = append(cfg.CRDs, crds...)
 	}
 	if *noScheduler {
 		cfg.Binaries.Scheduler = ""
@@ -161,6 +174,13 @@ func up(args []string) error {
 	c, err := cluster.Start(ctx, cfg)
 	if err != nil {
 		return err
+	}
+	if *kserveBin != "" {
+		log.Info("starting KServe's controller manager", "bin", *kserveBin)
+		if _, err := kserve.Start(ctx, c, *kserveBin, *kserveModule); err != nil {
+			c.Stop()
+			return fmt.Errorf("KServe: %w", err)
+		}
 	}
 	if err := os.WriteFile(readyFile(absDir), []byte(c.Kubeconfig()+"\n"), 0o644); err != nil {
 		c.Stop()

@@ -12,7 +12,6 @@
 package kserve
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -24,7 +23,6 @@ import (
 	"strings"
 	"time"
 
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -201,43 +199,8 @@ func register(ctx context.Context, cs kubernetes.Interface, moduleDir, base stri
 	if err != nil {
 		return fmt.Errorf("KServe webhook manifests: %w", err)
 	}
-	for _, doc := range bytes.Split(b, []byte("\n---")) {
-		var meta metav1.TypeMeta
-		if err := yaml.Unmarshal(doc, &meta); err != nil {
-			return fmt.Errorf("KServe webhook manifests: %w", err)
-		}
-		switch meta.Kind {
-		case "":
-			continue
-		case "MutatingWebhookConfiguration":
-			var m admissionregistrationv1.MutatingWebhookConfiguration
-			if err := yaml.UnmarshalStrict(doc, &m); err != nil {
-				return fmt.Errorf("KServe mutating webhooks: %w", err)
-			}
-			for i := range m.Webhooks {
-				if err := cluster.WebhookToURL(&m.Webhooks[i].ClientConfig, base, caBundle); err != nil {
-					return fmt.Errorf("webhook %s: %w", m.Webhooks[i].Name, err)
-				}
-			}
-			if _, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(ctx, &m, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-				return fmt.Errorf("register %s: %w", m.Name, err)
-			}
-		case "ValidatingWebhookConfiguration":
-			var v admissionregistrationv1.ValidatingWebhookConfiguration
-			if err := yaml.UnmarshalStrict(doc, &v); err != nil {
-				return fmt.Errorf("KServe validating webhooks: %w", err)
-			}
-			for i := range v.Webhooks {
-				if err := cluster.WebhookToURL(&v.Webhooks[i].ClientConfig, base, caBundle); err != nil {
-					return fmt.Errorf("webhook %s: %w", v.Webhooks[i].Name, err)
-				}
-			}
-			if _, err := cs.AdmissionregistrationV1().ValidatingWebhookConfigurations().Create(ctx, &v, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-				return fmt.Errorf("register %s: %w", v.Name, err)
-			}
-		default:
-			return fmt.Errorf("KServe webhook manifests: unexpected kind %q", meta.Kind)
-		}
+	if err := cluster.RegisterWebhooks(ctx, cs, b, base, caBundle, nil); err != nil {
+		return fmt.Errorf("KServe %w", err)
 	}
 	return nil
 }

@@ -158,8 +158,8 @@ func (e *env) withMuster(t *testing.T) {
 	healed := time.Since(healStart)
 	e.waitISVCReady(t, ns)
 	ok, failed, gens := probe.Stop()
-	t.Logf("with muster: worker %s deleted: the group answered again (generation %s, world size %d) after %s; %d requests answered, %d refused over %s (%v by generation); InferenceService not Ready for %s",
-		victim.Name, hdr.Get("X-Muster-Generation"), got.WorldSize, healed.Round(time.Millisecond), ok, len(failed), probe.Outage().Round(time.Millisecond), gens, ready.notReadySinceMark().Round(time.Millisecond))
+	t.Logf("with muster: worker %s deleted: barrier of generation 1 released %s after, the group answered again (generation %s, world size %d) after %s; %d requests answered, %d refused over %s (%v by generation); InferenceService not Ready for %s",
+		victim.Name, e.barrier(ns, isvcName+"-1", 1, healStart), hdr.Get("X-Muster-Generation"), got.WorldSize, healed.Round(time.Millisecond), ok, len(failed), probe.Outage().Round(time.Millisecond), gens, ready.notReadySinceMark().Round(time.Millisecond))
 	if g := hdr.Get("X-Muster-Generation"); g == "0" || g == "" || got.WorldSize != size {
 		t.Errorf("after the heal: generation %q, world size %d; want a new generation of %d", g, got.WorldSize, size)
 	}
@@ -271,6 +271,26 @@ func (e *env) withoutMuster(t *testing.T) {
 	ok, failed, _ := probe.Stop()
 	t.Logf("without muster: worker %s deleted: %d requests answered, %d failed, by the head alone; InferenceService not Ready for %s",
 		victim, ok, len(failed), ready.notReadySinceMark().Round(time.Millisecond))
+}
+
+// barrier says when, after since, the coordinator's log says the barrier
+// of group's generation gen was released ("?" when it does not say).
+func (e *env) barrier(ns, group string, gen int, since time.Time) string {
+	b, err := os.ReadFile(filepath.Join(e.c.Dir(), "logs", "coordinator.log"))
+	if err != nil {
+		return "?"
+	}
+	want := fmt.Sprintf("barrier released: %d members joined generation %d", size, gen)
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.Contains(line, want) || !strings.Contains(line, "group="+ns+"/"+group+" ") {
+			continue
+		}
+		ts, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+		if at, err := time.Parse(time.RFC3339Nano, ts); err == nil {
+			return at.Sub(since).Round(10 * time.Millisecond).String()
+		}
+	}
+	return "?"
 }
 
 // groupOf is the group a pod of the InferenceService belongs to in
@@ -504,31 +524,37 @@ func (e *env) isvcReady(ctx context.Context, ns string) (bool, string) {
 	if err != nil {
 		return false, err.Error()
 	}
-	conds, _, _ := unstructured.NestedSlice(obj.Object, "status", "conditions")
-	status := ""
-	var b strings.Builder
-	for _, c := range conds {
-		m, _ := c.(map[string]any)
-		fmt.Fprintf(&b, "%v=%v (%v %v) ", m["type"], m["status"], m["reason"], m["message"])
-		if m["type"] == "Ready" {
-			status, _ = m["status"].(string)
-		}
-	}
+	status, why := conditions(obj, "Ready")
 	switch status {
 	case "True":
-		return true, b.String()
+		return true, why
 	case "Unknown":
 		for _, name := range []string{isvcName + "-predictor", isvcName + "-predictor-worker"} {
 			d, err := e.cs.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
 			if err != nil || !slices.ContainsFunc(d.Status.Conditions, func(c appsv1.DeploymentCondition) bool {
 				return c.Type == appsv1.DeploymentAvailable && c.Status == v1.ConditionTrue
 			}) {
-				return false, b.String()
+				return false, why
 			}
 		}
-		return true, b.String() + "(Unknown with both Deployments Available: kserve#5703)"
+		return true, why + "(Unknown with both Deployments Available: kserve#5703)"
 	}
-	return false, b.String()
+	return false, why
+}
+
+// conditions reads obj's status condition of type typ (its status, "" when
+// absent) and all its conditions for messages.
+func conditions(obj *unstructured.Unstructured, typ string) (status, all string) {
+	conds, _, _ := unstructured.NestedSlice(obj.Object, "status", "conditions")
+	var b strings.Builder
+	for _, c := range conds {
+		m, _ := c.(map[string]any)
+		fmt.Fprintf(&b, "%v=%v (%v %v) ", m["type"], m["status"], m["reason"], m["message"])
+		if m["type"] == typ {
+			status, _ = m["status"].(string)
+		}
+	}
+	return status, b.String()
 }
 
 // readiness samples, every 100 ms, whether the InferenceService is Ready

@@ -11,7 +11,6 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/dynamic"
 
@@ -229,15 +228,6 @@ func (e *env) llmReady(ctx context.Context, ns string) (bool, string) {
 	if err != nil {
 		return false, err.Error()
 	}
-	conds, _, _ := unstructured.NestedSlice(obj.Object, "status", "conditions")
-	ready := false
-	var b strings.Builder
-	for _, c := range conds {
-		m, _ := c.(map[string]any)
-		fmt.Fprintf(&b, "%v=%v (%v %v) ", m["type"], m["status"], m["reason"], m["message"])
-		if m["type"] == "Ready" && m["status"] == "True" {
-			ready = true
-		}
-	}
-	return ready, b.String()
+	status, why := conditions(obj, "Ready")
+	return status == "True", why
 }

@@ -9,7 +9,6 @@
 package lws
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -21,7 +20,6 @@ import (
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -171,51 +169,19 @@ func register(ctx context.Context, cs kubernetes.Interface, moduleDir, base stri
 	if err != nil {
 		return fmt.Errorf("LWS webhook manifests: %w", err)
 	}
-	for _, doc := range bytes.Split(b, []byte("\n---")) {
-		var meta metav1.TypeMeta
-		if err := yaml.Unmarshal(doc, &meta); err != nil {
-			return fmt.Errorf("LWS webhook manifests: %w", err)
+	err = cluster.RegisterWebhooks(ctx, cs, b, base, caBundle, func(config any) error {
+		switch c := config.(type) {
+		case *admissionregistrationv1.MutatingWebhookConfiguration:
+			c.Name = configPrefix + c.Name
+			return patch(filepath.Join(whDir, "mutating-patch.yaml"), c.Webhooks)
+		case *admissionregistrationv1.ValidatingWebhookConfiguration:
+			c.Name = configPrefix + c.Name
+			return patch(filepath.Join(whDir, "validating-patch.yaml"), c.Webhooks)
 		}
-		switch meta.Kind {
-		case "":
-			continue
-		case "MutatingWebhookConfiguration":
-			var m admissionregistrationv1.MutatingWebhookConfiguration
-			if err := yaml.UnmarshalStrict(doc, &m); err != nil {
-				return fmt.Errorf("LWS mutating webhooks: %w", err)
-			}
-			if err := patch(filepath.Join(whDir, "mutating-patch.yaml"), m.Webhooks); err != nil {
-				return err
-			}
-			for i := range m.Webhooks {
-				if err := cluster.WebhookToURL(&m.Webhooks[i].ClientConfig, base, caBundle); err != nil {
-					return fmt.Errorf("webhook %s: %w", m.Webhooks[i].Name, err)
-				}
-			}
-			m.Name = configPrefix + m.Name
-			if _, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(ctx, &m, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-				return fmt.Errorf("register %s: %w", m.Name, err)
-			}
-		case "ValidatingWebhookConfiguration":
-			var v admissionregistrationv1.ValidatingWebhookConfiguration
-			if err := yaml.UnmarshalStrict(doc, &v); err != nil {
-				return fmt.Errorf("LWS validating webhooks: %w", err)
-			}
-			if err := patch(filepath.Join(whDir, "validating-patch.yaml"), v.Webhooks); err != nil {
-				return err
-			}
-			for i := range v.Webhooks {
-				if err := cluster.WebhookToURL(&v.Webhooks[i].ClientConfig, base, caBundle); err != nil {
-					return fmt.Errorf("webhook %s: %w", v.Webhooks[i].Name, err)
-				}
-			}
-			v.Name = configPrefix + v.Name
-			if _, err := cs.AdmissionregistrationV1().ValidatingWebhookConfigurations().Create(ctx, &v, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-				return fmt.Errorf("register %s: %w", v.Name, err)
-			}
-		default:
-			return fmt.Errorf("LWS webhook manifests: unexpected kind %q", meta.Kind)
-		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("LWS %w", err)
 	}
 	return nil
 }

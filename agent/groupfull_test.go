@@ -11,6 +11,7 @@ import (
 
 	"github.com/muster-dev/muster/agent"
 	"github.com/muster-dev/muster/coordinator/testcoord"
+	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
 )
 
 // TestReplacementWaitsForItsPredecessor: a member that joins a full group
@@ -77,4 +78,27 @@ func TestReplacementWaitsForItsPredecessor(t *testing.T) {
 	a2.cancel()
 	<-a0.done
 	<-a2.done
+}
+
+// TestMissingCommandFailsTheGroupAtOnce: a runtime whose executable does
+// not exist (exit 127) fails the group with that reason on the first try;
+// restarting would run the same missing command again.
+func TestMissingCommandFailsTheGroupAtOnce(t *testing.T) {
+	co := testcoord.Start(t, testcoord.Config(t))
+	var cfgs []agent.Config
+	for i := range 2 {
+		cfgs = append(cfgs, agentConfig(t, co.Addr(), "missing", 2, i, "/nonexistent/runtime", "--serve"))
+	}
+	for i, err := range runAll(t, cfgs) {
+		if err == nil || !strings.Contains(err.Error(), "not found") || !strings.Contains(err.Error(), "not restarting") {
+			t.Errorf("agent %d: %v; want the group failed because the command was not found", i, err)
+		}
+	}
+	g, err := testcoord.Client(t, co.Addr()).GetGroup(t.Context(), &musterv1.GetGroupRequest{Group: &musterv1.GroupRef{Namespace: "test", Name: "missing"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.GetGeneration() != 0 || g.GetPhase() != musterv1.Phase_PHASE_FAILED {
+		t.Errorf("group in phase %s, generation %d; want Failed in generation 0: a command that cannot start is not restarted", g.GetPhase(), g.GetGeneration())
+	}
 }

@@ -194,6 +194,9 @@ func decideRunning(st *State, v *View, now time.Time) (Decision, bool) {
 			if m.Reason != "" {
 				reason += ": " + m.Reason
 			}
+			if why, ok := cannotStart[m.ExitCode]; ok {
+				return Fail(st, id, reason+"; "+why), true
+			}
 			return Restart(st, now, id, reason), true
 		case m.State == StateExited:
 			done++
@@ -207,18 +210,37 @@ func decideRunning(st *State, v *View, now time.Time) (Decision, bool) {
 	return Decision{}, false
 }
 
+// cannotStart are exit codes that say the runtime's command could not
+// start at all (the shell's and the agent's: POSIX 126, not executable;
+// 127, not found). A restart runs the same command on the same image, so
+// the group fails at once with the reason instead of burning its restart
+// budget with backoff.
+var cannotStart = map[int]string{
+	126: "the command is not executable: fix the command or the image (not restarting)",
+	127: "the command was not found: fix the command or the image (not restarting)",
+}
+
+// Fail moves the group to Failed because of member's failure.
+func Fail(st *State, member, reason string) Decision {
+	next := st.clone()
+	next.LastError, next.LastErrorMember = reason, member
+	next.Phase = Failed
+	if next.FirstError == "" {
+		next.FirstError, next.FailedMember = reason, member
+	}
+	return Decision{Next: next, Reason: "group failed: " + reason}
+}
+
 // Restart moves the group to the next generation because of member's
 // failure, or to Failed once the restart budget is spent. Ranks are kept.
 func Restart(st *State, now time.Time, member, reason string) Decision {
+	if st.Restarts >= st.MaxRestarts {
+		d := Fail(st, member, reason)
+		d.Reason = fmt.Sprintf("restart budget of %d spent; group failed: %s", st.MaxRestarts, reason)
+		return d
+	}
 	next := st.clone()
 	next.LastError, next.LastErrorMember = reason, member
-	if st.Restarts >= st.MaxRestarts {
-		next.Phase = Failed
-		if next.FirstError == "" {
-			next.FirstError, next.FailedMember = reason, member
-		}
-		return Decision{Next: next, Reason: fmt.Sprintf("restart budget of %d spent; group failed: %s", st.MaxRestarts, reason)}
-	}
 	next.Generation++
 	next.Restarts++
 	next.Phase = Waiting

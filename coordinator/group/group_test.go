@@ -163,6 +163,14 @@ func TestDecide(t *testing.T) {
 			wantWhy:   "member b (rank 1) exited with code 7",
 		},
 		{
+			name:      "a command that cannot start fails the group at once",
+			v:         view(running, Member{ID: "a", Generation: 3}, Member{ID: "b", Generation: 3, State: StateExited, ExitCode: 127, Reason: `exec: "vllm": executable file not found in $PATH`}),
+			wantOK:    true,
+			wantPhase: Failed,
+			wantGen:   3,
+			wantWhy:   `member b (rank 1) exited with code 127: exec: "vllm": executable file not found in $PATH; the command was not found: fix the command or the image (not restarting)`,
+		},
+		{
 			name:      "lost member restarts",
 			v:         view(running, Member{ID: "a", Generation: 3}),
 			wantOK:    true,

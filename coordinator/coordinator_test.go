@@ -681,3 +681,39 @@ func TestGroupsPerNamespaceAreCapped(t *testing.T) {
 		t.Fatalf("a group of another namespace: %v", err)
 	}
 }
+
+// TestWorkloadMadeAgainStartsAfresh: when every member of a group has
+// left and a fresh member joins (a workload deleted and created again
+// under the same name), the group starts over at generation 0, with the
+// newcomer's size: not at the old group's generation, nor refused for
+// the old size.
+func TestWorkloadMadeAgainStartsAfresh(t *testing.T) {
+	co := testcoord.Start(t, testcoord.Config(t))
+	c := testcoord.Client(t, co.Addr())
+	a := newMember(t, c, "again", "a", "127.0.0.2", 2, ord(0))
+	b := newMember(t, c, "again", "b", "127.0.0.3", 2, ord(1))
+	a.join(-1)
+	b.join(-1)
+	leave := func(id string) {
+		t.Helper()
+		if _, err := c.Leave(context.Background(), &musterv1.LeaveRequest{Group: ref("again"), MemberId: id}); err != nil {
+			t.Fatalf("leave %s: %v", id, err)
+		}
+	}
+	// a leaves: the group restarts to generation 1 without it; then b.
+	leave("a")
+	leave("b")
+	g, err := c.GetGroup(context.Background(), &musterv1.GetGroupRequest{Group: ref("again")})
+	if err != nil || g.GetGeneration() < 1 {
+		t.Fatalf("after a member left: generation %d, %v; want a restart", g.GetGeneration(), err)
+	}
+	// The workload again, with 3 pods this time.
+	resp := newMember(t, c, "again", "a2", "127.0.0.4", 3, ord(0)).join(-1)
+	if resp.GetGeneration() != 0 || resp.GetSize() != 3 {
+		t.Errorf("fresh join after everyone left: generation %d, size %d; want 0 and 3", resp.GetGeneration(), resp.GetSize())
+	}
+	// With a member attached, the size is the group's again.
+	if _, err := c.Join(context.Background(), &musterv1.JoinRequest{Group: ref("again"), MemberId: "odd", Address: "127.0.0.5", Size: 2, Generation: -1}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("a member with another size while one is attached: %v, want InvalidArgument", err)
+	}
+}

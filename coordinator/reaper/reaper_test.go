@@ -132,7 +132,7 @@ func TestSweepRestartsTTLOnRejoin(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Re-joined, and finished again, within the TTL.
-	if ok, err := s.ResetState(ctx, k, rev, group.NewState(2, "env", 3)); err != nil || !ok {
+	if ok, err := s.ResetState(ctx, k, rev, group.NewState(2, "env", 3), false); err != nil || !ok {
 		t.Fatalf("reset: ok=%v err=%v", ok, err)
 	}
 	v, err := s.Load(ctx, k)
@@ -177,7 +177,7 @@ func TestSweepKeepsGroupChangedAfterRead(t *testing.T) {
 	}
 	// Another reaper's view: the group as it was read at t0 is due, but a
 	// member joins again (the state resets) just before the deletion.
-	if ok, err := s.ResetState(ctx, k, rev, group.NewState(2, "env", 3)); err != nil || !ok {
+	if ok, err := s.ResetState(ctx, k, rev, group.NewState(2, "env", 3), false); err != nil || !ok {
 		t.Fatalf("reset: ok=%v err=%v", ok, err)
 	}
 	if ok, err := s.DeleteGroup(ctx, k, r.seen[k].rev); err != nil || ok {

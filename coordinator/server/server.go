@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -259,9 +260,13 @@ func (s *Server) join(ctx context.Context, req *musterv1.JoinRequest) (*musterv1
 			}
 			continue
 		case p.reset != nil:
-			_, err = s.store.ResetState(ctx, k, p.stateRev, *p.reset)
+			var ok bool
+			ok, err = s.store.ResetState(ctx, k, p.stateRev, *p.reset, p.resetEmpty)
 			rev = p.viewRev + 1
-			if err == nil {
+			switch {
+			case err == nil && ok && p.resetEmpty:
+				s.log.Info("group had no members attached; starting it afresh at generation 0", "group", k.String(), "member", id, "size", p.reset.Size)
+			case err == nil && ok:
 				s.log.Info("group was terminal with no live members; starting it afresh", "group", k.String(), "member", id)
 			}
 		case p.restart != nil:
@@ -327,17 +332,19 @@ func truncateName(v string) string {
 }
 
 type joinPlan struct {
-	err       error
-	resp      *musterv1.JoinResponse
-	create    *group.State
-	reset     *group.State
-	restart   *group.Decision
-	put       *group.Member
-	memberRev int64 // for put: -1 = must not exist, else its mod revision
-	stateRev  int64
-	viewRev   int64
-	joined    int
-	size      int
+	err    error
+	resp   *musterv1.JoinResponse
+	create *group.State
+	reset  *group.State
+	// resetEmpty: reset only while the group has no member records.
+	resetEmpty bool
+	restart    *group.Decision
+	put        *group.Member
+	memberRev  int64 // for put: -1 = must not exist, else its mod revision
+	stateRev   int64
+	viewRev    int64
+	joined     int
+	size       int
 }
 
 func (s *Server) planJoin(h *hub.Hub, k group.Key, id string, req *musterv1.JoinRequest, runtime string) joinPlan {
@@ -353,6 +360,16 @@ func (s *Server) planJoin(h *hub.Hub, k group.Key, id string, req *musterv1.Join
 			return
 		}
 		p.size = st.Size
+		fresh := group.NewState(int(req.GetSize()), runtime, s.opts.MaxRestarts)
+		fresh.RankOrder = rankOrder(req)
+		if req.GetGeneration() < 0 && len(v.Members) == 0 && !reflect.DeepEqual(*st, fresh) {
+			// Nobody is attached: the first pod of a workload made again
+			// under the same name (or of one whose pods all went). It
+			// starts a new group, at generation 0 with its own size and
+			// runtime, not the old one's generation and restart count.
+			p.reset, p.resetEmpty = &fresh, true
+			return
+		}
 		if int(req.GetSize()) != st.Size {
 			p.err = invalid("%s: size %d disagrees with group size %d; every member must pass the same size", what, req.GetSize(), st.Size)
 			return

@@ -163,18 +163,26 @@ func (s *Store) SwapState(ctx context.Context, k group.Key, rev int64, st group.
 	return resp.Succeeded, nil
 }
 
-// ResetState replaces a terminal group's state with a fresh one and deletes
-// its member records, if the state is still at revision rev.
-func (s *Store) ResetState(ctx context.Context, k group.Key, rev int64, st group.State) (bool, error) {
+// ResetState replaces a group's state with a fresh one and deletes its
+// member records, if the state is still at revision rev (and, with empty,
+// if the group has no member record: a group nobody is attached to).
+func (s *Store) ResetState(ctx context.Context, k group.Key, rev int64, st group.State, empty bool) (bool, error) {
 	b, err := json.Marshal(st)
 	if err != nil {
 		return false, err
 	}
 	key := s.stateKey(k)
+	members := s.GroupPrefix(k) + "members/"
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", rev)}
+	if empty {
+		// No member record in the group's range: one written since the
+		// caller read the group stays, and the reset does not happen.
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(members), "=", 0).WithRange(clientv3.GetPrefixRangeEnd(members)))
+	}
 	s.Writes.Add(1)
 	resp, err := s.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
-		Then(clientv3.OpDelete(s.GroupPrefix(k)+"members/", clientv3.WithPrefix()), clientv3.OpPut(key, string(b))).
+		If(cmps...).
+		Then(clientv3.OpDelete(members, clientv3.WithPrefix()), clientv3.OpPut(key, string(b))).
 		Commit()
 	if err != nil {
 		return false, fmt.Errorf("reset group %s: %w", k, err)

@@ -131,7 +131,7 @@ func TestDeleteGroupLosesToRejoin(t *testing.T) {
 	s, ctx := newStore(t)
 	k := group.Key{Namespace: "ns", Name: "g"}
 	rev := create(t, ctx, s, k, group.Completed)
-	if ok, err := s.ResetState(ctx, k, rev, group.NewState(2, "env", 3)); err != nil || !ok {
+	if ok, err := s.ResetState(ctx, k, rev, group.NewState(2, "env", 3), false); err != nil || !ok {
 		t.Fatalf("reset: ok=%v err=%v", ok, err)
 	}
 	if ok, err := s.DeleteGroup(ctx, k, rev); err != nil || ok {

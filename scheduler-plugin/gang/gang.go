@@ -321,7 +321,10 @@ func (g *Gang) PreFilter(ctx context.Context, state fwk.CycleState, pod *v1.Pod,
 	admissionAttempts.WithLabelValues(resultLabel(plan.OK)).Inc()
 	if !plan.OK {
 		msg := fmt.Sprintf("group %s: %d of %d members fit; waiting for capacity", key.Name, len(placed)+plan.Fit, m.size)
-		if m.topologyKey != "" {
+		switch {
+		case m.topologyKey != "" && !anyLabelled(nodes, m.topologyKey):
+			msg += fmt.Sprintf(" (all in one %s domain, and no node has label %s: label the nodes, or drop %s)", m.topologyKey, m.topologyKey, group.AnnotationTopologyKey)
+		case m.topologyKey != "":
 			msg += fmt.Sprintf(" (all in one %s domain)", m.topologyKey)
 		}
 		// Nothing held by a group that cannot fit: release members that
@@ -331,6 +334,18 @@ func (g *Gang) PreFilter(ctx context.Context, state fwk.CycleState, pod *v1.Pod,
 		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, msg)
 	}
 	return &fwk.PreFilterResult{NodeNames: sets.New(plan.Placement[pod.Name])}, nil
+}
+
+// anyLabelled says whether any node carries label key.
+func anyLabelled(nodes []fwk.NodeInfo, key string) bool {
+	for _, n := range nodes {
+		if node := n.Node(); node != nil {
+			if _, ok := node.Labels[key]; ok {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // PreFilterExtensions is not used: the plan is made per cycle.

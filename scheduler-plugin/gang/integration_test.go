@@ -313,6 +313,10 @@ func TestTopologyKeepsTheGroupInOneRack(t *testing.T) {
 	createGroup(t, cs, ns, groupSpec{name: "toobig", members: 3, gpus: 8, topologyKey: "topology.muster.dev/rack"})
 	waitEvent(t, cs, ns, "group toobig: 2 of 3 members fit; waiting for capacity (all in one topology.muster.dev/rack domain)")
 	assertStaysUnbound(t, cs, ns, "toobig", time.Second)
+	// A topology key no node has: the message says so (not a wait for
+	// capacity that can never come).
+	createGroup(t, cs, ns, groupSpec{name: "nolabel", members: 2, gpus: 1, topologyKey: "nvidia.com/gpu.clique"})
+	waitEvent(t, cs, ns, "group nolabel: 0 of 2 members fit; waiting for capacity (all in one nvidia.com/gpu.clique domain, and no node has label nvidia.com/gpu.clique: label the nodes, or drop muster.dev/topology-key)")
 }
 
 // rackOf follows the local cluster's layout: node-0, node-1 in rack-a,

@@ -79,8 +79,9 @@ type Config struct {
 	// of the defaults).
 	RuntimeConfig string
 	// ServiceCIDR is --service-cluster-ip-range. ClusterIPs are handed out
-	// from it but nothing routes there (no kube-proxy): it only has to be
-	// valid, and its first address is a SAN of the apiserver's cert.
+	// from it but nothing serves them (no kube-proxy): the cluster routes
+	// the range nowhere (servicenet.go), and its first address is a SAN of
+	// the apiserver's cert.
 	ServiceCIDR string
 	// CRDs are files of CustomResourceDefinitions to install once the
 	// apiserver is ready and before the scheduler starts (muster's:
@@ -153,6 +154,7 @@ type Cluster struct {
 	logDir   string
 
 	pki         *pki
+	svcRoute    *serviceRoute // the service range's blackhole route; nil without one
 	etcd        *embedetcd.Server
 	apiserver   string // https://127.0.0.1:port
 	coordinator string // host:port of muster's coordinator; "" without one
@@ -246,6 +248,12 @@ func (c *Cluster) start(ctx context.Context) error {
 	serviceIP := slices.Clone(svcNet.IP.To4())
 	if serviceIP == nil {
 		return fmt.Errorf("service CIDR %q: only IPv4 is supported here", c.cfg.ServiceCIDR)
+	}
+	var why string
+	if c.svcRoute, why, err = routeServiceRangeNowhere(c.stateDir, c.cfg.ServiceCIDR); err != nil {
+		return err
+	} else if why != "" {
+		c.log.Warn("the service range is not routed nowhere ("+why+"): a request to a ClusterIP would follow the default route and leave the machine", "range", c.cfg.ServiceCIDR)
 	}
 	serviceIP[3]++ // the `kubernetes` Service takes the range's first address
 	if c.pki, err = newPKI(filepath.Join(c.stateDir, "pki"), serviceIP); err != nil {
@@ -596,6 +604,7 @@ func (c *Cluster) Stop() error {
 		if c.etcd != nil {
 			c.etcd.Close()
 		}
+		c.svcRoute.remove()
 		for _, p := range procs {
 			if Alive(p.PID()) {
 				errs = append(errs, fmt.Errorf("%s (pid %d) still running after stop", p.Name, p.PID()))

@@ -3,8 +3,10 @@ package cluster_test
 import (
 	"context"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -260,4 +262,45 @@ func inGroup(t *testing.T, pgid int) []int {
 		}
 	}
 	return pids
+}
+
+// TestClusterIPsGoNowhere: nothing serves ClusterIPs here (no kube-proxy),
+// so the cluster routes the service range nowhere: the kernel's route for
+// the kubernetes Service's address is a blackhole, not the default route
+// off the machine. (ip route get asks the kernel without sending.)
+func TestClusterIPsGoNowhere(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the route needs root")
+	}
+	c := clustertest.Shared(t)
+	svc, err := c.Clientset().CoreV1().Services("default").Get(t.Context(), "kubernetes", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip, err := netip.ParseAddr(svc.Spec.ClusterIP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("ip", "route", "show", "type", "blackhole").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	covered := false
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		if p, err := netip.ParsePrefix(f[1]); err == nil && p.Contains(ip) {
+			covered = true
+		}
+	}
+	if !covered {
+		t.Errorf("no blackhole route covers ClusterIP %s (blackhole routes: %q)", ip, out)
+	}
+	// The kernel refuses to route there (a normal route would name a
+	// gateway off the machine).
+	if out, err := exec.Command("ip", "route", "get", ip.String()).CombinedOutput(); err == nil {
+		t.Errorf("ip route get %s: %q; want the kernel to refuse (blackhole)", ip, out)
+	}
 }

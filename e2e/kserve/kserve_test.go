@@ -93,6 +93,78 @@ func TestInferenceService(t *testing.T) {
 	}
 	t.Run("WithMuster", e.withMuster)
 	t.Run("WithoutMuster", e.withoutMuster)
+	t.Run("RuntimesOfDeployKServe", e.runtimes)
+}
+
+// runtimes: deploy/kserve's vLLM and DeepSpeed ClusterServingRuntimes
+// pass KServe's validating webhook, and an InferenceService of each (2
+// pods of 8 GPUs: tensor parallel 8, pipeline parallel 2) annotated only
+// muster.dev/inject gives pods that muster's webhook admits as one group
+// of 2 with the runtime's preset, and its scheduler binds together. The
+// images' programs (vllm, deepspeed) do not exist here, so nothing is
+// served: this checks what KServe and muster make of the runtimes.
+func (e *env) runtimes(t *testing.T) {
+	for _, rt := range []struct{ file, name, preset string }{
+		{"vllm-runtime.yaml", "muster-vllm-multinode", "vllm"},
+		{"deepspeed-runtime.yaml", "muster-deepspeed", "deepspeed"},
+	} {
+		t.Run(rt.preset, func(t *testing.T) {
+			if kinds := e2etest.CreateFile(t, e.c, "", e.root, "deploy/kserve/"+rt.file); strings.Join(kinds, ",") != "ClusterServingRuntime" {
+				t.Fatalf("%s: kinds %v, want one ClusterServingRuntime", rt.file, kinds)
+			}
+			ns := clustertest.Namespace(t, e.c)
+			e.modelsPVC(t, ns)
+			// KServe counts GPUs from requests.
+			gpus := map[string]any{"requests": map[string]any{"nvidia.com/gpu": "8"}, "limits": map[string]any{"nvidia.com/gpu": "8"}}
+			isvc := &unstructured.Unstructured{Object: map[string]any{
+				"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+				"metadata": map[string]any{"name": isvcName, "annotations": map[string]any{
+					"serving.kserve.io/deploymentMode":  "Standard",
+					"serving.kserve.io/autoscalerClass": "none",
+					"muster.dev/inject":                 "true",
+				}},
+				"spec": map[string]any{"predictor": map[string]any{
+					"model": map[string]any{
+						"modelFormat": map[string]any{"name": "huggingface"}, "runtime": rt.name,
+						"storageUri": "pvc://models/llama", "resources": gpus,
+					},
+					"workerSpec": map[string]any{
+						"tensorParallelSize": int64(8), "pipelineParallelSize": int64(2),
+						"containers": []any{map[string]any{"name": "worker-container", "resources": gpus}},
+					},
+				}},
+			}}
+			if rt.preset == "deepspeed" {
+				unstructured.SetNestedField(isvc.Object, "deepspeed", "spec", "predictor", "model", "modelFormat", "name")
+			}
+			if _, err := e.dyn.Resource(kserve.InferenceServices).Namespace(ns).Create(context.Background(), isvc, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			pods := e.waitPods(t, ns, 2*time.Minute, "2 pods bound", func(ps []v1.Pod) bool {
+				return len(ps) == 2 && !slices.ContainsFunc(ps, func(p v1.Pod) bool { return p.Spec.NodeName == "" })
+			})
+			for _, p := range pods {
+				c := p.Spec.Containers[0]
+				env := map[string]string{}
+				for _, ev := range c.Env {
+					env[ev.Name] = ev.Value
+				}
+				want := map[string]string{"MUSTER_GROUP": isvcName + "-1", "MUSTER_SIZE": "2", "MUSTER_RUNTIME": rt.preset, "MUSTER_PORT": "8000", "MUSTER_GPUS_PER_NODE": "8"}
+				for k, v := range want {
+					if env[k] != v {
+						t.Errorf("%s: %s=%q, want %q", p.Name, k, env[k], v)
+					}
+				}
+				if p.Spec.SchedulerName != "muster-scheduler" || c.Command[0] != "/muster/bin/agent" || !slices.Contains(c.Command, rt.preset) {
+					t.Errorf("%s: scheduler %q, command %v; want muster's, the agent wrapping %s", p.Name, p.Spec.SchedulerName, c.Command, rt.preset)
+				}
+			}
+			t.Logf("%s: KServe made 2 pods of %s, muster admitted them as group %s-1 (preset %s) and bound them together", rt.name, rt.file, isvcName, rt.preset)
+			if err := e.dyn.Resource(kserve.InferenceServices).Namespace(ns).Delete(context.Background(), isvcName, metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
 }
 
 // withMuster: the InferenceService of deploy/examples/kserve-torch.yaml.

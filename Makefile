@@ -9,9 +9,35 @@ TORCH_PYTHON ?= /usr/bin/python3
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 
-.PHONY: all build test fuzz bench bench-deps coscheduling-bin proto demo demo-kserve demo-bare clean deps
+.PHONY: all help build test test-unit vet fmt fuzz bench bench-deps coscheduling-bin proto demo demo-kserve demo-bare clean deps
 
 all: build
+
+help:
+	@echo "make demo          a local Kubernetes cluster; the tensor-parallel model served by a group of 4 pods (KSERVE=1: through KServe)"
+	@echo "make test          every test: unit, integration, end-to-end (real etcd, kube-apiserver, torch), then the fuzz targets"
+	@echo "make test-unit     the tests outside e2e/ (about 2 minutes)"
+	@echo "make vet           gofmt and go vet, as CI runs them"
+	@echo "make fmt           gofmt every Go file"
+	@echo "make demo-bare     the rendezvous on bare hosts, no Kubernetes"
+	@echo "make demo-kserve   the demo through KServe's own controller"
+	@echo "make bench         every comparison of README's Performance"
+	@echo "make cluster       a local cluster in the background (cluster-down stops it); see the comment above the target for its knobs"
+	@echo "make proto         regenerate proto/muster/v1/*.pb.go"
+	@echo "make build         bin/coordinator, bin/agent, bin/scheduler"
+
+# vet: what CI checks before the tests: every Go file gofmt'd, go vet clean.
+vet:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "not gofmt'd (make fmt):"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+# test-unit: the packages outside e2e/ (no cluster, no torch).
+test-unit:
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v /e2e)
 
 build:
 	$(GO) build -o $(BIN)/coordinator ./coordinator/cmd/coordinator

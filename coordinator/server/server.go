@@ -360,15 +360,18 @@ func (s *Server) planJoin(h *hub.Hub, k group.Key, id string, req *musterv1.Join
 			return
 		}
 		p.size = st.Size
-		fresh := group.NewState(int(req.GetSize()), runtime, s.opts.MaxRestarts)
-		fresh.RankOrder = rankOrder(req)
-		if req.GetGeneration() < 0 && len(v.Members) == 0 && !reflect.DeepEqual(*st, fresh) {
+		if req.GetGeneration() < 0 && len(v.Members) == 0 {
 			// Nobody is attached: the first pod of a workload made again
 			// under the same name (or of one whose pods all went). It
 			// starts a new group, at generation 0 with its own size and
-			// runtime, not the old one's generation and restart count.
-			p.reset, p.resetEmpty = &fresh, true
-			return
+			// runtime, not the old one's generation and restart count
+			// (unless the group is that fresh already: just made).
+			fresh := group.NewState(int(req.GetSize()), runtime, s.opts.MaxRestarts)
+			fresh.RankOrder = rankOrder(req)
+			if !reflect.DeepEqual(*st, fresh) {
+				p.reset, p.resetEmpty = &fresh, true
+				return
+			}
 		}
 		if int(req.GetSize()) != st.Size {
 			p.err = invalid("%s: size %d disagrees with group size %d; every member must pass the same size", what, req.GetSize(), st.Size)

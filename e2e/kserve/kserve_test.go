@@ -708,7 +708,13 @@ func (r *readiness) phases(start time.Time) string {
 			isvc = at
 		}
 	}
-	return fmt.Sprintf("all %d pods created +%s, bound +%s, Ready +%s; InferenceService Ready +%s", size, created, bound, ready, isvc)
+	at := func(d time.Duration) string {
+		if d < 0 {
+			return "never seen"
+		}
+		return "+" + d.String()
+	}
+	return fmt.Sprintf("all %d pods created %s, bound %s, Ready %s; InferenceService Ready %s", size, at(created), at(bound), at(ready), at(isvc))
 }
 
 // sync waits (up to 2s) for a sample taken after the call, so that what

@@ -291,6 +291,13 @@ func (s *Server) join(ctx context.Context, req *musterv1.JoinRequest) (*musterv1
 				err = nil
 			}
 			if err == nil && ok {
+				// Answer once this replica's view has the new member, so a
+				// join that follows this one (the next pod, a member beyond
+				// the size) is planned with it: otherwise a stale view let
+				// a third member into a full group of two.
+				if err := h.WaitRev(ctx, rev); err != nil {
+					return nil, internal(err)
+				}
 				return &musterv1.JoinResponse{Generation: p.put.Generation, Joined: int32(p.joined + 1), Size: int32(p.size)}, nil
 			}
 		default:

@@ -94,6 +94,7 @@ type agent struct {
 	// once, not once per suspicion.
 	lostMu    sync.Mutex
 	lostQuiet map[string]time.Time
+	lostSem   chan struct{} // bounds the lost-peer reports in flight
 
 	gossip *gossip.Node
 
@@ -101,6 +102,9 @@ type agent struct {
 	quit    chan struct{} // closed when run returns; stops the reporter
 	last    chan struct{} // done channel of the latest queued report
 }
+
+// maxLostReports is how many lost-peer reports one agent has in flight.
+const maxLostReports = 4
 
 type pendingReport struct {
 	req  *musterv1.ReportStatusRequest
@@ -171,6 +175,7 @@ func newAgent(cfg Config) (*agent, error) {
 		port:    port,
 		reports: make(chan pendingReport, 64),
 		quit:    make(chan struct{}),
+		lostSem: make(chan struct{}, maxLostReports),
 	}
 	a.gen.Store(-1)
 	return a, nil
@@ -192,7 +197,7 @@ func (a *agent) run(ctx context.Context) error {
 	if !a.cfg.NoGossip {
 		// Peers watch each other directly: a member whose agent vanishes is
 		// noticed in well under a second instead of when its lease runs out.
-		node, err := gossip.Start(gossip.Config{Name: a.cfg.MemberID, BindAddr: a.cfg.Address, OnLost: func(peer string) { go a.peerLost(ctx, peer) }})
+		node, err := gossip.Start(gossip.Config{Name: a.cfg.MemberID, BindAddr: a.cfg.Address, GroupSize: a.cfg.Size, OnLost: func(peer string) { go a.peerLost(ctx, peer) }})
 		if err != nil {
 			return &ExitError{Code: 1, Err: err}
 		}
@@ -313,7 +318,7 @@ func (a *agent) run(ctx context.Context) error {
 					target.Upstream = net.JoinHostPort(as.GetLeaderAddress(), strconv.Itoa(a.cfg.EndpointPort))
 				}
 				setEndpoint(target)
-				go a.joinPeers(ctx, as.GetGeneration(), as.GetGossipKey())
+				go a.joinPeers(ctx, as.GetGeneration(), as.GetGossipKey(), as.GetGossipSeeds())
 				proc, err = a.launch(ctx, as)
 				procGen = as.GetGeneration()
 				if err != nil {
@@ -434,7 +439,7 @@ func (a *agent) run(ctx context.Context) error {
 
 // joinPeers makes this member's gossip node meet the rest of the group of
 // generation gen (their addresses come from the coordinator).
-func (a *agent) joinPeers(ctx context.Context, gen int64, key []byte) {
+func (a *agent) joinPeers(ctx context.Context, gen int64, key []byte, seeds []string) {
 	if a.gossip == nil {
 		return
 	}
@@ -451,17 +456,21 @@ func (a *agent) joinPeers(ctx context.Context, gen int64, key []byte) {
 		a.log.Warn("gossip: relying on leases", "err", err)
 		return
 	}
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	g, err := a.client.GetGroup(cctx, &musterv1.GetGroupRequest{Group: a.ref})
-	if err != nil {
-		a.log.Warn("gossip: cannot list the group's members; relying on leases", "err", status.Convert(err).Message())
-		return
-	}
-	var peers []string
-	for _, m := range g.GetMembers() {
-		if m.GetId() != a.cfg.MemberID && m.GetLive() && m.GetGossipPort() > 0 {
-			peers = append(peers, net.JoinHostPort(m.GetAddress(), strconv.Itoa(int(m.GetGossipPort()))))
+	peers := seeds
+	if len(peers) == 0 {
+		// A coordinator that names no seeds (older than the agent): a
+		// few live peers from the group's list.
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		g, err := a.client.GetGroup(cctx, &musterv1.GetGroupRequest{Group: a.ref})
+		if err != nil {
+			a.log.Warn("gossip: cannot list the group's members; relying on leases", "err", status.Convert(err).Message())
+			return
+		}
+		for _, m := range g.GetMembers() {
+			if m.GetId() != a.cfg.MemberID && m.GetLive() && m.GetGossipPort() > 0 && len(peers) < 3 {
+				peers = append(peers, net.JoinHostPort(m.GetAddress(), strconv.Itoa(int(m.GetGossipPort()))))
+			}
 		}
 	}
 	if err := a.gossip.Join(peers); err != nil {
@@ -494,9 +503,21 @@ func (a *agent) peerLost(ctx context.Context, peer string) {
 
 	cctx, cancel := context.WithTimeout(ctx, reportTimeout)
 	defer cancel()
+	// A few reports at a time: when this member's own host is what is
+	// slow, gossip may declare many peers dead at once, and the
+	// coordinator confirms each anyway.
+	select {
+	case a.lostSem <- struct{}{}:
+		defer func() { <-a.lostSem }()
+	case <-cctx.Done():
+		quiet(reportTimeout)
+		return
+	}
 	resp, err := a.client.ReportPeerLost(cctx, &musterv1.ReportPeerLostRequest{Group: a.ref, MemberId: a.cfg.MemberID, LostMemberId: peer, Generation: a.gen.Load()})
 	if err != nil {
-		quiet(0)
+		// Not again at once: a coordinator that did not answer in time is
+		// busy, and the peer's lease still tells.
+		quiet(reportTimeout)
 		if ctx.Err() == nil {
 			a.log.Warn("gossip: could not report a lost peer; its lease will tell", "peer", peer, "err", status.Convert(err).Message())
 		}

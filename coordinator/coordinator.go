@@ -80,6 +80,10 @@ type Config struct {
 	// MetricsListen, when set, serves Prometheus metrics (/metrics),
 	// /healthz and /readyz over HTTP on this host:port.
 	MetricsListen string
+	// Pprof adds Go's profiles (/debug/pprof/) to MetricsListen: for
+	// finding where a loaded coordinator spends its time; off by default
+	// (a profile costs CPU, and the port is not authenticated).
+	Pprof bool
 	// Advertise is the coordinator address injected agents dial (host:port,
 	// several comma-separated); default the Listen address.
 	Advertise string
@@ -175,6 +179,9 @@ func (c *Config) Validate() error {
 	}
 	if c.InCluster && c.Kubeconfig != "" {
 		return errors.New("--in-cluster and --kubeconfig are both set: give one")
+	}
+	if c.Pprof && c.MetricsListen == "" {
+		return errors.New("--pprof serves profiles on the metrics port: give --metrics-listen host:port too")
 	}
 	if c.MetricsListen != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {

@@ -3,7 +3,9 @@ package coordinator_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -716,4 +718,114 @@ func TestWorkloadMadeAgainStartsAfresh(t *testing.T) {
 	if _, err := c.Join(context.Background(), &musterv1.JoinRequest{Group: ref("again"), MemberId: "odd", Address: "127.0.0.5", Size: 2, Generation: -1}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("a member with another size while one is attached: %v, want InvalidArgument", err)
 	}
+}
+
+// gossipGroup makes a running group of len(ports) members on 127.0.0.2..,
+// member i announcing gossip port ports[i], each watching.
+func gossipGroup(t *testing.T, c musterv1.RendezvousClient, name string, ports []int) []*member {
+	t.Helper()
+	n := int32(len(ports))
+	var ms []*member
+	for i, p := range ports {
+		m := newMember(t, c, name, fmt.Sprintf("m%d", i), fmt.Sprintf("127.0.0.%d", i+2), n, ord(int64(i)))
+		if _, err := c.Join(context.Background(), &musterv1.JoinRequest{Group: ref(name), MemberId: m.id, Address: m.addr, Ordinal: m.ordin, Size: n, Generation: -1, GossipPort: int32(p)}); err != nil {
+			t.Fatal(err)
+		}
+		m.watch()
+		ms = append(ms, m)
+	}
+	return ms
+}
+
+func TestAssignmentNamesAFewGossipSeedsLeaderFirst(t *testing.T) {
+	co := testcoord.Start(t, testcoord.Config(t))
+	c := testcoord.Client(t, co.Addr())
+	ports := []int{7000, 7001, 7002, 7003, 7004, 7005}
+	ms := gossipGroup(t, c, "seeds", ports)
+	addr := func(i int) string { return fmt.Sprintf("127.0.0.%d:%d", i+2, ports[i]) }
+	for i, m := range ms {
+		as := m.assignment()
+		seeds := as.GetGossipSeeds()
+		var want []string
+		if i != 0 {
+			want = append(want, addr(0))
+		}
+		// Then the ranks after the member's own, wrapping past the last.
+		for r := i + 1; len(want) < 3; r++ {
+			j := 1 + (r-1)%(len(ms)-1)
+			if j != i {
+				want = append(want, addr(j))
+			}
+		}
+		if !slices.Equal(seeds, want) {
+			t.Errorf("member %d (rank %d): gossip seeds %v, want %v", i, as.GetRank(), seeds, want)
+		}
+	}
+}
+
+// TestStreamOfAKilledAgentClosingRestartsTheGroup: when a member's stream
+// ends without it leaving, the coordinator dials its gossip port; nothing
+// there (the agent was killed) restarts the group at once, while an agent
+// that still answers (only reconnecting) restarts nothing.
+func TestStreamOfAKilledAgentClosingRestartsTheGroup(t *testing.T) {
+	cfg := testcoord.Config(t)
+	// Longer than the test waits: a restart it sees is not the lease's.
+	cfg.MemberTTL = 2 * wait
+	logs := &logBuffer{}
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	co := testcoord.Start(t, cfg)
+	c := testcoord.Client(t, co.Addr())
+	alive, err := net.Listen("tcp", "127.0.0.3:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alive.Close()
+	dead, err := net.Listen("tcp", "127.0.0.4:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadPort := dead.Addr().(*net.TCPAddr).Port
+	dead.Close()
+	ms := gossipGroup(t, c, "streams", []int{0, alive.Addr().(*net.TCPAddr).Port, deadPort})
+	for _, m := range ms {
+		m.assignment()
+	}
+	// The live agent's stream ends: it is checked and found answering.
+	ms[1].cancel()
+	deadline := time.Now().Add(wait)
+	for !strings.Contains(logs.String(), "member=m1 reporter=\"coordinator: its watch stream closed\"") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no check of a member whose stream closed:\n%s", logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if g := getGroup(t, c, "streams"); g.Generation != 0 || g.Phase != musterv1.Phase_PHASE_RUNNING {
+		t.Fatalf("group after a live member's stream closed: generation %d phase %v", g.Generation, g.Phase)
+	}
+	// The killed agent's stream ends: nothing answers, the group restarts
+	// without waiting for its lease.
+	killed := time.Now()
+	ms[2].cancel()
+	if r := ms[0].restart(); !strings.Contains(r.Reason, "member m2 was lost") {
+		t.Fatalf("restart %v, want it to name m2", r)
+	}
+	t.Logf("stream closed -> restart in %s", time.Since(killed).Round(time.Millisecond))
+}
+
+// logBuffer collects a coordinator's log for a test to read.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
+	"runtime"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,6 +58,18 @@ func (c *Coordinator) startHealth(log *slog.Logger) error {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	c.health.Register(mux)
+	paths := "/metrics /healthz /readyz"
+	if c.cfg.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		// Contention is sampled from the start (--pprof only).
+		runtime.SetMutexProfileFraction(100)
+		runtime.SetBlockProfileRate(int(time.Millisecond))
+		paths += " /debug/pprof/"
+	}
 	ln, err := net.Listen("tcp", c.cfg.MetricsListen)
 	if err != nil {
 		return fmt.Errorf("--metrics-listen %s: %w", c.cfg.MetricsListen, err)
@@ -73,7 +87,7 @@ func (c *Coordinator) startHealth(log *slog.Logger) error {
 		defer cancel()
 		srv.Shutdown(sctx)
 	}()
-	log.Info("metrics serving", "listen", ln.Addr().String(), "paths", "/metrics /healthz /readyz")
+	log.Info("metrics serving", "listen", ln.Addr().String(), "paths", paths)
 	return nil
 }
 

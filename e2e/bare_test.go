@@ -190,6 +190,13 @@ func startCoordinator(t *testing.T, extra ...string) string {
 // it answers.
 func startCoordinatorOn(t *testing.T, host string, extra ...string) string {
 	t.Helper()
+	addr, _ := coordinatorProc(t, host, extra...)
+	return addr
+}
+
+// coordinatorProc is startCoordinatorOn returning the process too.
+func coordinatorProc(t *testing.T, host string, extra ...string) (string, *proc) {
+	t.Helper()
 	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		t.Fatal(err)
@@ -202,7 +209,7 @@ func startCoordinatorOn(t *testing.T, host string, extra ...string) string {
 	if err := testcoord.WaitServing(addr, 30*time.Second, p.done); err != nil {
 		t.Fatalf("%v\n%s", err, p.output())
 	}
-	return addr
+	return addr, p
 }
 
 func testdata(t *testing.T, name string) string {

@@ -55,9 +55,16 @@ func measureKill(t *testing.T, what string) {
 		victim := ps[trial%n]
 		pid := victim.cmd.Process.Pid
 		if what == "runtime" {
-			m := regexp.MustCompile(`runtime-pid=(\d+)`).FindStringSubmatch(victim.output())
-			if m == nil {
-				t.Fatalf("no runtime pid in:\n%s", victim.output())
+			// The shell prints its pid as it starts, which may be after
+			// the agent logged it ready.
+			pidLine := regexp.MustCompile(`(?m)^runtime-pid=(\d+)$`)
+			deadline := time.Now().Add(10 * time.Second)
+			m := pidLine.FindStringSubmatch(victim.output())
+			for ; m == nil; m = pidLine.FindStringSubmatch(victim.output()) {
+				if time.Now().After(deadline) {
+					t.Fatalf("no runtime pid in:\n%s", victim.output())
+				}
+				time.Sleep(10 * time.Millisecond)
 			}
 			pid, _ = strconv.Atoi(m[1])
 		}

@@ -60,6 +60,7 @@ func Main(args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.WebhookCertDir, "webhook-cert-dir", "", "where the webhook's CA and serving certificate live (made on first start); default DATA_DIR/webhook")
 	fs.StringVar(&cfg.WebhookTLSDir, "webhook-tls-dir", "", "serve the webhook with tls.crt and tls.key from this directory as given (a mounted Secret) and register nothing: the deployment owns the MutatingWebhookConfiguration and its caBundle; --webhook-listen may then be :8443")
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve Prometheus metrics (/metrics), /healthz and /readyz over HTTP on host:port; empty: none (the gRPC health service is always on --listen)")
+	fs.BoolVar(&cfg.Pprof, "pprof", false, "also serve Go's profiles (/debug/pprof/: CPU, heap, goroutines, mutex and block contention) on --metrics-listen, for finding where the coordinator spends its time; off by default")
 	fs.StringVar(&cfg.Advertise, "advertise", "", "coordinator address(es) injected agents dial, host:port[,host:port]; default the --listen address")
 	fs.StringVar(&cfg.AgentImage, "agent-image", "", "image holding the agent at /muster/agent, for the injected init container (default muster/agent:dev)")
 	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "serve gRPC with TLS: the certificate (PEM; re-read when the file changes)")

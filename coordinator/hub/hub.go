@@ -7,6 +7,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -439,6 +441,39 @@ func (h *Hub) Observe(id string) Observation {
 		}
 	}
 	return o
+}
+
+// GossipSeeds returns the gossip addresses (host:port) of up to n other
+// members of the current assignment for member id to join gossip
+// through: the leader, which every member contacts so that the group
+// forms one cluster, then the ranks after id's, so that no one member
+// answers everyone alone.
+func (h *Hub) GossipSeeds(id string, n int) []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	st := h.view.State
+	if st == nil || len(st.Assignment) == 0 || n <= 0 {
+		return nil
+	}
+	var out []string
+	add := func(mid string) {
+		m, ok := h.view.Members[mid]
+		if mid == id || !ok || m.GossipPort == 0 || m.Generation != st.Generation {
+			return
+		}
+		out = append(out, net.JoinHostPort(m.Address, strconv.Itoa(m.GossipPort)))
+	}
+	as := st.Assignment
+	add(as[0])
+	start := 1
+	if r, ok := h.rankOf[id]; ok {
+		start = r + 1
+	}
+	for i := 0; i < len(as)-1 && len(out) < n; i++ {
+		r := 1 + (start-1+i)%(len(as)-1) // ranks 1..len-1, from start on
+		add(as[r])
+	}
+	return out
 }
 
 // Done is closed when the hub stops (coordinator shutdown or idle).

@@ -15,6 +15,13 @@ import (
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
 )
 
+// gossipSeeds is how many peers an assignment names for the member to
+// join gossip through. memberlist's join is a full state exchange (TCP)
+// with each peer contacted; contacting every peer made N members do N x N
+// exchanges at once, which on a busy host starved the probes gossip
+// relies on. The rest is learnt by gossip.
+const gossipSeeds = 3
+
 // memberGrace is how long a stream waits for a member record it has not
 // seen yet (the hub may lag the Join that wrote it by a watch round-trip).
 const memberGrace = 10 * time.Second
@@ -41,7 +48,7 @@ func (s *Server) Watch(req *musterv1.WatchRequest, stream musterv1.Rendezvous_Wa
 	}
 	defer h.Release()
 
-	w := &watcher{srv: s, k: k, id: id, stream: stream, sentRestart: -1, sentAssign: -1, lastJoined: -1, sentReady: -1}
+	w := &watcher{srv: s, hub: h, k: k, id: id, stream: stream, sentRestart: -1, sentAssign: -1, lastJoined: -1, sentReady: -1}
 	defer w.stopKeepAlive()
 	ticker := time.NewTicker(s.opts.ProgressInterval)
 	defer ticker.Stop()
@@ -72,13 +79,38 @@ func (s *Server) Watch(req *musterv1.WatchRequest, stream musterv1.Rendezvous_Wa
 		case <-h.Done():
 			return status.Error(codes.Unavailable, "coordinator replica shutting down; reconnect")
 		case <-ctx.Done():
+			if seen {
+				s.streamClosed(k, id, h)
+			}
 			return nil
 		}
 	}
 }
 
+// streamClosed checks, when a member's stream ends without the member
+// leaving, whether its agent is still there. An agent that was killed
+// (or crashed) had its sockets closed by the kernel at once: its gossip
+// port refuses the coordinator's dial, and the group restarts now rather
+// than after gossip's suspicion period or the lease. An agent that is
+// only reconnecting answers, and nothing happens.
+func (s *Server) streamClosed(k group.Key, id string, h *hub.Hub) {
+	o := h.Observe(id)
+	if !o.IsMember || o.State == nil || o.State.Phase.Terminal() || o.Member.GossipPort == 0 {
+		return
+	}
+	gen := o.Member.Generation
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := s.confirmLost(ctx, k, id, "coordinator: its watch stream closed", gen, true); err != nil {
+			s.log.Warn("check a member whose stream closed", "group", k.String(), "member", id, "err", err)
+		}
+	}()
+}
+
 type watcher struct {
 	srv         *Server
+	hub         *hub.Hub
 	k           group.Key
 	id          string
 	stream      musterv1.Rendezvous_WatchServer
@@ -140,7 +172,8 @@ func (w *watcher) step(o hub.Observation) (done bool, err error) {
 			if err := send(&musterv1.GroupEvent{Event: &musterv1.GroupEvent_Assignment{Assignment: &musterv1.Assignment{
 				Generation: st.Generation, Rank: int32(o.Rank), WorldSize: int32(len(st.Assignment)),
 				LeaderAddress: st.LeaderAddress, MasterPort: int32(st.MasterPort), LeaderMemberId: st.Assignment[0],
-				GossipKey: w.srv.GossipKey(&musterv1.GroupRef{Namespace: w.k.Namespace, Name: w.k.Name}, st.Generation),
+				GossipKey:   w.srv.GossipKey(&musterv1.GroupRef{Namespace: w.k.Namespace, Name: w.k.Name}, st.Generation),
+				GossipSeeds: w.hub.GossipSeeds(w.id, gossipSeeds),
 			}}}); err != nil {
 				return false, err
 			}

@@ -689,7 +689,11 @@ type Assignment struct {
 	LeaderMemberId string                 `protobuf:"bytes,6,opt,name=leader_member_id,json=leaderMemberId,proto3" json:"leader_member_id,omitempty"`
 	// gossip_key is the group's gossip key for this generation; it changes
 	// with every generation.
-	GossipKey     []byte `protobuf:"bytes,7,opt,name=gossip_key,json=gossipKey,proto3" json:"gossip_key,omitempty"`
+	GossipKey []byte `protobuf:"bytes,7,opt,name=gossip_key,json=gossipKey,proto3" json:"gossip_key,omitempty"`
+	// gossip_seeds are the gossip addresses (host:port) of a few other
+	// members of this generation, leader first, to join the group's gossip
+	// through; the members then learn of each other by gossip.
+	GossipSeeds   []string `protobuf:"bytes,8,rep,name=gossip_seeds,json=gossipSeeds,proto3" json:"gossip_seeds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -769,6 +773,13 @@ func (x *Assignment) GetLeaderMemberId() string {
 func (x *Assignment) GetGossipKey() []byte {
 	if x != nil {
 		return x.GossipKey
+	}
+	return nil
+}
+
+func (x *Assignment) GetGossipSeeds() []string {
+	if x != nil {
+		return x.GossipSeeds
 	}
 	return nil
 }
@@ -1830,7 +1841,7 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	"\x06joined\x18\x02 \x01(\x05R\x06joined\x12\x12\n" +
 	"\x04size\x18\x03 \x01(\x05R\x04size\x12\x1f\n" +
 	"\vwaiting_for\x18\x04 \x03(\tR\n" +
-	"waitingFor\"\xf0\x01\n" +
+	"waitingFor\"\x93\x02\n" +
 	"\n" +
 	"Assignment\x12\x1e\n" +
 	"\n" +
@@ -1844,7 +1855,8 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	"masterPort\x12(\n" +
 	"\x10leader_member_id\x18\x06 \x01(\tR\x0eleaderMemberId\x12\x1d\n" +
 	"\n" +
-	"gossip_key\x18\a \x01(\fR\tgossipKey\"A\n" +
+	"gossip_key\x18\a \x01(\fR\tgossipKey\x12!\n" +
+	"\fgossip_seeds\x18\b \x03(\tR\vgossipSeeds\"A\n" +
 	"\tReadiness\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x03R\n" +

@@ -473,12 +473,23 @@ func (a *agent) joinPeers(ctx context.Context, gen int64, key []byte, seeds []st
 			}
 		}
 	}
-	if err := a.gossip.Join(peers); err != nil {
-		a.log.Warn("gossip: join failed; relying on leases", "err", err)
+	// The seeds take the generation's key when their own assignment
+	// arrives, which may be a moment after this member's: until then they
+	// cannot read its join, so it is tried again for a while.
+	jctx, cancel := context.WithTimeout(ctx, joinRetryFor)
+	defer cancel()
+	if err := a.gossip.JoinRetry(jctx, peers, func() bool { return gen == a.gen.Load() }); err != nil {
+		if ctx.Err() == nil {
+			a.log.Warn("gossip: join failed; relying on leases", "err", err)
+		}
 		return
 	}
 	a.log.Info("gossip: joined peers", "peers", len(peers), "generation", gen)
 }
+
+// joinRetryFor is how long a member keeps trying to join its group's
+// gossip through the seeds it was given.
+const joinRetryFor = 10 * time.Second
 
 // peerLost reports a peer that gossip declared dead; the coordinator
 // confirms before it restarts anything.

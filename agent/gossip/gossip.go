@@ -8,6 +8,7 @@ package gossip
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"fmt"
 	"io"
@@ -163,6 +164,24 @@ func (n *Node) Join(peers []string) error {
 		return fmt.Errorf("gossip: join %v: %w", peers, err)
 	}
 	return nil
+}
+
+// JoinRetry is Join tried again, backing off (50ms doubling to 1s), until
+// it succeeds, ctx ends or still() says the join is no longer wanted; it
+// returns the last error. Peers that have not yet taken the key this node
+// encrypts with cannot read its join until they do.
+func (n *Node) JoinRetry(ctx context.Context, peers []string, still func() bool) error {
+	for backoff := 50 * time.Millisecond; ; backoff = min(2*backoff, time.Second) {
+		err := n.Join(peers)
+		if err == nil || !still() {
+			return err
+		}
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return err
+		}
+	}
 }
 
 // Members is how many live members the node sees, itself included.

@@ -2,6 +2,7 @@ package gossip_test
 
 import (
 	"bytes"
+	"context"
 	"net"
 	"strconv"
 	"sync"
@@ -260,5 +261,33 @@ func TestOnLostHearsAPeerThatLeaves(t *testing.T) {
 	})
 	if la.has("a") {
 		t.Errorf("a's OnLost heard of a itself")
+	}
+}
+
+// TestJoinRetryWaitsForTheSeedToTakeTheKey: a member whose assignment came
+// first joins a seed that does not have the generation's key yet; the
+// join is refused until the seed takes it, then succeeds.
+func TestJoinRetryWaitsForTheSeedToTakeTheKey(t *testing.T) {
+	seed := start(t, "seed", nil, key(1))
+	late := start(t, "late", nil, key(2))
+	if err := late.Join([]string{addr(seed)}); err == nil {
+		t.Fatal("a join the seed cannot decrypt succeeded")
+	}
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		seed.UseKey(key(2))
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if err := late.JoinRetry(ctx, []string{addr(seed)}, func() bool { return true }); err != nil {
+		t.Fatalf("JoinRetry after the seed took the key: %v", err)
+	}
+	waitMembers(t, 2, seed, late)
+	// A join no longer wanted is not retried.
+	stranger := start(t, "stranger", nil, key(3))
+	tries := 0
+	err := stranger.JoinRetry(ctx, []string{addr(seed)}, func() bool { tries++; return false })
+	if err == nil || tries != 1 {
+		t.Fatalf("unwanted join: err %v after %d tries, want an error after 1", err, tries)
 	}
 }

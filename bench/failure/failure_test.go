@@ -92,7 +92,7 @@ func BenchmarkFailureDetection(b *testing.B) {
 var notes = map[string]string{
 	"runtime-kill": "muster: the victim's agent sees its runtime exit and the coordinator tells every member at once; " +
 		"torchrun: each agent finds out at its next monitor_interval poll (its own worker failed, or a peer waits for a new round)",
-	"agent-kill": "muster: the agents gossip (100ms probes), find the dead one and the coordinator confirms before telling everyone; " +
+	"agent-kill": "muster: the killed agent's connections close at once; the coordinator sees its stream end, finds its gossip port closed and tells everyone (gossip is for hosts cut off, see e2e's cut-off test); " +
 		"torchrun: an agent learns of a dead node only when its own worker fails in the collective (gloo took 1-3s here to fail every survivor), at its next monitor_interval poll; " +
 		"torchrun killed without its worker is never noticed (the orphaned worker keeps all_reducing), and the rendezvous keep-alive (15s in torch 1.13) restarts nobody",
 }

@@ -612,23 +612,13 @@ func TestPeerLostIsConfirmedBeforeAnyRestart(t *testing.T) {
 	co := testcoord.Start(t, testcoord.Config(t))
 	c := testcoord.Client(t, co.Addr())
 	// b's "agent" answers on its gossip port; c's does not.
-	alive, err := net.Listen("tcp", "127.0.0.3:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer alive.Close()
-	dead, err := net.Listen("tcp", "127.0.0.4:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadPort := dead.Addr().(*net.TCPAddr).Port
-	dead.Close()
+	alivePort, deadPort := gossipPorts(t)
 	ms := []*member{
 		newMember(t, c, "gossip", "a", "127.0.0.2", 3, ord(0)),
 		newMember(t, c, "gossip", "b", "127.0.0.3", 3, ord(1)),
 		newMember(t, c, "gossip", "c", "127.0.0.4", 3, ord(2)),
 	}
-	ports := []int{0, alive.Addr().(*net.TCPAddr).Port, deadPort}
+	ports := []int{0, alivePort, deadPort}
 	for i, m := range ms {
 		if _, err := c.Join(context.Background(), &musterv1.JoinRequest{Group: ref("gossip"), MemberId: m.id, Address: m.addr, Ordinal: m.ordin, Size: 3, Generation: -1, GossipPort: int32(ports[i])}); err != nil {
 			t.Fatal(err)
@@ -720,6 +710,24 @@ func TestWorkloadMadeAgainStartsAfresh(t *testing.T) {
 	}
 }
 
+// gossipPorts returns a port on 127.0.0.3 where something listens (a live
+// agent's gossip port) until the test ends, and one on 127.0.0.4 where
+// nothing does (a dead agent's).
+func gossipPorts(t *testing.T) (alive, dead int) {
+	t.Helper()
+	a, err := net.Listen("tcp", "127.0.0.3:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	d, err := net.Listen("tcp", "127.0.0.4:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	return a.Addr().(*net.TCPAddr).Port, d.Addr().(*net.TCPAddr).Port
+}
+
 // gossipGroup makes a running group of len(ports) members on 127.0.0.2..,
 // member i announcing gossip port ports[i], each watching.
 func gossipGroup(t *testing.T, c musterv1.RendezvousClient, name string, ports []int) []*member {
@@ -775,18 +783,8 @@ func TestStreamOfAKilledAgentClosingRestartsTheGroup(t *testing.T) {
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	co := testcoord.Start(t, cfg)
 	c := testcoord.Client(t, co.Addr())
-	alive, err := net.Listen("tcp", "127.0.0.3:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer alive.Close()
-	dead, err := net.Listen("tcp", "127.0.0.4:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadPort := dead.Addr().(*net.TCPAddr).Port
-	dead.Close()
-	ms := gossipGroup(t, c, "streams", []int{0, alive.Addr().(*net.TCPAddr).Port, deadPort})
+	alivePort, deadPort := gossipPorts(t)
+	ms := gossipGroup(t, c, "streams", []int{0, alivePort, deadPort})
 	for _, m := range ms {
 		m.assignment()
 	}

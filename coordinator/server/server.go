@@ -294,7 +294,7 @@ func (s *Server) join(ctx context.Context, req *musterv1.JoinRequest) (*musterv1
 			}
 			var ok bool
 			ok, rev, err = s.store.PutMember(ctx, k, *p.put, lease, p.memberRev)
-			if err != nil && strings.Contains(err.Error(), "lease not found") {
+			if errors.Is(err, store.ErrLeaseGone) {
 				// The old lease expired between the read and the write: the
 				// record is gone too, so the next pass writes a new one.
 				err = nil

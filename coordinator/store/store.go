@@ -5,10 +5,12 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/muster-dev/muster/coordinator/group"
@@ -230,6 +232,10 @@ func (s *Store) GrantLease(ctx context.Context, ttl int64) (clientv3.LeaseID, er
 	return resp.ID, nil
 }
 
+// ErrLeaseGone is PutMember's error when the lease it was given has
+// expired (the member's record went with it).
+var ErrLeaseGone = errors.New("the member's lease expired")
+
 // PutMember writes a member record bound to lease. When modRev is not
 // zero, the write only happens if the record is still at that revision
 // (ok=false otherwise); when it is -1, only if the record does not exist.
@@ -248,6 +254,9 @@ func (s *Store) PutMember(ctx context.Context, k group.Key, m group.Member, leas
 	}
 	s.Writes.Add(1)
 	resp, err := txn.Then(clientv3.OpPut(key, string(b), clientv3.WithLease(lease))).Commit()
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return false, 0, fmt.Errorf("write member %s of group %s: %w", m.ID, k, ErrLeaseGone)
+	}
 	if err != nil {
 		return false, 0, fmt.Errorf("write member %s of group %s: %w", m.ID, k, err)
 	}

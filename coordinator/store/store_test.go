@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -295,5 +296,21 @@ func TestListKeysPage(t *testing.T) {
 		if _, _, err := s.ListKeysPage(ctx, c.ns, c.after, c.limit); err == nil {
 			t.Errorf("ListKeysPage(%q, %q, %d): no error", c.ns, c.after, c.limit)
 		}
+	}
+}
+
+func TestPutMemberOnAnExpiredLeaseSaysSo(t *testing.T) {
+	s, ctx := newStore(t)
+	k := group.Key{Namespace: "ns", Name: "lease-gone"}
+	lease, err := s.GrantLease(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Client().Revoke(ctx, lease); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = s.PutMember(ctx, k, group.Member{ID: "m0", Address: "127.0.0.2"}, lease, -1)
+	if !errors.Is(err, store.ErrLeaseGone) {
+		t.Fatalf("PutMember on a revoked lease: %v, want ErrLeaseGone", err)
 	}
 }

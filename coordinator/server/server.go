@@ -84,8 +84,12 @@ type Server struct {
 	aliveAt    map[string]time.Time // group/member -> when its agent last answered a check
 	// reportedBy records, per group/member@generation, which members
 	// reported it lost and when the first did (see answers).
-	reportedBy map[string]*lostReports
+	reportedBy   map[string]*lostReports
+	reportsSwept time.Time
 }
+
+// reportsKept is how long who reported a member lost is remembered.
+const reportsKept = 30 * time.Second
 
 type lostReports struct {
 	first time.Time
@@ -647,9 +651,14 @@ func (s *Server) noteReport(id, reporter string, gen int64) func() bool {
 	now := time.Now()
 	s.aliveMu.Lock()
 	defer s.aliveMu.Unlock()
-	for k, r := range s.reportedBy {
-		if now.Sub(r.first) > 30*time.Second {
-			delete(s.reportedBy, k)
+	// Old records go in a sweep every reportsKept, not on every report:
+	// reports come in bursts, when gossip errs the most.
+	if now.Sub(s.reportsSwept) > reportsKept {
+		s.reportsSwept = now
+		for k, r := range s.reportedBy {
+			if now.Sub(r.first) > reportsKept {
+				delete(s.reportedBy, k)
+			}
 		}
 	}
 	r := s.reportedBy[key]
@@ -713,13 +722,9 @@ func (s *Server) confirmLost(ctx context.Context, k group.Key, lost, reporter st
 		return &musterv1.ReportPeerLostResponse{Reason: fmt.Sprintf("peer's agent answered %s ago", time.Since(at).Round(time.Millisecond))}, nil
 	}
 	corroborated := s.noteReport(id, reporter, gen)
-	flight := fmt.Sprintf("%s@%d", id, gen)
+	flight, hold := fmt.Sprintf("%s@%d", id, gen), time.Duration(0)
 	if fresh {
-		flight += " " + reporter
-	}
-	var hold time.Duration
-	if fresh {
-		hold = streamHold
+		flight, hold = flight+" "+reporter, streamHold
 	}
 	v, err, _ := s.lostChecks.Do(flight, func() (any, error) {
 		return s.checkLost(context.WithoutCancel(ctx), k, lost, reporter, gen, corroborated, hold)

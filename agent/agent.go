@@ -27,7 +27,7 @@ import (
 	"github.com/muster-dev/muster/agent/preset"
 	"github.com/muster-dev/muster/agent/process"
 	"github.com/muster-dev/muster/agent/proxy"
-	"github.com/muster-dev/muster/coordinator/group"
+	"github.com/muster-dev/muster/podapi"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
 )
 
@@ -304,7 +304,7 @@ func (a *agent) run(ctx context.Context) error {
 					continue
 				}
 				launchedGen = as.GetGeneration()
-				if err := group.ValidateAddress(as.GetLeaderAddress()); err != nil {
+				if err := podapi.ValidateAddress(as.GetLeaderAddress()); err != nil {
 					// Checked by the coordinator already; checked again before
 					// it reaches the endpoint's upstream, argv or env.
 					a.log.Error("assignment refused", "err", err)

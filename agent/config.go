@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/muster-dev/muster/agent/preset"
-	"github.com/muster-dev/muster/coordinator/group"
+	"github.com/muster-dev/muster/podapi"
 )
 
 // Config is the agent's configuration; DefaultConfig fills the defaults.
@@ -106,14 +106,14 @@ type Config struct {
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	c := Config{
-		Coordinators: splitList(envOr("MUSTER_COORDINATOR", "127.0.0.1:7070")),
-		Namespace:    envOr("MUSTER_NAMESPACE", envOr("POD_NAMESPACE", "default")),
-		Group:        os.Getenv("MUSTER_GROUP"),
-		MemberID:     envOr("MUSTER_MEMBER_ID", envOr("POD_NAME", host)),
-		Address:      envOr("MUSTER_ADDRESS", envOr("POD_IP", "127.0.0.1")),
-		Runtime:      envOr("MUSTER_RUNTIME", "env"),
-		CAPEM:        os.Getenv("MUSTER_COORDINATOR_CA"),
-		TokenFile:    os.Getenv("MUSTER_TOKEN_FILE"),
+		Coordinators: splitList(envOr(podapi.EnvCoordinator, "127.0.0.1:7070")),
+		Namespace:    envOr(podapi.EnvNamespace, envOr("POD_NAMESPACE", "default")),
+		Group:        os.Getenv(podapi.EnvGroup),
+		MemberID:     envOr(podapi.EnvMemberID, envOr("POD_NAME", host)),
+		Address:      envOr(podapi.EnvAddress, envOr("POD_IP", "127.0.0.1")),
+		Runtime:      envOr(podapi.EnvRuntime, podapi.DefaultRuntime),
+		CAPEM:        os.Getenv(podapi.EnvCoordinatorCA),
+		TokenFile:    os.Getenv(podapi.EnvTokenFile),
 		JoinTimeout:  5 * time.Minute,
 		StopGrace:    10 * time.Second,
 		Stdout:       os.Stdout,
@@ -149,19 +149,19 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("--coordinator %q: want host:port: %v", a, err)
 		}
 	}
-	if err := group.ValidateName("--namespace", c.Namespace, group.MaxGroupNameLen); err != nil {
+	if err := podapi.ValidateName("--namespace", c.Namespace, podapi.MaxGroupNameLen); err != nil {
 		return err
 	}
-	if err := group.ValidateName("--group", c.Group, group.MaxGroupNameLen); err != nil {
+	if err := podapi.ValidateName("--group", c.Group, podapi.MaxGroupNameLen); err != nil {
 		return err
 	}
-	if err := group.ValidateSize(c.Size); err != nil {
+	if err := podapi.ValidateSize(c.Size); err != nil {
 		return fmt.Errorf("--size: %w", err)
 	}
-	if err := group.ValidateName("--member-id", c.MemberID, group.MaxMemberIDLen); err != nil {
+	if err := podapi.ValidateName("--member-id", c.MemberID, podapi.MaxMemberIDLen); err != nil {
 		return err
 	}
-	if err := group.ValidateAddress(c.Address); err != nil {
+	if err := podapi.ValidateAddress(c.Address); err != nil {
 		return fmt.Errorf("--address: %w", err)
 	}
 	if c.Ordinal != nil && *c.Ordinal < 0 {

@@ -23,16 +23,16 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	spclientset "sigs.k8s.io/scheduler-plugins/pkg/generated/clientset/versioned"
 
-	"github.com/muster-dev/muster/agent/preset"
 	"github.com/muster-dev/muster/coordinator/webhook"
+	"github.com/muster-dev/muster/podapi"
 
 	"github.com/muster-dev/muster/coordinator/auth"
 	"github.com/muster-dev/muster/coordinator/embedetcd"
-	"github.com/muster-dev/muster/coordinator/group"
 	"github.com/muster-dev/muster/coordinator/health"
 	"github.com/muster-dev/muster/coordinator/hub"
 	"github.com/muster-dev/muster/coordinator/podready"
 	"github.com/muster-dev/muster/coordinator/reaper"
+	"github.com/muster-dev/muster/coordinator/rendezvous"
 	"github.com/muster-dev/muster/coordinator/server"
 	"github.com/muster-dev/muster/coordinator/store"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
@@ -91,7 +91,7 @@ type Config struct {
 	AgentImage string
 	// ReadyHook, when set, hears each change of a group's readiness or
 	// generation (with its members' ids); it must not block.
-	ReadyHook func(k group.Key, generation int64, phase group.Phase, ready bool, members []string, message string)
+	ReadyHook func(k podapi.Key, generation int64, phase rendezvous.Phase, ready bool, members []string, message string)
 	// TLSCert and TLSKey, when set, serve the gRPC port with TLS.
 	TLSCert, TLSKey string
 	// AgentCA is a PEM file of the CA injected agents verify the gRPC
@@ -197,8 +197,8 @@ func (c *Config) Validate() error {
 	if c.FinishedGroupTTL <= 0 {
 		return fmt.Errorf("--finished-group-ttl %s: want a positive duration", c.FinishedGroupTTL)
 	}
-	if c.MaxGroupSize < 1 || c.MaxGroupSize > group.MaxSize {
-		return fmt.Errorf("--max-group-size %d: want 1 to %d", c.MaxGroupSize, group.MaxSize)
+	if c.MaxGroupSize < 1 || c.MaxGroupSize > podapi.MaxSize {
+		return fmt.Errorf("--max-group-size %d: want 1 to %d", c.MaxGroupSize, podapi.MaxSize)
 	}
 	if c.MaxGroupsPerNamespace < 0 {
 		return fmt.Errorf("--max-groups-per-namespace %d is negative (0: no cap)", c.MaxGroupsPerNamespace)
@@ -309,9 +309,9 @@ func Start(ctx context.Context, cfg Config) (*Coordinator, error) {
 		}
 		c.kube, c.rest = cs, rc
 		syncer := podready.New(cs, log)
-		c.hubs.ReadyHook = func(k group.Key, gen int64, phase group.Phase, ready bool, members []string, msg string) {
+		c.hubs.ReadyHook = func(k podapi.Key, gen int64, phase rendezvous.Phase, ready bool, members []string, msg string) {
 			syncer.Set(k.Namespace, k.Name, members, ready, msg)
-			if phase == group.Failed {
+			if phase == rendezvous.Failed {
 				// The first error, and who had it, where kubectl describe shows it.
 				syncer.Event(k.Namespace, members, "GroupFailed", msg)
 			}
@@ -336,7 +336,7 @@ func Start(ctx context.Context, cfg Config) (*Coordinator, error) {
 		c.Close()
 		return nil, err
 	}
-	sopts := server.Options{MemberTTL: cfg.MemberTTL, MaxRestarts: cfg.MaxRestarts, Runtimes: preset.Names(),
+	sopts := server.Options{MemberTTL: cfg.MemberTTL, MaxRestarts: cfg.MaxRestarts, Runtimes: podapi.Runtimes,
 		MaxGroupsPerNamespace: cfg.MaxGroupsPerNamespace, MaxGroupSize: cfg.MaxGroupSize, GossipSecret: secret}
 	if kubeAuth != nil {
 		sopts.Readers = kubeAuth
@@ -408,7 +408,7 @@ func (c *Coordinator) startWebhook(ctx context.Context, log *slog.Logger) error 
 	if cfg.AgentImage != "" {
 		wc.AgentImage = cfg.AgentImage
 	}
-	wc.Runtimes = preset.Names()
+	wc.Runtimes = podapi.Runtimes
 	wc.CoordinatorCA = c.agentCA
 	wc.TokenAudience = cfg.TokenAudience
 	if c.kube != nil {

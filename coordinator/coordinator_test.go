@@ -15,8 +15,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/muster-dev/muster/coordinator"
-	"github.com/muster-dev/muster/coordinator/group"
+	"github.com/muster-dev/muster/coordinator/rendezvous"
 	"github.com/muster-dev/muster/coordinator/testcoord"
+	"github.com/muster-dev/muster/podapi"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
 )
 
@@ -536,7 +537,7 @@ func TestReadyHookFollowsGroupReadiness(t *testing.T) {
 	}
 	calls := make(chan call, 16)
 	cfg := testcoord.Config(t)
-	cfg.ReadyHook = func(k group.Key, gen int64, _ group.Phase, ready bool, members []string, msg string) {
+	cfg.ReadyHook = func(k podapi.Key, gen int64, _ rendezvous.Phase, ready bool, members []string, msg string) {
 		if k.Name == "hooked" {
 			calls <- call{gen, ready, len(members)}
 		}

@@ -1,6 +1,8 @@
 package auth
 
 import (
+	"github.com/muster-dev/muster/podapi"
+
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -16,8 +18,6 @@ import (
 	authzv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-
-	spgroup "github.com/muster-dev/muster/scheduler-plugin/group"
 )
 
 // The apiserver names the pod a bound service-account token was issued
@@ -160,7 +160,7 @@ func (k *Kube) review(ctx context.Context, token string) (*Identity, error) {
 		return nil, status.Errorf(codes.Unauthenticated, "token of pod %s/%s was issued for uid %s; the pod is now uid %s (deleted and made again)", ns, podName, podUID, pod.UID)
 	}
 	id := &Identity{Name: fmt.Sprintf("pod %s/%s", ns, podName), Namespace: ns, Member: podName}
-	if key, ok := spgroup.Of(pod); ok {
+	if key, ok := podapi.Of(pod); ok {
 		id.Group = key.Name
 	}
 	for _, ip := range pod.Status.PodIPs {

@@ -15,8 +15,9 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/muster-dev/muster/coordinator/group"
+	"github.com/muster-dev/muster/coordinator/rendezvous"
 	"github.com/muster-dev/muster/coordinator/store"
+	"github.com/muster-dev/muster/podapi"
 )
 
 // Registry owns the hubs of one replica. A hub lives while someone holds it
@@ -28,20 +29,20 @@ type Registry struct {
 	// ReadyHook, when set before the first Acquire, hears every change of a
 	// group's readiness or generation, with the ids of the group's members.
 	// It must not block.
-	ReadyHook func(k group.Key, generation int64, phase group.Phase, ready bool, members []string, message string)
+	ReadyHook func(k podapi.Key, generation int64, phase rendezvous.Phase, ready bool, members []string, message string)
 
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
 	mu   sync.Mutex
-	hubs map[group.Key]*Hub
+	hubs map[podapi.Key]*Hub
 }
 
 // NewRegistry returns a registry; Close stops every hub it started.
 func NewRegistry(s *store.Store, log *slog.Logger, idleTimeout time.Duration) *Registry {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Registry{store: s, log: log, idleTimeout: idleTimeout, ctx: ctx, cancel: cancel, hubs: map[group.Key]*Hub{}}
+	return &Registry{store: s, log: log, idleTimeout: idleTimeout, ctx: ctx, cancel: cancel, hubs: map[podapi.Key]*Hub{}}
 }
 
 // Close stops every hub and waits for them.
@@ -52,7 +53,7 @@ func (r *Registry) Close() {
 
 // Acquire returns the hub of group k, starting it if needed, once its first
 // view is loaded. Call Release when done.
-func (r *Registry) Acquire(ctx context.Context, k group.Key) (*Hub, error) {
+func (r *Registry) Acquire(ctx context.Context, k podapi.Key) (*Hub, error) {
 	r.mu.Lock()
 	h, ok := r.hubs[k]
 	if !ok {
@@ -97,7 +98,7 @@ func (h *Hub) Release() {
 // Hub is one group's live view inside a replica.
 type Hub struct {
 	reg    *Registry
-	key    group.Key
+	key    podapi.Key
 	log    *slog.Logger
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -110,7 +111,7 @@ type Hub struct {
 	createMu sync.Mutex
 
 	mu      sync.Mutex
-	view    *group.View
+	view    *rendezvous.View
 	changed chan struct{} // closed and replaced when state or readiness changes
 	ready   bool
 	joined  int      // members joined in the current generation
@@ -130,7 +131,7 @@ type revWaiter struct {
 	ch  chan struct{}
 }
 
-func newHub(r *Registry, k group.Key) *Hub {
+func newHub(r *Registry, k podapi.Key) *Hub {
 	ctx, cancel := context.WithCancel(r.ctx)
 	return &Hub{
 		reg: r, key: k, ctx: ctx, cancel: cancel,
@@ -236,9 +237,9 @@ func (h *Hub) refresh(stateChanged bool) {
 	h.joined, h.missing = 0, nil
 	if st := v.State; st != nil {
 		h.joined = len(v.Joined(st.Generation))
-		if st.Phase == group.Waiting {
+		if st.Phase == rendezvous.Waiting {
 			h.missing = missing(v)
-			if at := group.ReleaseAt(v, time.Now()); !at.IsZero() && h.joined >= st.Size {
+			if at := rendezvous.ReleaseAt(v, time.Now()); !at.IsZero() && h.joined >= st.Size {
 				h.missing = []string{fmt.Sprintf("the restart backoff (%s more)", time.Until(at).Round(100*time.Millisecond))}
 			}
 		}
@@ -263,7 +264,7 @@ func (h *Hub) refresh(stateChanged bool) {
 
 // tellReady calls the registry's ReadyHook when the group's readiness or
 // generation changed since it was last told. h.mu is held.
-func (h *Hub) tellReady(v *group.View, ready bool) {
+func (h *Hub) tellReady(v *rendezvous.View, ready bool) {
 	hook := h.reg.ReadyHook
 	if hook == nil || v.State == nil {
 		return
@@ -288,7 +289,7 @@ func (h *Hub) tellReady(v *group.View, ready bool) {
 	switch {
 	case ready:
 		msg = fmt.Sprintf("generation %d: all %d ranks ready", v.State.Generation, len(v.State.Assignment))
-	case v.State.Phase == group.Failed:
+	case v.State.Phase == rendezvous.Failed:
 		msg = fmt.Sprintf("group failed in generation %d after %d restarts, not restarting: %s (member %s)", v.State.Generation, v.State.Restarts, v.State.FirstError, v.State.FailedMember)
 	}
 	hook(h.key, v.State.Generation, v.State.Phase, ready, members, msg)
@@ -296,14 +297,14 @@ func (h *Hub) tellReady(v *group.View, ready bool) {
 
 type hookKey struct {
 	gen   int64
-	phase group.Phase
+	phase rendezvous.Phase
 	ready bool
 }
 
 // missing names what the barrier waits for: members of earlier generations
 // that have not rejoined, or, on a first start where every member gave an
 // ordinal, the ordinals not yet seen. At most ten names.
-func missing(v *group.View) []string {
+func missing(v *rendezvous.View) []string {
 	out := v.Missing()
 	if len(out) == 0 && len(v.State.Ranks) == 0 {
 		seen := map[int64]bool{}
@@ -330,9 +331,9 @@ func missing(v *group.View) []string {
 // goroutine calls it, so reading h.view without the lock is safe here.
 func (h *Hub) reconcile() {
 	now := time.Now()
-	d, ok := group.Decide(h.view, now)
+	d, ok := rendezvous.Decide(h.view, now)
 	if !ok {
-		if at := group.ReleaseAt(h.view, now); !at.IsZero() {
+		if at := rendezvous.ReleaseAt(h.view, now); !at.IsZero() {
 			h.wakeAt(at)
 		}
 		return
@@ -365,7 +366,7 @@ func (h *Hub) wakeAt(t time.Time) {
 
 // Read runs fn with the current view under the hub's lock. fn must not
 // block or keep v.
-func (h *Hub) Read(fn func(v *group.View)) {
+func (h *Hub) Read(fn func(v *rendezvous.View)) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	fn(h.view)
@@ -413,14 +414,14 @@ func (h *Hub) CreateOnce(ctx context.Context, create func() (int64, error)) erro
 
 // Observation is what one member's stream needs to know, read in O(1).
 type Observation struct {
-	State      *group.State // nil before the group exists; do not modify
-	Member     group.Member
+	State      *rendezvous.State // nil before the group exists; do not modify
+	Member     rendezvous.Member
 	IsMember   bool
 	Rank       int // -1 when not in the current assignment
 	Joined     int
 	Missing    []string
 	Ready      bool
-	Leader     group.Member
+	Leader     rendezvous.Member
 	Changed    <-chan struct{}
 	Generation int64
 }

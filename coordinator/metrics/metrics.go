@@ -10,15 +10,15 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/muster-dev/muster/coordinator/group"
+	"github.com/muster-dev/muster/coordinator/rendezvous"
 )
 
 // Loader reads every group; *store.Store is one.
 type Loader interface {
-	LoadAll(ctx context.Context) ([]*group.View, error)
+	LoadAll(ctx context.Context) ([]*rendezvous.View, error)
 }
 
-var phases = []group.Phase{group.Waiting, group.Running, group.Completed, group.Failed}
+var phases = []rendezvous.Phase{rendezvous.Waiting, rendezvous.Running, rendezvous.Completed, rendezvous.Failed}
 
 var (
 	groupsDesc = prometheus.NewDesc("muster_groups",
@@ -64,7 +64,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.NewInvalidMetric(groupsDesc, err)
 		return
 	}
-	byPhase := map[group.Phase]int{}
+	byPhase := map[rendezvous.Phase]int{}
 	for _, v := range views {
 		if v.State == nil {
 			continue // members of a group whose state is not written yet
@@ -75,7 +75,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		joined := v.Joined(st.Generation)
 		ready := 0
 		for _, m := range joined {
-			if m.State == group.StateReady {
+			if m.State == rendezvous.StateReady {
 				ready++
 			}
 		}

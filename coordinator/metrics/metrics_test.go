@@ -10,18 +10,19 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/muster-dev/muster/coordinator/group"
+	"github.com/muster-dev/muster/coordinator/rendezvous"
+	"github.com/muster-dev/muster/podapi"
 )
 
 type loader struct {
-	views []*group.View
+	views []*rendezvous.View
 	err   error
 }
 
-func (l loader) LoadAll(context.Context) ([]*group.View, error) { return l.views, l.err }
+func (l loader) LoadAll(context.Context) ([]*rendezvous.View, error) { return l.views, l.err }
 
-func view(ns, name string, st *group.State, members ...group.Member) *group.View {
-	v := &group.View{Key: group.Key{Namespace: ns, Name: name}, State: st, Members: map[string]group.Member{}}
+func view(ns, name string, st *rendezvous.State, members ...rendezvous.Member) *rendezvous.View {
+	v := &rendezvous.View{Key: podapi.Key{Namespace: ns, Name: name}, State: st, Members: map[string]rendezvous.Member{}}
 	for _, m := range members {
 		v.Members[m.ID] = m
 	}
@@ -29,16 +30,16 @@ func view(ns, name string, st *group.State, members ...group.Member) *group.View
 }
 
 func TestCollector(t *testing.T) {
-	l := loader{views: []*group.View{
+	l := loader{views: []*rendezvous.View{
 		// Restarted once; generation 1 has both members, one ready; a
 		// member left over from generation 0 does not count.
-		view("ns", "a", &group.State{Size: 2, Generation: 1, Phase: group.Running, Restarts: 1},
-			group.Member{ID: "a-0", Generation: 1, State: group.StateReady},
-			group.Member{ID: "a-1", Generation: 1, State: group.StateLaunching},
-			group.Member{ID: "a-2", Generation: 0}),
-		view("ns", "b", &group.State{Size: 4, Phase: group.Waiting}, group.Member{ID: "b-0"}),
+		view("ns", "a", &rendezvous.State{Size: 2, Generation: 1, Phase: rendezvous.Running, Restarts: 1},
+			rendezvous.Member{ID: "a-0", Generation: 1, State: rendezvous.StateReady},
+			rendezvous.Member{ID: "a-1", Generation: 1, State: rendezvous.StateLaunching},
+			rendezvous.Member{ID: "a-2", Generation: 0}),
+		view("ns", "b", &rendezvous.State{Size: 4, Phase: rendezvous.Waiting}, rendezvous.Member{ID: "b-0"}),
 		// Members whose group state is not written yet: no group.
-		view("ns", "c", nil, group.Member{ID: "c-0"}),
+		view("ns", "c", nil, rendezvous.Member{ID: "c-0"}),
 	}}
 	want := `
 # HELP muster_group_members_joined Members that joined the group's current generation.

@@ -18,10 +18,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-)
 
-// ConditionType is the pod condition (and readiness gate) muster owns.
-const ConditionType v1.PodConditionType = "muster.dev/group-ready"
+	"github.com/muster-dev/muster/podapi"
+)
 
 // Syncer patches the condition on pods. It is safe for concurrent use;
 // updates for one group are applied in order, the latest winning.
@@ -75,7 +74,7 @@ func (s *Syncer) drain(key string) {
 		s.mu.Unlock()
 		for _, pod := range u.pods {
 			if err := s.patch(u, pod); err != nil {
-				s.log.Warn("set pod condition", "pod", u.namespace+"/"+pod, "condition", string(ConditionType), "err", err)
+				s.log.Warn("set pod condition", "pod", u.namespace+"/"+pod, "condition", string(podapi.ConditionGroupReady), "err", err)
 			}
 		}
 	}
@@ -113,7 +112,7 @@ func (s *Syncer) patch(u update, pod string) error {
 		status, reason = v1.ConditionTrue, "GroupReady"
 	}
 	body, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []v1.PodCondition{{
-		Type: ConditionType, Status: status, Reason: reason, Message: u.message,
+		Type: podapi.ConditionGroupReady, Status: status, Reason: reason, Message: u.message,
 		LastTransitionTime: metav1.NewTime(time.Now()),
 	}}}})
 	if err != nil {

@@ -11,6 +11,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/muster-dev/muster/podapi"
 )
 
 func TestSetPatchesOnlyMustersConditionAndSkipsMissingPods(t *testing.T) {
@@ -30,7 +32,7 @@ func TestSetPatchesOnlyMustersConditionAndSkipsMissingPods(t *testing.T) {
 			var mine, scheduled *v1.PodCondition
 			for i, c := range got.Status.Conditions {
 				switch c.Type {
-				case ConditionType:
+				case podapi.ConditionGroupReady:
 					mine = &got.Status.Conditions[i]
 				case v1.PodScheduled:
 					scheduled = &got.Status.Conditions[i]
@@ -39,7 +41,7 @@ func TestSetPatchesOnlyMustersConditionAndSkipsMissingPods(t *testing.T) {
 			return mine != nil && mine.Status == want && scheduled != nil, nil
 		})
 		if err != nil {
-			t.Fatalf("condition %s never became %s with PodScheduled kept: %v", ConditionType, want, err)
+			t.Fatalf("condition %s never became %s with PodScheduled kept: %v", podapi.ConditionGroupReady, want, err)
 		}
 	}
 	s.Set("ns", "g", []string{"g-0", "gone"}, true, "4/4 ranks ready")

@@ -8,8 +8,9 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/muster-dev/muster/coordinator/group"
+	"github.com/muster-dev/muster/coordinator/rendezvous"
 	"github.com/muster-dev/muster/coordinator/store"
+	"github.com/muster-dev/muster/podapi"
 )
 
 // Config says when a finished group is deleted.
@@ -57,7 +58,7 @@ func Run(ctx context.Context, s *store.Store, cfg Config, log *slog.Logger) {
 	if log == nil {
 		log = slog.Default()
 	}
-	r := &reaper{store: s, ttl: cfg.TTL, log: log, seen: map[group.Key]seen{}}
+	r := &reaper{store: s, ttl: cfg.TTL, log: log, seen: map[podapi.Key]seen{}}
 	t := time.NewTicker(cfg.Interval)
 	defer t.Stop()
 	for {
@@ -79,7 +80,7 @@ func Run(ctx context.Context, s *store.Store, cfg Config, log *slog.Logger) {
 // one state revision.
 type seen struct {
 	rev   int64
-	phase group.Phase
+	phase rendezvous.Phase
 	since time.Time // first seen at rev without members
 }
 
@@ -89,7 +90,7 @@ type reaper struct {
 	log   *slog.Logger
 	// seen holds the groups without member records at the last sweep, so
 	// that a state is read once per revision, not once per sweep.
-	seen map[group.Key]seen
+	seen map[podapi.Key]seen
 }
 
 // sweep looks at every group once, at time now, and deletes those that
@@ -105,7 +106,7 @@ func (r *reaper) sweep(ctx context.Context, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	next := make(map[group.Key]seen, len(empty))
+	next := make(map[podapi.Key]seen, len(empty))
 	// Groups no longer without members, or gone, are forgotten: if they
 	// come back, their TTL starts again.
 	defer func() { r.seen = next }()

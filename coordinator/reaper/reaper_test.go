@@ -13,8 +13,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/muster-dev/muster/coordinator/embedetcd"
-	"github.com/muster-dev/muster/coordinator/group"
+	"github.com/muster-dev/muster/coordinator/rendezvous"
 	"github.com/muster-dev/muster/coordinator/store"
+	"github.com/muster-dev/muster/podapi"
 )
 
 // newStore starts an embedded etcd and returns a store on it and a context
@@ -45,9 +46,9 @@ func testLog() *slog.Logger {
 
 // create creates group k in phase with members ids and returns the state
 // revision.
-func create(t *testing.T, ctx context.Context, s *store.Store, k group.Key, phase group.Phase, ids ...string) int64 {
+func create(t *testing.T, ctx context.Context, s *store.Store, k podapi.Key, phase rendezvous.Phase, ids ...string) int64 {
 	t.Helper()
-	st := group.NewState(2, "env", 3)
+	st := rendezvous.NewState(2, "env", 3)
 	st.Phase = phase
 	_, rev, err := s.CreateState(ctx, k, st)
 	if err != nil {
@@ -58,14 +59,14 @@ func create(t *testing.T, ctx context.Context, s *store.Store, k group.Key, phas
 		if err != nil {
 			t.Fatal(err)
 		}
-		if ok, _, err := s.PutMember(ctx, k, group.Member{ID: id, Address: "10.0.0.1"}, lease, -1); err != nil || !ok {
+		if ok, _, err := s.PutMember(ctx, k, rendezvous.Member{ID: id, Address: "10.0.0.1"}, lease, -1); err != nil || !ok {
 			t.Fatalf("put member %s of %s: ok=%v err=%v", id, k, ok, err)
 		}
 	}
 	return rev
 }
 
-func exists(t *testing.T, ctx context.Context, s *store.Store, k group.Key) bool {
+func exists(t *testing.T, ctx context.Context, s *store.Store, k podapi.Key) bool {
 	t.Helper()
 	v, err := s.Load(ctx, k)
 	if err != nil {
@@ -77,24 +78,24 @@ func exists(t *testing.T, ctx context.Context, s *store.Store, k group.Key) bool
 func TestSweepDeletesFinishedGroupsAfterTTL(t *testing.T) {
 	s, ctx := newStore(t)
 	const ttl = time.Hour
-	r := &reaper{store: s, ttl: ttl, log: testLog(), seen: map[group.Key]seen{}}
-	completed := group.Key{Namespace: "ns", Name: "completed"}
-	failed := group.Key{Namespace: "ns", Name: "failed"}
-	withMember := group.Key{Namespace: "ns", Name: "with-member"}
-	running := group.Key{Namespace: "ns", Name: "running"}
-	waiting := group.Key{Namespace: "ns", Name: "waiting"}
-	create(t, ctx, s, completed, group.Completed)
-	create(t, ctx, s, failed, group.Failed)
-	create(t, ctx, s, withMember, group.Completed, "m0")
-	create(t, ctx, s, running, group.Running, "m0", "m1")
-	create(t, ctx, s, waiting, group.Waiting)
+	r := &reaper{store: s, ttl: ttl, log: testLog(), seen: map[podapi.Key]seen{}}
+	completed := podapi.Key{Namespace: "ns", Name: "completed"}
+	failed := podapi.Key{Namespace: "ns", Name: "failed"}
+	withMember := podapi.Key{Namespace: "ns", Name: "with-member"}
+	running := podapi.Key{Namespace: "ns", Name: "running"}
+	waiting := podapi.Key{Namespace: "ns", Name: "waiting"}
+	create(t, ctx, s, completed, rendezvous.Completed)
+	create(t, ctx, s, failed, rendezvous.Failed)
+	create(t, ctx, s, withMember, rendezvous.Completed, "m0")
+	create(t, ctx, s, running, rendezvous.Running, "m0", "m1")
+	create(t, ctx, s, waiting, rendezvous.Waiting)
 
 	t0 := time.Now()
 	for _, now := range []time.Time{t0, t0.Add(ttl - time.Second)} {
 		if err := r.sweep(ctx, now); err != nil {
 			t.Fatal(err)
 		}
-		for _, k := range []group.Key{completed, failed, withMember, running, waiting} {
+		for _, k := range []podapi.Key{completed, failed, withMember, running, waiting} {
 			if !exists(t, ctx, s, k) {
 				t.Fatalf("%s deleted %s after it was first seen; TTL is %s", k, now.Sub(t0), ttl)
 			}
@@ -103,7 +104,7 @@ func TestSweepDeletesFinishedGroupsAfterTTL(t *testing.T) {
 	if err := r.sweep(ctx, t0.Add(ttl)); err != nil {
 		t.Fatal(err)
 	}
-	for k, want := range map[group.Key]bool{completed: false, failed: false, withMember: true, running: true, waiting: true} {
+	for k, want := range map[podapi.Key]bool{completed: false, failed: false, withMember: true, running: true, waiting: true} {
 		if got := exists(t, ctx, s, k); got != want {
 			t.Errorf("after the TTL, %s exists: %v; want %v", k, got, want)
 		}
@@ -112,7 +113,7 @@ func TestSweepDeletesFinishedGroupsAfterTTL(t *testing.T) {
 	if err := r.sweep(ctx, t0.Add(10*ttl)); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []group.Key{withMember, running, waiting} {
+	for _, k := range []podapi.Key{withMember, running, waiting} {
 		if !exists(t, ctx, s, k) {
 			t.Errorf("%s deleted; it is not finished, or has a member", k)
 		}
@@ -124,15 +125,15 @@ func TestSweepDeletesFinishedGroupsAfterTTL(t *testing.T) {
 func TestSweepRestartsTTLOnRejoin(t *testing.T) {
 	s, ctx := newStore(t)
 	const ttl = time.Hour
-	r := &reaper{store: s, ttl: ttl, log: testLog(), seen: map[group.Key]seen{}}
-	k := group.Key{Namespace: "ns", Name: "g"}
-	rev := create(t, ctx, s, k, group.Completed)
+	r := &reaper{store: s, ttl: ttl, log: testLog(), seen: map[podapi.Key]seen{}}
+	k := podapi.Key{Namespace: "ns", Name: "g"}
+	rev := create(t, ctx, s, k, rendezvous.Completed)
 	t0 := time.Now()
 	if err := r.sweep(ctx, t0); err != nil {
 		t.Fatal(err)
 	}
 	// Re-joined, and finished again, within the TTL.
-	if ok, err := s.ResetState(ctx, k, rev, group.NewState(2, "env", 3), false); err != nil || !ok {
+	if ok, err := s.ResetState(ctx, k, rev, rendezvous.NewState(2, "env", 3), false); err != nil || !ok {
 		t.Fatalf("reset: ok=%v err=%v", ok, err)
 	}
 	v, err := s.Load(ctx, k)
@@ -140,7 +141,7 @@ func TestSweepRestartsTTLOnRejoin(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := *v.State
-	done.Phase = group.Completed
+	done.Phase = rendezvous.Completed
 	if ok, err := s.SwapState(ctx, k, v.StateRev, done); err != nil || !ok {
 		t.Fatalf("finish again: ok=%v err=%v", ok, err)
 	}
@@ -168,16 +169,16 @@ func TestSweepRestartsTTLOnRejoin(t *testing.T) {
 func TestSweepKeepsGroupChangedAfterRead(t *testing.T) {
 	s, ctx := newStore(t)
 	const ttl = time.Hour
-	r := &reaper{store: s, ttl: ttl, log: testLog(), seen: map[group.Key]seen{}}
-	k := group.Key{Namespace: "ns", Name: "g"}
-	rev := create(t, ctx, s, k, group.Failed)
+	r := &reaper{store: s, ttl: ttl, log: testLog(), seen: map[podapi.Key]seen{}}
+	k := podapi.Key{Namespace: "ns", Name: "g"}
+	rev := create(t, ctx, s, k, rendezvous.Failed)
 	t0 := time.Now()
 	if err := r.sweep(ctx, t0); err != nil {
 		t.Fatal(err)
 	}
 	// Another reaper's view: the group as it was read at t0 is due, but a
 	// member joins again (the state resets) just before the deletion.
-	if ok, err := s.ResetState(ctx, k, rev, group.NewState(2, "env", 3), false); err != nil || !ok {
+	if ok, err := s.ResetState(ctx, k, rev, rendezvous.NewState(2, "env", 3), false); err != nil || !ok {
 		t.Fatalf("reset: ok=%v err=%v", ok, err)
 	}
 	if ok, err := s.DeleteGroup(ctx, k, r.seen[k].rev); err != nil || ok {
@@ -195,14 +196,14 @@ func TestSweepKeepsGroupChangedAfterRead(t *testing.T) {
 // and waits until they have deleted every finished group.
 func TestRunWithReplicas(t *testing.T) {
 	s, ctx := newStore(t)
-	var finished []group.Key
+	var finished []podapi.Key
 	for _, name := range []string{"a", "b", "c"} {
-		k := group.Key{Namespace: "ns", Name: name}
-		create(t, ctx, s, k, group.Completed)
+		k := podapi.Key{Namespace: "ns", Name: name}
+		create(t, ctx, s, k, rendezvous.Completed)
 		finished = append(finished, k)
 	}
-	live := group.Key{Namespace: "ns", Name: "live"}
-	create(t, ctx, s, live, group.Running, "m0")
+	live := podapi.Key{Namespace: "ns", Name: "live"}
+	create(t, ctx, s, live, rendezvous.Running, "m0")
 
 	rctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup

@@ -26,9 +26,10 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/muster-dev/muster/coordinator/auth"
-	"github.com/muster-dev/muster/coordinator/group"
 	"github.com/muster-dev/muster/coordinator/hub"
+	"github.com/muster-dev/muster/coordinator/rendezvous"
 	"github.com/muster-dev/muster/coordinator/store"
+	"github.com/muster-dev/muster/podapi"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
 )
 
@@ -42,7 +43,7 @@ type Options struct {
 	ProgressInterval time.Duration
 	// Runtimes are the runtime presets a group may name; empty takes any.
 	Runtimes []string
-	// MaxGroupSize caps the members of one group; 0 is group.MaxSize.
+	// MaxGroupSize caps the members of one group; 0 is podapi.MaxSize.
 	MaxGroupSize int
 	// MaxGroupsPerNamespace caps the groups one namespace may hold
 	// (terminal ones included, until they are reaped); 0 is no cap.
@@ -114,18 +115,18 @@ func New(s *store.Store, hubs *hub.Registry, opts Options, log *slog.Logger) *Se
 
 var _ musterv1.RendezvousServer = (*Server)(nil)
 
-func groupKey(ref *musterv1.GroupRef) (group.Key, error) {
+func groupKey(ref *musterv1.GroupRef) (podapi.Key, error) {
 	if ref == nil {
-		return group.Key{}, errors.New("group is missing: give the group's name")
+		return podapi.Key{}, errors.New("group is missing: give the group's name")
 	}
-	k := group.Key{Namespace: ref.GetNamespace(), Name: ref.GetName()}
+	k := podapi.Key{Namespace: ref.GetNamespace(), Name: ref.GetName()}
 	if k.Namespace == "" {
 		k.Namespace = "default"
 	}
-	if err := group.ValidateName("group.namespace", k.Namespace, group.MaxGroupNameLen); err != nil {
+	if err := podapi.ValidateName("group.namespace", k.Namespace, podapi.MaxGroupNameLen); err != nil {
 		return k, err
 	}
-	if err := group.ValidateName("group.name", k.Name, group.MaxGroupNameLen); err != nil {
+	if err := podapi.ValidateName("group.name", k.Name, podapi.MaxGroupNameLen); err != nil {
 		return k, err
 	}
 	return k, nil
@@ -179,26 +180,26 @@ func (s *Server) GossipKey(ref *musterv1.GroupRef, gen int64) []byte {
 // checkJoin validates a join request and the caller's right to make it,
 // before anything is read or written; it returns the group and the
 // runtime the request names (the default filled in).
-func (s *Server) checkJoin(caller *auth.Identity, req *musterv1.JoinRequest) (group.Key, string, error) {
+func (s *Server) checkJoin(caller *auth.Identity, req *musterv1.JoinRequest) (podapi.Key, string, error) {
 	k, err := groupKey(req.GetGroup())
 	if err != nil {
 		return k, "", invalid("join: %v", err)
 	}
 	id := req.GetMemberId()
 	what := fmt.Sprintf("join group %q as %q", k.String(), id)
-	if err := group.ValidateName("member_id", id, group.MaxMemberIDLen); err != nil {
+	if err := podapi.ValidateName("member_id", id, podapi.MaxMemberIDLen); err != nil {
 		return k, "", invalid("join group %q: %v", k.String(), err)
 	}
 	if err := caller.ActAs(k.Namespace, k.Name, id); err != nil {
 		return k, "", err
 	}
-	if err := group.ValidateSize(int(req.GetSize())); err != nil {
+	if err := podapi.ValidateSize(int(req.GetSize())); err != nil {
 		return k, "", invalid("%s: %v", what, err)
 	}
 	if m := s.opts.MaxGroupSize; m > 0 && int(req.GetSize()) > m {
 		return k, "", status.Errorf(codes.ResourceExhausted, "%s: size %d is over this coordinator's limit of %d members per group (--max-group-size)", what, req.GetSize(), m)
 	}
-	if err := group.ValidateAddress(req.GetAddress()); err != nil {
+	if err := podapi.ValidateAddress(req.GetAddress()); err != nil {
 		return k, "", invalid("%s: %v", what, err)
 	}
 	if err := caller.MayAnnounce(req.GetAddress()); err != nil {
@@ -214,9 +215,9 @@ func (s *Server) checkJoin(caller *auth.Identity, req *musterv1.JoinRequest) (gr
 		return k, "", invalid("%s: gossip_port %d is not a port (0-65535)", what, p)
 	}
 	switch req.GetRankOrder() {
-	case "", group.RankOrderOrdinal, group.RankOrderTopology:
+	case "", rendezvous.RankOrderOrdinal, rendezvous.RankOrderTopology:
 	default:
-		return k, "", invalid("%s: rank_order %q is not %q or %q", what, truncateName(req.GetRankOrder()), group.RankOrderOrdinal, group.RankOrderTopology)
+		return k, "", invalid("%s: rank_order %q is not %q or %q", what, truncateName(req.GetRankOrder()), rendezvous.RankOrderOrdinal, rendezvous.RankOrderTopology)
 	}
 	if len(req.GetTopologyDomain()) > 253 {
 		return k, "", invalid("%s: topology_domain is %d bytes; at most 253", what, len(req.GetTopologyDomain()))
@@ -329,7 +330,7 @@ func (s *Server) join(ctx context.Context, req *musterv1.JoinRequest) (*musterv1
 // checkGroupCap refuses a new group in a namespace that holds
 // MaxGroupsPerNamespace already: one namespace's workloads (or one
 // compromised pod) cannot fill etcd for everyone.
-func (s *Server) checkGroupCap(ctx context.Context, k group.Key) error {
+func (s *Server) checkGroupCap(ctx context.Context, k podapi.Key) error {
 	if s.opts.MaxGroupsPerNamespace <= 0 {
 		return nil
 	}
@@ -354,12 +355,12 @@ func truncateName(v string) string {
 type joinPlan struct {
 	err    error
 	resp   *musterv1.JoinResponse
-	create *group.State
-	reset  *group.State
+	create *rendezvous.State
+	reset  *rendezvous.State
 	// resetEmpty: reset only while the group has no member records.
 	resetEmpty bool
-	restart    *group.Decision
-	put        *group.Member
+	restart    *rendezvous.Decision
+	put        *rendezvous.Member
 	memberRev  int64 // for put: -1 = must not exist, else its mod revision
 	stateRev   int64
 	viewRev    int64
@@ -367,14 +368,14 @@ type joinPlan struct {
 	size       int
 }
 
-func (s *Server) planJoin(h *hub.Hub, k group.Key, id string, req *musterv1.JoinRequest, runtime string) joinPlan {
+func (s *Server) planJoin(h *hub.Hub, k podapi.Key, id string, req *musterv1.JoinRequest, runtime string) joinPlan {
 	var p joinPlan
 	what := fmt.Sprintf("join group %q as %q", k.String(), id)
-	h.Read(func(v *group.View) {
+	h.Read(func(v *rendezvous.View) {
 		p.viewRev, p.stateRev = v.Rev, v.StateRev
 		st := v.State
 		if st == nil {
-			ns := group.NewState(int(req.GetSize()), runtime, s.opts.MaxRestarts)
+			ns := rendezvous.NewState(int(req.GetSize()), runtime, s.opts.MaxRestarts)
 			ns.RankOrder = rankOrder(req)
 			p.create = &ns
 			return
@@ -386,7 +387,7 @@ func (s *Server) planJoin(h *hub.Hub, k group.Key, id string, req *musterv1.Join
 			// starts a new group, at generation 0 with its own size and
 			// runtime, not the old one's generation and restart count
 			// (unless the group is that fresh already: just made).
-			fresh := group.NewState(int(req.GetSize()), runtime, s.opts.MaxRestarts)
+			fresh := rendezvous.NewState(int(req.GetSize()), runtime, s.opts.MaxRestarts)
 			fresh.RankOrder = rankOrder(req)
 			if !reflect.DeepEqual(*st, fresh) {
 				p.reset, p.resetEmpty = &fresh, true
@@ -423,13 +424,13 @@ func (s *Server) planJoin(h *hub.Hub, k group.Key, id string, req *musterv1.Join
 				p.err = status.Errorf(codes.FailedPrecondition, "%s: group is %s and %d members (%s) are still attached; wait for them to exit or use another group name", what, strings.ToLower(string(st.Phase)), len(others), strings.Join(limit(others, 5), ", "))
 				return
 			}
-			ns := group.NewState(st.Size, runtime, s.opts.MaxRestarts)
+			ns := rendezvous.NewState(st.Size, runtime, s.opts.MaxRestarts)
 			ns.RankOrder = rankOrder(req)
 			p.reset = &ns
 			return
 		}
-		if gen < 0 && st.Phase == group.Running && st.RankOf(id) >= 0 {
-			d := group.Restart(st, time.Now(), id, fmt.Sprintf("member %s restarted (its agent joined afresh)", id))
+		if gen < 0 && st.Phase == rendezvous.Running && st.RankOf(id) >= 0 {
+			d := rendezvous.Restart(st, time.Now(), id, fmt.Sprintf("member %s restarted (its agent joined afresh)", id))
 			p.restart = &d
 			return
 		}
@@ -454,7 +455,7 @@ func (s *Server) planJoin(h *hub.Hub, k group.Key, id string, req *musterv1.Join
 			// of the new barrier; its stream tells it to restart.
 			target = gen
 		}
-		m := group.Member{
+		m := rendezvous.Member{
 			ID: id, Address: req.GetAddress(), Ordinal: req.Ordinal,
 			MasterPort: int(req.GetMasterPort()), GossipPort: int(req.GetGossipPort()), Generation: target,
 			Domain: req.GetTopologyDomain(),
@@ -495,21 +496,21 @@ func (s *Server) ReportStatus(ctx context.Context, req *musterv1.ReportStatusReq
 		return nil, invalid("report status: %v", err)
 	}
 	id := req.GetMemberId()
-	if err := group.ValidateName("member_id", id, group.MaxMemberIDLen); err != nil {
+	if err := podapi.ValidateName("member_id", id, podapi.MaxMemberIDLen); err != nil {
 		return nil, invalid("report status to group %q: %v", k.String(), err)
 	}
 	what := fmt.Sprintf("report status of %q in group %q", id, k.String())
 	if err := auth.FromContext(ctx).ActAs(k.Namespace, k.Name, id); err != nil {
 		return nil, err
 	}
-	var state group.RuntimeState
+	var state rendezvous.RuntimeState
 	switch req.GetState() {
 	case musterv1.RuntimeState_RUNTIME_STATE_LAUNCHING:
-		state = group.StateLaunching
+		state = rendezvous.StateLaunching
 	case musterv1.RuntimeState_RUNTIME_STATE_READY:
-		state = group.StateReady
+		state = rendezvous.StateReady
 	case musterv1.RuntimeState_RUNTIME_STATE_EXITED:
-		state = group.StateExited
+		state = rendezvous.StateExited
 	default:
 		return nil, invalid("%s: state %v is not one of launching, ready, exited", what, req.GetState())
 	}
@@ -520,13 +521,13 @@ func (s *Server) ReportStatus(ctx context.Context, req *musterv1.ReportStatusReq
 	defer h.Release()
 	for attempt := 0; attempt < 20; attempt++ {
 		var (
-			rec     group.Member
+			rec     rendezvous.Member
 			known   bool
 			cur     int64
 			hasSt   bool
 			viewRev int64
 		)
-		h.Read(func(v *group.View) {
+		h.Read(func(v *rendezvous.View) {
 			viewRev = v.Rev
 			if v.State != nil {
 				hasSt, cur = true, v.State.Generation
@@ -542,7 +543,7 @@ func (s *Server) ReportStatus(ctx context.Context, req *musterv1.ReportStatusReq
 		if !known {
 			return nil, status.Errorf(codes.NotFound, "%s: not a member (its lease expired or it left); join again", what)
 		}
-		if rec.State == group.StateExited && state != group.StateExited {
+		if rec.State == rendezvous.StateExited && state != rendezvous.StateExited {
 			// A runtime that exited does not become ready again within its
 			// generation: a late report lost a race with the exit report.
 			return &musterv1.ReportStatusResponse{Stale: true, CurrentGeneration: cur}, nil
@@ -580,7 +581,7 @@ func (s *Server) Leave(ctx context.Context, req *musterv1.LeaveRequest) (*muster
 		return nil, invalid("leave: %v", err)
 	}
 	id := req.GetMemberId()
-	if err := group.ValidateName("member_id", id, group.MaxMemberIDLen); err != nil {
+	if err := podapi.ValidateName("member_id", id, podapi.MaxMemberIDLen); err != nil {
 		return nil, invalid("leave group %q: %v", k.String(), err)
 	}
 	if err := auth.FromContext(ctx).ActAs(k.Namespace, k.Name, id); err != nil {
@@ -685,7 +686,7 @@ func (s *Server) ReportPeerLost(ctx context.Context, req *musterv1.ReportPeerLos
 		return nil, invalid("report lost peer: %v", err)
 	}
 	for _, f := range []struct{ name, v string }{{"member_id", req.GetMemberId()}, {"lost_member_id", req.GetLostMemberId()}} {
-		if err := group.ValidateName(f.name, f.v, group.MaxMemberIDLen); err != nil {
+		if err := podapi.ValidateName(f.name, f.v, podapi.MaxMemberIDLen); err != nil {
 			return nil, invalid("report lost peer in group %q: %v", k.String(), err)
 		}
 	}
@@ -713,7 +714,7 @@ func (s *Server) ReportPeerLost(ctx context.Context, req *musterv1.ReportPeerLos
 // every concurrent report of it, and not again for a moment when its
 // agent just answered. fresh evidence (its stream just closed) is checked
 // on its own: an answer from before it is no answer now.
-func (s *Server) confirmLost(ctx context.Context, k group.Key, lost, reporter string, gen int64, fresh bool) (*musterv1.ReportPeerLostResponse, error) {
+func (s *Server) confirmLost(ctx context.Context, k podapi.Key, lost, reporter string, gen int64, fresh bool) (*musterv1.ReportPeerLostResponse, error) {
 	id := k.String() + "/" + lost
 	s.aliveMu.Lock()
 	at, recent := s.aliveAt[id]
@@ -739,7 +740,7 @@ func (s *Server) confirmLost(ctx context.Context, k group.Key, lost, reporter st
 // still names a gossip port and nothing answers there. Confirmed, its
 // record is removed (the group restarts); otherwise it is left to its
 // lease.
-func (s *Server) checkLost(ctx context.Context, k group.Key, lost, reporter string, gen int64, corroborated func() bool, hold time.Duration) (*musterv1.ReportPeerLostResponse, error) {
+func (s *Server) checkLost(ctx context.Context, k podapi.Key, lost, reporter string, gen int64, corroborated func() bool, hold time.Duration) (*musterv1.ReportPeerLostResponse, error) {
 	m, ok, err := s.store.GetMember(ctx, k, lost)
 	if err != nil {
 		return nil, internal(err)
@@ -808,7 +809,7 @@ const (
 func (s *Server) ListGroups(ctx context.Context, req *musterv1.ListGroupsRequest) (*musterv1.ListGroupsResponse, error) {
 	ns := req.GetNamespace()
 	if ns != "" {
-		if err := group.ValidateName("namespace", ns, group.MaxGroupNameLen); err != nil {
+		if err := podapi.ValidateName("namespace", ns, podapi.MaxGroupNameLen); err != nil {
 			return nil, invalid("list groups: %v", err)
 		}
 	}
@@ -824,7 +825,7 @@ func (s *Server) ListGroups(ctx context.Context, req *musterv1.ListGroupsRequest
 	after := req.GetPageToken()
 	if after != "" {
 		ans, aname, ok := strings.Cut(after, "/")
-		if !ok || group.ValidateName("page_token", ans, group.MaxGroupNameLen) != nil || group.ValidateName("page_token", aname, group.MaxGroupNameLen) != nil || (ns != "" && ans != ns) {
+		if !ok || podapi.ValidateName("page_token", ans, podapi.MaxGroupNameLen) != nil || podapi.ValidateName("page_token", aname, podapi.MaxGroupNameLen) != nil || (ns != "" && ans != ns) {
 			return nil, invalid("list groups: page_token %q is not one this coordinator gave out; pass the previous response's next_page_token", truncateName(after))
 		}
 	}
@@ -843,7 +844,7 @@ func (s *Server) ListGroups(ctx context.Context, req *musterv1.ListGroupsRequest
 		if id.Group == "" || after != "" {
 			return out, nil
 		}
-		v, err := s.store.Load(ctx, group.Key{Namespace: id.Namespace, Name: id.Group})
+		v, err := s.store.Load(ctx, podapi.Key{Namespace: id.Namespace, Name: id.Group})
 		if err != nil {
 			return nil, internal(err)
 		}
@@ -877,7 +878,7 @@ func (s *Server) ListGroups(ctx context.Context, req *musterv1.ListGroupsRequest
 
 // mayRead checks that the caller may read group k: its own group for a
 // member, what RBAC allows for a Kubernetes user.
-func (s *Server) mayRead(ctx context.Context, k group.Key) error {
+func (s *Server) mayRead(ctx context.Context, k podapi.Key) error {
 	id := auth.FromContext(ctx)
 	switch {
 	case id.Unrestricted():
@@ -893,7 +894,7 @@ func (s *Server) mayRead(ctx context.Context, k group.Key) error {
 	return status.Errorf(codes.PermissionDenied, "read group %q: %s may read no groups: %v", k.String(), id.Name, auth.ErrNotAllowed)
 }
 
-func toProto(v *group.View) *musterv1.Group {
+func toProto(v *rendezvous.View) *musterv1.Group {
 	st := v.State
 	g := &musterv1.Group{
 		Ref:  &musterv1.GroupRef{Namespace: v.Key.Namespace, Name: v.Key.Name},
@@ -903,11 +904,11 @@ func toProto(v *group.View) *musterv1.Group {
 		FirstError: st.FirstError, FailedMember: st.FailedMember,
 		RankOrder: rankOrderName(st.RankOrder),
 	}
-	if st.Phase != group.Failed {
+	if st.Phase != rendezvous.Failed {
 		g.FirstError, g.FailedMember = st.LastError, st.LastErrorMember
 	}
 	seen := map[string]bool{}
-	add := func(id string, m group.Member, live bool) {
+	add := func(id string, m rendezvous.Member, live bool) {
 		seen[id] = true
 		rank := int32(-1)
 		if r, ok := st.Ranks[id]; ok {
@@ -936,7 +937,7 @@ func toProto(v *group.View) *musterv1.Group {
 // rankOrder is the request's rank order as the group state keeps it:
 // "" for ordinal, the default.
 func rankOrder(req *musterv1.JoinRequest) string {
-	if ro := req.GetRankOrder(); ro == group.RankOrderTopology {
+	if ro := req.GetRankOrder(); ro == rendezvous.RankOrderTopology {
 		return ro
 	}
 	return ""
@@ -944,32 +945,32 @@ func rankOrder(req *musterv1.JoinRequest) string {
 
 func rankOrderName(ro string) string {
 	if ro == "" {
-		return group.RankOrderOrdinal
+		return rendezvous.RankOrderOrdinal
 	}
 	return ro
 }
 
-func phaseProto(p group.Phase) musterv1.Phase {
+func phaseProto(p rendezvous.Phase) musterv1.Phase {
 	switch p {
-	case group.Waiting:
+	case rendezvous.Waiting:
 		return musterv1.Phase_PHASE_WAITING
-	case group.Running:
+	case rendezvous.Running:
 		return musterv1.Phase_PHASE_RUNNING
-	case group.Completed:
+	case rendezvous.Completed:
 		return musterv1.Phase_PHASE_COMPLETED
-	case group.Failed:
+	case rendezvous.Failed:
 		return musterv1.Phase_PHASE_FAILED
 	}
 	return musterv1.Phase_PHASE_UNSPECIFIED
 }
 
-func stateProto(s group.RuntimeState) musterv1.RuntimeState {
+func stateProto(s rendezvous.RuntimeState) musterv1.RuntimeState {
 	switch s {
-	case group.StateLaunching:
+	case rendezvous.StateLaunching:
 		return musterv1.RuntimeState_RUNTIME_STATE_LAUNCHING
-	case group.StateReady:
+	case rendezvous.StateReady:
 		return musterv1.RuntimeState_RUNTIME_STATE_READY
-	case group.StateExited:
+	case rendezvous.StateExited:
 		return musterv1.RuntimeState_RUNTIME_STATE_EXITED
 	}
 	return musterv1.RuntimeState_RUNTIME_STATE_UNSPECIFIED

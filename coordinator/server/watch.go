@@ -10,8 +10,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/muster-dev/muster/coordinator/auth"
-	"github.com/muster-dev/muster/coordinator/group"
 	"github.com/muster-dev/muster/coordinator/hub"
+	"github.com/muster-dev/muster/coordinator/rendezvous"
+	"github.com/muster-dev/muster/podapi"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
 )
 
@@ -36,7 +37,7 @@ func (s *Server) Watch(req *musterv1.WatchRequest, stream musterv1.Rendezvous_Wa
 		return invalid("watch: %v", err)
 	}
 	id := req.GetMemberId()
-	if err := group.ValidateName("member_id", id, group.MaxMemberIDLen); err != nil {
+	if err := podapi.ValidateName("member_id", id, podapi.MaxMemberIDLen); err != nil {
 		return invalid("watch group %q: %v", k.String(), err)
 	}
 	if err := auth.FromContext(ctx).ActAs(k.Namespace, k.Name, id); err != nil {
@@ -93,7 +94,7 @@ func (s *Server) Watch(req *musterv1.WatchRequest, stream musterv1.Rendezvous_Wa
 // port refuses the coordinator's dial, and the group restarts now rather
 // than after gossip's suspicion period or the lease. An agent that is
 // only reconnecting answers, and nothing happens.
-func (s *Server) streamClosed(k group.Key, id string, h *hub.Hub) {
+func (s *Server) streamClosed(k podapi.Key, id string, h *hub.Hub) {
 	o := h.Observe(id)
 	if !o.IsMember || o.State == nil || o.State.Phase.Terminal() || o.Member.GossipPort == 0 {
 		return
@@ -111,7 +112,7 @@ func (s *Server) streamClosed(k group.Key, id string, h *hub.Hub) {
 type watcher struct {
 	srv         *Server
 	hub         *hub.Hub
-	k           group.Key
+	k           podapi.Key
 	id          string
 	stream      musterv1.Rendezvous_WatchServer
 	sentRestart int64
@@ -139,9 +140,9 @@ func (w *watcher) step(o hub.Observation) (done bool, err error) {
 		return w.stream.Send(ev)
 	}
 	switch st.Phase {
-	case group.Completed:
+	case rendezvous.Completed:
 		return true, send(&musterv1.GroupEvent{Event: &musterv1.GroupEvent_Completed{Completed: &musterv1.Completed{Generation: st.Generation}}})
-	case group.Failed:
+	case rendezvous.Failed:
 		return true, send(&musterv1.GroupEvent{Event: &musterv1.GroupEvent_Failed{Failed: &musterv1.Failed{Generation: st.Generation, Reason: st.FirstError, MemberId: st.FailedMember}}})
 	}
 	if !o.IsMember {
@@ -154,7 +155,7 @@ func (w *watcher) step(o hub.Observation) (done bool, err error) {
 			w.sentRestart = st.Generation
 			return false, send(&musterv1.GroupEvent{Event: &musterv1.GroupEvent_Restart{Restart: &musterv1.Restart{Generation: st.Generation, Reason: st.LastError}}})
 		}
-	case st.Phase == group.Waiting:
+	case st.Phase == rendezvous.Waiting:
 		// Progress goes out when the count changes, throttled by the
 		// caller's ticker, and at least every few seconds as a heartbeat.
 		if o.Joined != w.lastJoined || gen != w.lastGen || time.Since(w.lastSent) > 5*time.Second {
@@ -163,7 +164,7 @@ func (w *watcher) step(o hub.Observation) (done bool, err error) {
 				Generation: st.Generation, Joined: int32(o.Joined), Size: int32(st.Size), WaitingFor: o.Missing,
 			}}})
 		}
-	case st.Phase == group.Running:
+	case st.Phase == rendezvous.Running:
 		if o.Rank < 0 {
 			return true, status.Errorf(codes.ResourceExhausted, "group %q released generation %d with %d members and %q is not one of them; check --size and the member ids", w.k.String(), st.Generation, st.Size, w.id)
 		}

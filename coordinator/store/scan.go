@@ -8,7 +8,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/muster-dev/muster/coordinator/group"
+	"github.com/muster-dev/muster/podapi"
 )
 
 // scanBatch is the most keys one range read of a scan returns: names only,
@@ -21,7 +21,7 @@ var errStopScan = errors.New("stop scan")
 // Summary is what the names of a group's keys tell about it, without
 // reading any value.
 type Summary struct {
-	Key group.Key
+	Key podapi.Key
 	// StateRev is the mod revision of the group's state key, 0 when it has
 	// none.
 	StateRev int64
@@ -69,7 +69,7 @@ func (s *Store) scan(ctx context.Context, start, end string, batch int, fn func(
 			if len(parts) != 3 {
 				continue
 			}
-			k := group.Key{Namespace: parts[0], Name: parts[1]}
+			k := podapi.Key{Namespace: parts[0], Name: parts[1]}
 			if has && k != cur.Key {
 				if err := fn(cur); err != nil {
 					return stopped(err)
@@ -141,7 +141,7 @@ func (s *Store) CountGroups(ctx context.Context, ns string) (int, error) {
 // without a state key (member records written before it) are skipped.
 // The page is read from one consistent snapshot; pages are not one
 // snapshot together.
-func (s *Store) ListKeysPage(ctx context.Context, ns, after string, limit int) (keys []group.Key, next string, err error) {
+func (s *Store) ListKeysPage(ctx context.Context, ns, after string, limit int) (keys []podapi.Key, next string, err error) {
 	if limit <= 0 {
 		return nil, "", fmt.Errorf("list groups of namespace %q: page size %d: want at least 1", ns, limit)
 	}

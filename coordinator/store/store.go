@@ -13,7 +13,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/muster-dev/muster/coordinator/group"
+	"github.com/muster-dev/muster/coordinator/rendezvous"
+	"github.com/muster-dev/muster/podapi"
 )
 
 // DefaultPrefix is where muster keeps its keys in etcd.
@@ -40,19 +41,19 @@ func New(cli *clientv3.Client, prefix string) *Store {
 func (s *Store) Client() *clientv3.Client { return s.cli }
 
 // GroupPrefix is the prefix of every key of group k.
-func (s *Store) GroupPrefix(k group.Key) string {
+func (s *Store) GroupPrefix(k podapi.Key) string {
 	return s.prefix + k.Namespace + "/" + k.Name + "/"
 }
 
-func (s *Store) stateKey(k group.Key) string { return s.GroupPrefix(k) + "state" }
+func (s *Store) stateKey(k podapi.Key) string { return s.GroupPrefix(k) + "state" }
 
-func (s *Store) memberKey(k group.Key, id string) string {
+func (s *Store) memberKey(k podapi.Key, id string) string {
 	return s.GroupPrefix(k) + "members/" + id
 }
 
 // Apply folds one key-value (or its deletion, when deleted is true) into v.
 // It is used both for the initial read and for watch events.
-func (s *Store) Apply(v *group.View, key string, value []byte, createRev, modRev, lease int64, deleted bool) error {
+func (s *Store) Apply(v *rendezvous.View, key string, value []byte, createRev, modRev, lease int64, deleted bool) error {
 	rest := strings.TrimPrefix(key, s.GroupPrefix(v.Key))
 	switch {
 	case rest == "state":
@@ -60,7 +61,7 @@ func (s *Store) Apply(v *group.View, key string, value []byte, createRev, modRev
 			v.State, v.StateRev = nil, 0
 			return nil
 		}
-		var st group.State
+		var st rendezvous.State
 		if err := json.Unmarshal(value, &st); err != nil {
 			return fmt.Errorf("decode %s: %w", key, err)
 		}
@@ -71,7 +72,7 @@ func (s *Store) Apply(v *group.View, key string, value []byte, createRev, modRev
 			delete(v.Members, id)
 			return nil
 		}
-		var m group.Member
+		var m rendezvous.Member
 		if err := json.Unmarshal(value, &m); err != nil {
 			return fmt.Errorf("decode %s: %w", key, err)
 		}
@@ -82,12 +83,12 @@ func (s *Store) Apply(v *group.View, key string, value []byte, createRev, modRev
 }
 
 // Load reads group k as one consistent view (a single range read).
-func (s *Store) Load(ctx context.Context, k group.Key) (*group.View, error) {
+func (s *Store) Load(ctx context.Context, k podapi.Key) (*rendezvous.View, error) {
 	resp, err := s.cli.Get(ctx, s.GroupPrefix(k), clientv3.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("read group %s: %w", k, err)
 	}
-	v := &group.View{Key: k, Members: map[string]group.Member{}, Rev: resp.Header.Revision}
+	v := &rendezvous.View{Key: k, Members: map[string]rendezvous.Member{}, Rev: resp.Header.Revision}
 	for _, kv := range resp.Kvs {
 		if err := s.Apply(v, string(kv.Key), kv.Value, kv.CreateRevision, kv.ModRevision, kv.Lease, false); err != nil {
 			return nil, err
@@ -97,18 +98,18 @@ func (s *Store) Load(ctx context.Context, k group.Key) (*group.View, error) {
 }
 
 // GetMember reads one member's record; ok is false when it does not exist.
-func (s *Store) GetMember(ctx context.Context, k group.Key, id string) (group.Member, bool, error) {
+func (s *Store) GetMember(ctx context.Context, k podapi.Key, id string) (rendezvous.Member, bool, error) {
 	resp, err := s.cli.Get(ctx, s.memberKey(k, id))
 	if err != nil {
-		return group.Member{}, false, fmt.Errorf("read member %s of group %s: %w", id, k, err)
+		return rendezvous.Member{}, false, fmt.Errorf("read member %s of group %s: %w", id, k, err)
 	}
 	if len(resp.Kvs) == 0 {
-		return group.Member{}, false, nil
+		return rendezvous.Member{}, false, nil
 	}
 	kv := resp.Kvs[0]
-	var m group.Member
+	var m rendezvous.Member
 	if err := json.Unmarshal(kv.Value, &m); err != nil {
-		return group.Member{}, false, fmt.Errorf("decode member %s of group %s: %w", id, k, err)
+		return rendezvous.Member{}, false, fmt.Errorf("decode member %s of group %s: %w", id, k, err)
 	}
 	m.CreateRev, m.ModRev, m.Lease = kv.CreateRevision, kv.ModRevision, kv.Lease
 	return m, true, nil
@@ -117,10 +118,10 @@ func (s *Store) GetMember(ctx context.Context, k group.Key, id string) (group.Me
 // CreateState creates the group's state if it does not exist. It returns
 // the state that is there afterwards (the caller's or an earlier one) and
 // its revision.
-func (s *Store) CreateState(ctx context.Context, k group.Key, st group.State) (group.State, int64, error) {
+func (s *Store) CreateState(ctx context.Context, k podapi.Key, st rendezvous.State) (rendezvous.State, int64, error) {
 	b, err := json.Marshal(st)
 	if err != nil {
-		return group.State{}, 0, err
+		return rendezvous.State{}, 0, err
 	}
 	key := s.stateKey(k)
 	s.Writes.Add(1)
@@ -130,25 +131,25 @@ func (s *Store) CreateState(ctx context.Context, k group.Key, st group.State) (g
 		Else(clientv3.OpGet(key)).
 		Commit()
 	if err != nil {
-		return group.State{}, 0, fmt.Errorf("create group %s: %w", k, err)
+		return rendezvous.State{}, 0, fmt.Errorf("create group %s: %w", k, err)
 	}
 	if resp.Succeeded {
 		return st, resp.Header.Revision, nil
 	}
 	kvs := resp.Responses[0].GetResponseRange().Kvs
 	if len(kvs) == 0 {
-		return group.State{}, 0, fmt.Errorf("create group %s: state vanished during creation; retry", k)
+		return rendezvous.State{}, 0, fmt.Errorf("create group %s: state vanished during creation; retry", k)
 	}
-	var cur group.State
+	var cur rendezvous.State
 	if err := json.Unmarshal(kvs[0].Value, &cur); err != nil {
-		return group.State{}, 0, fmt.Errorf("decode state of group %s: %w", k, err)
+		return rendezvous.State{}, 0, fmt.Errorf("decode state of group %s: %w", k, err)
 	}
 	return cur, kvs[0].ModRevision, nil
 }
 
 // SwapState replaces the group's state if it is still at revision rev. It
 // reports whether the swap happened; losing a race is not an error.
-func (s *Store) SwapState(ctx context.Context, k group.Key, rev int64, st group.State) (bool, error) {
+func (s *Store) SwapState(ctx context.Context, k podapi.Key, rev int64, st rendezvous.State) (bool, error) {
 	b, err := json.Marshal(st)
 	if err != nil {
 		return false, err
@@ -168,7 +169,7 @@ func (s *Store) SwapState(ctx context.Context, k group.Key, rev int64, st group.
 // ResetState replaces a group's state with a fresh one and deletes its
 // member records, if the state is still at revision rev (and, with empty,
 // if the group has no member record: a group nobody is attached to).
-func (s *Store) ResetState(ctx context.Context, k group.Key, rev int64, st group.State, empty bool) (bool, error) {
+func (s *Store) ResetState(ctx context.Context, k podapi.Key, rev int64, st rendezvous.State, empty bool) (bool, error) {
 	b, err := json.Marshal(st)
 	if err != nil {
 		return false, err
@@ -200,7 +201,7 @@ func (s *Store) ResetState(ctx context.Context, k group.Key, rev int64, st group
 // first, and either makes the transaction fail. Losing that race is not an
 // error. The transaction only deletes, so etcd accepts it even when its
 // space quota is exhausted.
-func (s *Store) DeleteGroup(ctx context.Context, k group.Key, stateRev int64) (bool, error) {
+func (s *Store) DeleteGroup(ctx context.Context, k podapi.Key, stateRev int64) (bool, error) {
 	if stateRev <= 0 {
 		return false, fmt.Errorf("delete group %s: state revision %d: want the revision of an existing state", k, stateRev)
 	}
@@ -239,7 +240,7 @@ var ErrLeaseGone = errors.New("the member's lease expired")
 // PutMember writes a member record bound to lease. When modRev is not
 // zero, the write only happens if the record is still at that revision
 // (ok=false otherwise); when it is -1, only if the record does not exist.
-func (s *Store) PutMember(ctx context.Context, k group.Key, m group.Member, lease clientv3.LeaseID, modRev int64) (ok bool, rev int64, err error) {
+func (s *Store) PutMember(ctx context.Context, k podapi.Key, m rendezvous.Member, lease clientv3.LeaseID, modRev int64) (ok bool, rev int64, err error) {
 	b, err := json.Marshal(m)
 	if err != nil {
 		return false, 0, err
@@ -264,7 +265,7 @@ func (s *Store) PutMember(ctx context.Context, k group.Key, m group.Member, leas
 }
 
 // DeleteMember removes a member record and revokes its lease.
-func (s *Store) DeleteMember(ctx context.Context, k group.Key, m group.Member) error {
+func (s *Store) DeleteMember(ctx context.Context, k podapi.Key, m rendezvous.Member) error {
 	s.Writes.Add(1)
 	if m.Lease != 0 {
 		if _, err := s.cli.Revoke(ctx, clientv3.LeaseID(m.Lease)); err == nil {
@@ -279,7 +280,7 @@ func (s *Store) DeleteMember(ctx context.Context, k group.Key, m group.Member) e
 
 // ListKeys returns the key of every group (in namespace ns, or all when
 // ns is empty).
-func (s *Store) ListKeys(ctx context.Context, ns string) ([]group.Key, error) {
+func (s *Store) ListKeys(ctx context.Context, ns string) ([]podapi.Key, error) {
 	p := s.prefix
 	if ns != "" {
 		p += ns + "/"
@@ -288,11 +289,11 @@ func (s *Store) ListKeys(ctx context.Context, ns string) ([]group.Key, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list groups: %w", err)
 	}
-	var out []group.Key
+	var out []podapi.Key
 	for _, kv := range resp.Kvs {
 		parts := strings.Split(strings.TrimPrefix(string(kv.Key), s.prefix), "/")
 		if len(parts) == 3 && parts[2] == "state" {
-			out = append(out, group.Key{Namespace: parts[0], Name: parts[1]})
+			out = append(out, podapi.Key{Namespace: parts[0], Name: parts[1]})
 		}
 	}
 	return out, nil

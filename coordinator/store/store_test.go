@@ -13,8 +13,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/muster-dev/muster/coordinator/embedetcd"
-	"github.com/muster-dev/muster/coordinator/group"
+	"github.com/muster-dev/muster/coordinator/rendezvous"
 	"github.com/muster-dev/muster/coordinator/store"
+	"github.com/muster-dev/muster/podapi"
 )
 
 // etcdURL is the client URL of the embedded etcd every test of this package
@@ -60,9 +61,9 @@ func newStore(t *testing.T) (*store.Store, context.Context) {
 
 // create creates group k with members ids (each under a lease of its own)
 // and returns the state revision.
-func create(t *testing.T, ctx context.Context, s *store.Store, k group.Key, phase group.Phase, ids ...string) int64 {
+func create(t *testing.T, ctx context.Context, s *store.Store, k podapi.Key, phase rendezvous.Phase, ids ...string) int64 {
 	t.Helper()
-	st := group.NewState(len(ids)+1, "env", 3)
+	st := rendezvous.NewState(len(ids)+1, "env", 3)
 	st.Phase = phase
 	_, rev, err := s.CreateState(ctx, k, st)
 	if err != nil {
@@ -73,7 +74,7 @@ func create(t *testing.T, ctx context.Context, s *store.Store, k group.Key, phas
 		if err != nil {
 			t.Fatal(err)
 		}
-		if ok, _, err := s.PutMember(ctx, k, group.Member{ID: id, Address: "10.0.0.1"}, lease, -1); err != nil || !ok {
+		if ok, _, err := s.PutMember(ctx, k, rendezvous.Member{ID: id, Address: "10.0.0.1"}, lease, -1); err != nil || !ok {
 			t.Fatalf("put member %s of %s: ok=%v err=%v", id, k, ok, err)
 		}
 	}
@@ -82,11 +83,11 @@ func create(t *testing.T, ctx context.Context, s *store.Store, k group.Key, phas
 
 func TestDeleteGroup(t *testing.T) {
 	s, ctx := newStore(t)
-	done := group.Key{Namespace: "ns", Name: "done"}
-	rev := create(t, ctx, s, done, group.Completed)
+	done := podapi.Key{Namespace: "ns", Name: "done"}
+	rev := create(t, ctx, s, done, rendezvous.Completed)
 	// Another group whose name extends this one's must survive.
-	other := group.Key{Namespace: "ns", Name: "done2"}
-	create(t, ctx, s, other, group.Completed)
+	other := podapi.Key{Namespace: "ns", Name: "done2"}
+	create(t, ctx, s, other, rendezvous.Completed)
 
 	if ok, err := s.DeleteGroup(ctx, done, rev-1); err != nil || ok {
 		t.Fatalf("delete at a stale state revision: ok=%v err=%v; want false, nil", ok, err)
@@ -112,8 +113,8 @@ func TestDeleteGroup(t *testing.T) {
 
 func TestDeleteGroupKeepsGroupWithMembers(t *testing.T) {
 	s, ctx := newStore(t)
-	k := group.Key{Namespace: "ns", Name: "g"}
-	rev := create(t, ctx, s, k, group.Failed, "a")
+	k := podapi.Key{Namespace: "ns", Name: "g"}
+	rev := create(t, ctx, s, k, rendezvous.Failed, "a")
 	if ok, err := s.DeleteGroup(ctx, k, rev); err != nil || ok {
 		t.Fatalf("delete of a group with a member: ok=%v err=%v; want false, nil", ok, err)
 	}
@@ -130,15 +131,15 @@ func TestDeleteGroupKeepsGroupWithMembers(t *testing.T) {
 // moves) before the reaper's delete lands; the delete must not happen.
 func TestDeleteGroupLosesToRejoin(t *testing.T) {
 	s, ctx := newStore(t)
-	k := group.Key{Namespace: "ns", Name: "g"}
-	rev := create(t, ctx, s, k, group.Completed)
-	if ok, err := s.ResetState(ctx, k, rev, group.NewState(2, "env", 3), false); err != nil || !ok {
+	k := podapi.Key{Namespace: "ns", Name: "g"}
+	rev := create(t, ctx, s, k, rendezvous.Completed)
+	if ok, err := s.ResetState(ctx, k, rev, rendezvous.NewState(2, "env", 3), false); err != nil || !ok {
 		t.Fatalf("reset: ok=%v err=%v", ok, err)
 	}
 	if ok, err := s.DeleteGroup(ctx, k, rev); err != nil || ok {
 		t.Fatalf("delete after a re-join: ok=%v err=%v; want false, nil", ok, err)
 	}
-	if v, err := s.Load(ctx, k); err != nil || v.State == nil || v.State.Phase != group.Waiting {
+	if v, err := s.Load(ctx, k); err != nil || v.State == nil || v.State.Phase != rendezvous.Waiting {
 		t.Fatalf("group after the re-join: %+v, %v; want its fresh state", v, err)
 	}
 }
@@ -149,11 +150,11 @@ func TestCountGroups(t *testing.T) {
 		t.Fatalf("count of an empty namespace: %d, %v", n, err)
 	}
 	for i := range 5 {
-		create(t, ctx, s, group.Key{Namespace: "a", Name: fmt.Sprintf("g%d", i)}, group.Waiting, "m0", "m1")
+		create(t, ctx, s, podapi.Key{Namespace: "a", Name: fmt.Sprintf("g%d", i)}, rendezvous.Waiting, "m0", "m1")
 	}
-	create(t, ctx, s, group.Key{Namespace: "b", Name: "g"}, group.Running, "m0")
+	create(t, ctx, s, podapi.Key{Namespace: "b", Name: "g"}, rendezvous.Running, "m0")
 	// A namespace whose name extends another's is not counted with it.
-	create(t, ctx, s, group.Key{Namespace: "a-2", Name: "g"}, group.Running)
+	create(t, ctx, s, podapi.Key{Namespace: "a-2", Name: "g"}, rendezvous.Running)
 	for ns, want := range map[string]int{"a": 5, "b": 1, "a-2": 1, "c": 0, "": 7} {
 		if n, err := s.CountGroups(ctx, ns); err != nil || n != want {
 			t.Errorf("CountGroups(%q) = %d, %v; want %d", ns, n, err, want)
@@ -174,7 +175,7 @@ func TestCountGroupsManyBatches(t *testing.T) {
 	const n = 1200
 	var ops []clientv3.Op
 	for i := range n {
-		p := s.GroupPrefix(group.Key{Namespace: "ns", Name: fmt.Sprintf("g%04d", i)})
+		p := s.GroupPrefix(podapi.Key{Namespace: "ns", Name: fmt.Sprintf("g%04d", i)})
 		ops = append(ops, clientv3.OpPut(p+"members/a", "{}"), clientv3.OpPut(p+"state", "{}"))
 		if len(ops) >= 100 {
 			if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
@@ -201,8 +202,8 @@ func TestCountGroupsManyBatches(t *testing.T) {
 
 func TestScanGroups(t *testing.T) {
 	s, ctx := newStore(t)
-	rev := create(t, ctx, s, group.Key{Namespace: "ns", Name: "a"}, group.Completed)
-	create(t, ctx, s, group.Key{Namespace: "ns", Name: "b"}, group.Running, "m0", "m1", "m2")
+	rev := create(t, ctx, s, podapi.Key{Namespace: "ns", Name: "a"}, rendezvous.Completed)
+	create(t, ctx, s, podapi.Key{Namespace: "ns", Name: "b"}, rendezvous.Running, "m0", "m1", "m2")
 	var got []string
 	err := s.ScanGroups(ctx, "", func(g store.Summary) error {
 		got = append(got, fmt.Sprintf("%s rev=%t members=%d", g.Key, g.StateRev != 0, g.Members))
@@ -225,13 +226,13 @@ func TestListKeysPage(t *testing.T) {
 	var all []string
 	for _, ns := range []string{"a", "b"} {
 		for i := range 7 {
-			k := group.Key{Namespace: ns, Name: fmt.Sprintf("g%d", i)}
+			k := podapi.Key{Namespace: ns, Name: fmt.Sprintf("g%d", i)}
 			// Members of varying number, so that groups span batches.
 			ids := make([]string, i)
 			for j := range ids {
 				ids[j] = fmt.Sprintf("m%d", j)
 			}
-			create(t, ctx, s, k, group.Running, ids...)
+			create(t, ctx, s, k, rendezvous.Running, ids...)
 			all = append(all, k.String())
 		}
 	}
@@ -240,7 +241,7 @@ func TestListKeysPage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := s.PutMember(ctx, group.Key{Namespace: "a", Name: "g3x"}, group.Member{ID: "m"}, lease, -1); err != nil {
+	if _, _, err := s.PutMember(ctx, podapi.Key{Namespace: "a", Name: "g3x"}, rendezvous.Member{ID: "m"}, lease, -1); err != nil {
 		t.Fatal(err)
 	}
 
@@ -301,7 +302,7 @@ func TestListKeysPage(t *testing.T) {
 
 func TestPutMemberOnAnExpiredLeaseSaysSo(t *testing.T) {
 	s, ctx := newStore(t)
-	k := group.Key{Namespace: "ns", Name: "lease-gone"}
+	k := podapi.Key{Namespace: "ns", Name: "lease-gone"}
 	lease, err := s.GrantLease(ctx, 60)
 	if err != nil {
 		t.Fatal(err)
@@ -309,7 +310,7 @@ func TestPutMemberOnAnExpiredLeaseSaysSo(t *testing.T) {
 	if _, err := s.Client().Revoke(ctx, lease); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = s.PutMember(ctx, k, group.Member{ID: "m0", Address: "127.0.0.2"}, lease, -1)
+	_, _, err = s.PutMember(ctx, k, rendezvous.Member{ID: "m0", Address: "127.0.0.2"}, lease, -1)
 	if !errors.Is(err, store.ErrLeaseGone) {
 		t.Fatalf("PutMember on a revoked lease: %v, want ErrLeaseGone", err)
 	}

@@ -14,6 +14,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/muster-dev/muster/podapi"
 )
 
 // maxReviewBytes bounds a request body: the apiserver stores objects of at
@@ -92,7 +94,7 @@ func (h *handler) admit(ctx context.Context, req *admissionv1.AdmissionRequest) 
 	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
 		return deny(&metav1.Status{Code: http.StatusBadRequest, Reason: metav1.StatusReasonBadRequest, Message: "decode the pod: " + err.Error()})
 	}
-	if pod.Annotations[AnnotationInject] != "true" {
+	if pod.Annotations[podapi.AnnotationInject] != "true" {
 		return allow
 	}
 	if pod.Namespace == "" {
@@ -112,7 +114,7 @@ func (h *handler) admit(ctx context.Context, req *admissionv1.AdmissionRequest) 
 	ops := diff(&pod, mutated)
 	if len(ops) == 0 {
 		// A reinvocation (IfNeeded) after another plugin changed the pod.
-		log.Debug("pod already injected", "group", m.group)
+		log.Debug("pod already injected", "group", m.Group)
 		return resp
 	}
 	patch, err := json.Marshal(ops)
@@ -122,7 +124,7 @@ func (h *handler) admit(ctx context.Context, req *admissionv1.AdmissionRequest) 
 	}
 	pt := admissionv1.PatchTypeJSONPatch
 	resp.Patch, resp.PatchType = patch, &pt
-	log.Info("injected agent", "group", m.group, "size", m.size, "runtime", m.runtime, "patch_ops", len(ops), "warnings", len(warnings))
+	log.Info("injected agent", "group", m.Group, "size", m.Size, "runtime", m.Runtime, "patch_ops", len(ops), "warnings", len(warnings))
 	return resp
 }
 

@@ -13,13 +13,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 
-	"github.com/muster-dev/muster/scheduler-plugin/group"
+	"github.com/muster-dev/muster/podapi"
 )
 
 // agentContainer is the container the webhook wraps: the one
 // muster.dev/container names, else the first; -1 when there is none.
 func agentContainer(pod *corev1.Pod) int {
-	if name, ok := pod.Annotations[AnnotationContainer]; ok {
+	if name, ok := pod.Annotations[podapi.AnnotationContainer]; ok {
 		return slices.IndexFunc(pod.Spec.Containers, func(c corev1.Container) bool { return c.Name == name })
 	}
 	if len(pod.Spec.Containers) == 0 {
@@ -44,7 +44,7 @@ func wantIdentityEnv(cfg Config, pod *corev1.Pod) []corev1.EnvVar {
 	if len(cfg.CoordinatorCA) > 0 {
 		env = append(env, corev1.EnvVar{Name: "MUSTER_COORDINATOR_CA", Value: string(cfg.CoordinatorCA)})
 	}
-	if strings.TrimSpace(pod.Annotations[AnnotationRankOrder]) == RankOrderTopology {
+	if strings.TrimSpace(pod.Annotations[podapi.AnnotationRankOrder]) == podapi.RankOrderTopology {
 		env = append(env, ref("MUSTER_TOPOLOGY_DOMAIN", "metadata.annotations['muster.dev/topology-domain']"))
 	}
 	return env
@@ -179,8 +179,8 @@ func TestIdentityEnv(t *testing.T) {
 		{
 			name: "topology domain",
 			change: func(p *corev1.Pod) {
-				p.Annotations[AnnotationRankOrder] = RankOrderTopology
-				p.Annotations[group.AnnotationRankTopologyKey] = "topology.muster.dev/rack"
+				p.Annotations[podapi.AnnotationRankOrder] = podapi.RankOrderTopology
+				p.Annotations[podapi.AnnotationRankTopologyKey] = "topology.muster.dev/rack"
 				p.Spec.Containers[0].Env = []corev1.EnvVar{lit("MUSTER_TOPOLOGY_DOMAIN", "rack-of-the-leader")}
 			},
 		},
@@ -210,7 +210,7 @@ func TestIdentityEnv(t *testing.T) {
 			change: func(p *corev1.Pod) {
 				p.Spec.Containers[0].Env = slices.Clone(spoofed)
 				p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "model", Image: "i", Command: []string{"serve"}, Env: slices.Clone(spoofed)})
-				p.Annotations[AnnotationContainer] = "model"
+				p.Annotations[podapi.AnnotationContainer] = "model"
 			},
 			check: func(t *testing.T, p *corev1.Pod) {
 				// The sidecar runs no agent: what it says is its business.
@@ -348,9 +348,9 @@ func FuzzAdmit(f *testing.F) {
 				t.Fatalf("denied with status %+v and patch %s: want a reason and no patch", resp.Result, resp.Patch)
 			}
 			return
-		case pod.Annotations[AnnotationInject] != "true":
+		case pod.Annotations[podapi.AnnotationInject] != "true":
 			if resp.Patch != nil {
-				t.Fatalf("pod without %s got a patch: %s", AnnotationInject, resp.Patch)
+				t.Fatalf("pod without %s got a patch: %s", podapi.AnnotationInject, resp.Patch)
 			}
 			return
 		}

@@ -10,7 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/resource"
 
-	"github.com/muster-dev/muster/scheduler-plugin/group"
+	"github.com/muster-dev/muster/podapi"
 )
 
 // agentRun is what the main container's command starts with once wrapped.
@@ -20,7 +20,7 @@ var agentRun = []string{AgentPath, "run", "--"}
 // was done already, so a pod that went through the webhook comes out
 // unchanged: the apiserver calls the webhook again (reinvocationPolicy
 // IfNeeded) when a later webhook changed the pod.
-func (h *handler) inject(pod *corev1.Pod, m member) (warnings []string) {
+func (h *handler) inject(pod *corev1.Pod, m podapi.Member) (warnings []string) {
 	spec := &pod.Spec
 	if !slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == VolumeName }) {
 		spec.Volumes = append(spec.Volumes, corev1.Volume{
@@ -45,9 +45,9 @@ func (h *handler) inject(pod *corev1.Pod, m member) (warnings []string) {
 		spec.InitContainers = append([]corev1.Container{h.installer()}, spec.InitContainers...)
 	}
 
-	shareWorkloadEnv(spec, m.container)
+	shareWorkloadEnv(spec, m.Container)
 
-	c := &spec.Containers[m.container]
+	c := &spec.Containers[m.Container]
 	if !wrapped(c.Command) {
 		// Kubernetes expands $(VAR) in command and args alike, so moving
 		// the args into the command keeps their meaning.
@@ -59,7 +59,7 @@ func (h *handler) inject(pod *corev1.Pod, m member) (warnings []string) {
 		c.VolumeMounts = append(c.VolumeMounts, tokenMount())
 	}
 	if !slices.ContainsFunc(c.Ports, func(p corev1.ContainerPort) bool { return p.Name == PortName }) {
-		c.Ports = append(c.Ports, corev1.ContainerPort{Name: PortName, ContainerPort: int32(m.endpointPort), Protocol: corev1.ProtocolTCP})
+		c.Ports = append(c.Ports, corev1.ContainerPort{Name: PortName, ContainerPort: int32(m.EndpointPort), Protocol: corev1.ProtocolTCP})
 	}
 	for _, e := range h.env(m) {
 		switch {
@@ -84,10 +84,10 @@ func (h *handler) inject(pod *corev1.Pod, m member) (warnings []string) {
 	default:
 		warnings = append(warnings, fmt.Sprintf(
 			"spec.schedulerName is %q, left as is: without %s the pods of group %q are not scheduled all at once",
-			spec.SchedulerName, h.cfg.SchedulerName, m.group))
+			spec.SchedulerName, h.cfg.SchedulerName, m.Group))
 	}
-	if !slices.ContainsFunc(spec.ReadinessGates, func(g corev1.PodReadinessGate) bool { return g.ConditionType == ReadinessGate }) {
-		spec.ReadinessGates = append(spec.ReadinessGates, corev1.PodReadinessGate{ConditionType: ReadinessGate})
+	if !slices.ContainsFunc(spec.ReadinessGates, func(g corev1.PodReadinessGate) bool { return g.ConditionType == podapi.ConditionGroupReady }) {
+		spec.ReadinessGates = append(spec.ReadinessGates, corev1.PodReadinessGate{ConditionType: podapi.ConditionGroupReady})
 	}
 	if pod.Annotations == nil {
 		pod.Annotations = map[string]string{}
@@ -98,12 +98,12 @@ func (h *handler) inject(pod *corev1.Pod, m member) (warnings []string) {
 	// The group as the webhook resolved it (from a PodGroup, a
 	// LeaderWorkerSet, ...) is written down in muster's own terms, so the
 	// scheduler, the coordinator and a reader of the pod see one answer.
-	setIfAbsent(pod.Labels, group.LabelGroup, m.group)
-	setIfAbsent(pod.Annotations, group.AnnotationSize, strconv.Itoa(m.size))
-	if m.topologyKey != "" {
-		setIfAbsent(pod.Annotations, group.AnnotationTopologyKey, m.topologyKey)
+	setIfAbsent(pod.Labels, podapi.LabelGroup, m.Group)
+	setIfAbsent(pod.Annotations, podapi.AnnotationSize, strconv.Itoa(m.Size))
+	if m.TopologyKey != "" {
+		setIfAbsent(pod.Annotations, podapi.AnnotationTopologyKey, m.TopologyKey)
 	}
-	setIfAbsent(pod.Annotations, AnnotationInjected, "true")
+	setIfAbsent(pod.Annotations, podapi.AnnotationInjected, "true")
 	return warnings
 }
 
@@ -114,13 +114,13 @@ func (h *handler) inject(pod *corev1.Pod, m member) (warnings []string) {
 // The coordinator trusts only the token; overwriting the rest keeps an
 // honest agent from claiming an identity its token does not back.
 var identityEnv = map[string]bool{
-	"MUSTER_NAMESPACE":       true,
-	"MUSTER_MEMBER_ID":       true,
-	"MUSTER_ADDRESS":         true,
-	"MUSTER_NODE_NAME":       true,
-	"MUSTER_TOPOLOGY_DOMAIN": true,
-	"MUSTER_TOKEN_FILE":      true,
-	"MUSTER_COORDINATOR_CA":  true,
+	podapi.EnvNamespace:      true,
+	podapi.EnvMemberID:       true,
+	podapi.EnvAddress:        true,
+	podapi.EnvNodeName:       true,
+	podapi.EnvTopologyDomain: true,
+	podapi.EnvTokenFile:      true,
+	podapi.EnvCoordinatorCA:  true,
 }
 
 // setEnv makes e the container's only env var of its name. It takes the
@@ -230,49 +230,49 @@ func shareWorkloadEnv(spec *corev1.PodSpec, wrapped int) {
 // env is what the agent reads in a pod (agent/config.go): the group's
 // fields as literals, the pod's own from the downward API, and where its
 // credentials are. inject overwrites those in identityEnv.
-func (h *handler) env(m member) []corev1.EnvVar {
+func (h *handler) env(m podapi.Member) []corev1.EnvVar {
 	lit := func(name, value string) corev1.EnvVar { return corev1.EnvVar{Name: name, Value: value} }
 	ref := func(name, path string) corev1.EnvVar {
 		return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{
 			FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: path},
 		}}
 	}
-	env := []corev1.EnvVar{lit("MUSTER_COORDINATOR", h.cfg.CoordinatorAddress)}
+	env := []corev1.EnvVar{lit(podapi.EnvCoordinator, h.cfg.CoordinatorAddress)}
 	if len(h.cfg.CoordinatorCA) > 0 {
-		env = append(env, lit("MUSTER_COORDINATOR_CA", string(h.cfg.CoordinatorCA)))
+		env = append(env, lit(podapi.EnvCoordinatorCA, string(h.cfg.CoordinatorCA)))
 	}
 	env = append(env,
-		lit("MUSTER_TOKEN_FILE", TokenFile),
-		ref("MUSTER_NAMESPACE", "metadata.namespace"),
-		lit("MUSTER_GROUP", m.group),
-		lit("MUSTER_SIZE", strconv.Itoa(m.size)),
+		lit(podapi.EnvTokenFile, TokenFile),
+		ref(podapi.EnvNamespace, "metadata.namespace"),
+		lit(podapi.EnvGroup, m.Group),
+		lit(podapi.EnvSize, strconv.Itoa(m.Size)),
 		// The pod's name, not a literal: pods made from generateName have
 		// none yet when the webhook sees them.
-		ref("MUSTER_MEMBER_ID", "metadata.name"),
-		ref("MUSTER_ADDRESS", "status.podIP"),
-		ref("MUSTER_NODE_NAME", "spec.nodeName"),
+		ref(podapi.EnvMemberID, "metadata.name"),
+		ref(podapi.EnvAddress, "status.podIP"),
+		ref(podapi.EnvNodeName, "spec.nodeName"),
 	)
-	if m.ordinal >= 0 {
-		env = append(env, lit("MUSTER_ORDINAL", strconv.Itoa(m.ordinal)))
+	if m.Ordinal >= 0 {
+		env = append(env, lit(podapi.EnvOrdinal, strconv.Itoa(m.Ordinal)))
 	}
-	env = append(env, lit("MUSTER_RUNTIME", m.runtime))
-	if m.port != 0 {
-		env = append(env, lit("MUSTER_PORT", strconv.Itoa(m.port)))
+	env = append(env, lit(podapi.EnvRuntime, m.Runtime))
+	if m.Port != 0 {
+		env = append(env, lit(podapi.EnvPort, strconv.Itoa(m.Port)))
 	}
-	env = append(env, lit("MUSTER_ENDPOINT_PORT", strconv.Itoa(m.endpointPort)))
-	if m.timeout != "" {
-		env = append(env, lit("MUSTER_TIMEOUT", m.timeout))
+	env = append(env, lit(podapi.EnvEndpointPort, strconv.Itoa(m.EndpointPort)))
+	if m.Timeout != "" {
+		env = append(env, lit(podapi.EnvTimeout, m.Timeout))
 	}
-	if m.gpus > 0 {
-		env = append(env, lit("MUSTER_GPUS_PER_NODE", strconv.FormatInt(m.gpus, 10)))
+	if m.GPUs > 0 {
+		env = append(env, lit(podapi.EnvGPUsPerNode, strconv.FormatInt(m.GPUs, 10)))
 	}
-	if m.rankOrder != "" {
-		env = append(env, lit("MUSTER_RANK_ORDER", m.rankOrder))
+	if m.RankOrder != "" {
+		env = append(env, lit(podapi.EnvRankOrder, m.RankOrder))
 	}
-	if m.rankOrder == RankOrderTopology {
+	if m.RankOrder == podapi.RankOrderTopology {
 		// Written by muster's scheduler before the pod is bound, so it is
 		// there when the kubelet resolves the env.
-		env = append(env, ref("MUSTER_TOPOLOGY_DOMAIN", "metadata.annotations['"+AnnotationTopologyDomain+"']"))
+		env = append(env, ref(podapi.EnvTopologyDomain, "metadata.annotations['"+podapi.AnnotationTopologyDomain+"']"))
 	}
 	return env
 }

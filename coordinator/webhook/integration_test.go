@@ -26,10 +26,11 @@ import (
 	spclientset "sigs.k8s.io/scheduler-plugins/pkg/generated/clientset/versioned"
 
 	"github.com/muster-dev/muster/e2e/cluster/clustertest"
+	"github.com/muster-dev/muster/podapi"
 )
 
 func annotatedPod(name string, labels, annotations map[string]string) *corev1.Pod {
-	ann := map[string]string{AnnotationInject: "true"}
+	ann := map[string]string{podapi.AnnotationInject: "true"}
 	for k, v := range annotations {
 		ann[k] = v
 	}
@@ -85,7 +86,7 @@ func TestAgainstAPIServer(t *testing.T) {
 		if err != nil {
 			return false, err.Error()
 		}
-		return p.Annotations[AnnotationInjected] == "true", "pod not mutated yet"
+		return p.Annotations[podapi.AnnotationInjected] == "true", "pod not mutated yet"
 	})
 
 	t.Run("injected pod is stored mutated", func(t *testing.T) {
@@ -106,8 +107,8 @@ func TestAgainstAPIServer(t *testing.T) {
 		if len(spec.InitContainers) != 1 || spec.InitContainers[0].Name != InitContainerName || spec.InitContainers[0].Image != cfg.AgentImage {
 			t.Errorf("init containers %+v: want %s only", spec.InitContainers, InitContainerName)
 		}
-		if spec.SchedulerName != cfg.SchedulerName || pod.Annotations[AnnotationInjected] != "true" ||
-			!slices.Contains(spec.ReadinessGates, corev1.PodReadinessGate{ConditionType: ReadinessGate}) {
+		if spec.SchedulerName != cfg.SchedulerName || pod.Annotations[podapi.AnnotationInjected] != "true" ||
+			!slices.Contains(spec.ReadinessGates, corev1.PodReadinessGate{ConditionType: podapi.ConditionGroupReady}) {
 			t.Errorf("schedulerName %q, annotations %v, readiness gates %v", spec.SchedulerName, pod.Annotations, spec.ReadinessGates)
 		}
 		env := map[string]corev1.EnvVar{}
@@ -169,7 +170,7 @@ func TestAgainstAPIServer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if pod.Spec.SchedulerName != corev1.DefaultSchedulerName || len(pod.Spec.InitContainers) > 0 || pod.Annotations[AnnotationInjected] != "" {
+		if pod.Spec.SchedulerName != corev1.DefaultSchedulerName || len(pod.Spec.InitContainers) > 0 || pod.Annotations[podapi.AnnotationInjected] != "" {
 			t.Errorf("plain pod was mutated: %+v", pod.Spec)
 		}
 	})

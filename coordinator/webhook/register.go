@@ -9,6 +9,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
+
+	"github.com/muster-dev/muster/podapi"
 )
 
 // WebhookName names the webhook inside its MutatingWebhookConfiguration.
@@ -19,7 +21,7 @@ const WebhookName = "inject.muster.dev"
 // this CEL condition is the filter. The has() and `in` guards matter: a
 // missing map key is an evaluation error, which failurePolicy Fail would
 // turn into a rejected pod.
-const injectCondition = `has(object.metadata.annotations) && '` + AnnotationInject + `' in object.metadata.annotations && object.metadata.annotations['` + AnnotationInject + `'] == 'true'`
+const injectCondition = `has(object.metadata.annotations) && '` + podapi.AnnotationInject + `' in object.metadata.annotations && object.metadata.annotations['` + podapi.AnnotationInject + `'] == 'true'`
 
 // Register creates, or updates, the MutatingWebhookConfiguration name that
 // sends the creation of pods annotated muster.dev/inject: "true" to url

@@ -17,7 +17,6 @@ import (
 	"strings"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -25,20 +24,7 @@ import (
 	spclientset "sigs.k8s.io/scheduler-plugins/pkg/generated/clientset/versioned"
 
 	"github.com/muster-dev/muster/coordinator/auth"
-	"github.com/muster-dev/muster/scheduler-plugin/group"
-)
-
-// The pod annotations only the webhook reads; the group's label, size,
-// topology key and timeout are in scheduler-plugin/group, shared with the
-// scheduler.
-const (
-	AnnotationInject       = group.AnnotationInject     // "true": inject the agent
-	AnnotationInjected     = "muster.dev/injected"      // set by the webhook
-	AnnotationRuntime      = "muster.dev/runtime"       // preset name
-	AnnotationPort         = "muster.dev/port"          // the runtime's serving port
-	AnnotationEndpointPort = "muster.dev/endpoint-port" // the agent's endpoint port
-	AnnotationRankOrder    = group.AnnotationRankOrder  // ordinal | topology
-	AnnotationContainer    = "muster.dev/container"     // the container to wrap; default the first
+	"github.com/muster-dev/muster/podapi"
 )
 
 // What the webhook adds to a pod. The process node that runs pods and the
@@ -52,10 +38,6 @@ const (
 	ImageAgentPath = "/muster/agent"
 	// PortName names the main container's port for the agent's endpoint.
 	PortName = "muster"
-	// ReadinessGate is the pod condition the agent sets once its group is ready.
-	ReadinessGate = "muster.dev/group-ready"
-	// DefaultRuntime is the preset used when muster.dev/runtime is absent.
-	DefaultRuntime = "env"
 )
 
 // The agent's credentials: a projected service-account token, bound to
@@ -87,24 +69,9 @@ const (
 	maxTokenExpiration = 1 << 32 * time.Second
 )
 
-// RankOrders are the values muster.dev/rank-order accepts.
-var RankOrders = []string{"ordinal", RankOrderTopology}
-
-// RankOrderTopology gives members in one topology domain neighbouring
-// ranks; the scheduler writes each member's domain into
-// AnnotationTopologyDomain when it binds the pod.
-const (
-	RankOrderTopology        = group.RankOrderTopology
-	AnnotationTopologyDomain = group.AnnotationTopologyDomain
-)
-
-// ResourceGPU is the extended resource whose limit tells the agent how many
-// GPUs its pod has (MUSTER_GPUS_PER_NODE).
-const ResourceGPU = corev1.ResourceName("nvidia.com/gpu")
-
 // SizeLookup finds the size of a group whose pods carry no muster.dev/size,
 // from the PodGroup of the same name; found is false when there is none.
-type SizeLookup func(ctx context.Context, namespace, group string) (size int, found bool, err error)
+type SizeLookup = func(ctx context.Context, namespace, group string) (size int, found bool, err error)
 
 // Config is the webhook's configuration; DefaultConfig fills it.
 type Config struct {
@@ -116,8 +83,8 @@ type Config struct {
 	AgentImage string
 	// SchedulerName is set on pods that do not name a scheduler of their own.
 	SchedulerName string
-	// Runtimes are the presets muster.dev/runtime may name. Callers pass
-	// agent/preset.Names() so a pod never asks for a preset the agent lacks.
+	// Runtimes are the presets muster.dev/runtime may name; empty:
+	// podapi.Runtimes, every preset the agent has.
 	Runtimes []string
 	// EndpointPort is the agent's endpoint port when a pod does not set
 	// muster.dev/endpoint-port.
@@ -146,13 +113,10 @@ type Config struct {
 }
 
 // Gang is what muster reads from an upstream PodGroup.
-type Gang struct {
-	MinCount    int    // spec.schedulingPolicy.gang.minCount; 0 without a gang policy
-	TopologyKey string // spec.schedulingConstraints.topology[0].key
-}
+type Gang = podapi.Gang
 
 // GangLookup finds the upstream PodGroup a pod names.
-type GangLookup func(ctx context.Context, namespace, name string) (g Gang, found bool, err error)
+type GangLookup = func(ctx context.Context, namespace, name string) (g Gang, found bool, err error)
 
 // UpstreamPodGroups is a GangLookup that reads podgroups.scheduling.k8s.io
 // (Kubernetes 1.37, GenericWorkload), as kube-scheduler does.
@@ -183,7 +147,7 @@ func DefaultConfig() Config {
 		CoordinatorAddress: "127.0.0.1:7070",
 		AgentImage:         "muster/agent:dev",
 		SchedulerName:      "muster-scheduler",
-		Runtimes:           []string{"env", "torchrun", "vllm", "sglang", "deepspeed", "ray"},
+		Runtimes:           podapi.Runtimes,
 		EndpointPort:       8080,
 		TokenAudience:      DefaultTokenAudience,
 		TokenExpiration:    DefaultTokenExpiration,
@@ -206,8 +170,8 @@ func (c Config) Validate() error {
 	if msgs := validation.IsDNS1123Subdomain(c.SchedulerName); len(msgs) > 0 {
 		return fmt.Errorf("SchedulerName %q: %s", c.SchedulerName, strings.Join(msgs, "; "))
 	}
-	if !slices.Contains(c.Runtimes, DefaultRuntime) {
-		return fmt.Errorf("Runtimes %q must include %q, the preset of pods that name none", c.Runtimes, DefaultRuntime)
+	if !slices.Contains(c.Runtimes, podapi.DefaultRuntime) {
+		return fmt.Errorf("Runtimes %q must include %q, the preset of pods that name none", c.Runtimes, podapi.DefaultRuntime)
 	}
 	if msgs := validation.IsValidPortNum(c.EndpointPort); len(msgs) > 0 {
 		return fmt.Errorf("EndpointPort %d: %s", c.EndpointPort, strings.Join(msgs, "; "))

@@ -20,6 +20,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/yaml"
+
+	"github.com/muster-dev/muster/podapi"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden.json from the webhook's output")
@@ -211,11 +213,11 @@ func checkInjected(t *testing.T, cfg Config, raw []byte) {
 			t.Errorf("env %s appears %d times, want once", n, names[n])
 		}
 	}
-	if pod.Annotations[AnnotationInjected] != "true" {
-		t.Errorf("annotation %s missing", AnnotationInjected)
+	if pod.Annotations[podapi.AnnotationInjected] != "true" {
+		t.Errorf("annotation %s missing", podapi.AnnotationInjected)
 	}
-	if !slices.Contains(pod.Spec.ReadinessGates, corev1.PodReadinessGate{ConditionType: ReadinessGate}) {
-		t.Errorf("readiness gates %v: want %s", pod.Spec.ReadinessGates, ReadinessGate)
+	if !slices.Contains(pod.Spec.ReadinessGates, corev1.PodReadinessGate{ConditionType: podapi.ConditionGroupReady}) {
+		t.Errorf("readiness gates %v: want %s", pod.Spec.ReadinessGates, podapi.ConditionGroupReady)
 	}
 }
 
@@ -228,9 +230,9 @@ func TestUntouched(t *testing.T) {
 		var pod corev1.Pod
 		json.Unmarshal(plain, &pod)
 		if v == "" {
-			delete(pod.Annotations, AnnotationInject)
+			delete(pod.Annotations, podapi.AnnotationInject)
 		} else {
-			pod.Annotations[AnnotationInject] = v
+			pod.Annotations[podapi.AnnotationInject] = v
 		}
 		return mustJSON(t, &pod)
 	}
@@ -265,7 +267,7 @@ func validPod() *corev1.Pod {
 		ObjectMeta: metav1.ObjectMeta{
 			Name: "p-0", Namespace: "ns",
 			Labels:      map[string]string{"muster.dev/group": "g"},
-			Annotations: map[string]string{AnnotationInject: "true", "muster.dev/size": "2"},
+			Annotations: map[string]string{podapi.AnnotationInject: "true", "muster.dev/size": "2"},
 		},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "main", Image: "i", Command: []string{"serve"}}}},
 	}
@@ -555,13 +557,13 @@ func TestInvalid(t *testing.T) {
 			name: "chosen container has no command",
 			change: func(p *corev1.Pod) {
 				p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "model", Image: "i"})
-				p.Annotations[AnnotationContainer] = "model"
+				p.Annotations[podapi.AnnotationContainer] = "model"
 			},
 			want: []string{`spec.containers[1].command: Required value: muster wraps the container's command`},
 		},
 		{
 			name:   "chosen container missing",
-			change: ann(AnnotationContainer, "model"),
+			change: ann(podapi.AnnotationContainer, "model"),
 			want:   []string{`metadata.annotations[muster.dev/container]: Invalid value: "model": no container of that name; the pod's containers are main`},
 		},
 		{
@@ -761,7 +763,7 @@ func kserve(p *corev1.Pod, head bool) {
 		"serving.kserve.io/inferenceservice": "llm", "isvc.generation": "7",
 		"component": "predictor", "app": app,
 	}
-	p.Annotations = map[string]string{AnnotationInject: "true"}
+	p.Annotations = map[string]string{podapi.AnnotationInject: "true"}
 	p.Spec.Containers[0].Name = container
 	p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "RAY_NODE_COUNT", Value: "4"}, {Name: "REQUEST_GPU_COUNT", Value: "1"}}
 }

@@ -35,12 +35,11 @@ import (
 	spclientset "sigs.k8s.io/scheduler-plugins/pkg/generated/clientset/versioned"
 
 	"github.com/muster-dev/muster/coordinator/auth"
-	"github.com/muster-dev/muster/coordinator/podready"
+	"github.com/muster-dev/muster/podapi"
+
 	"github.com/muster-dev/muster/coordinator/testcoord"
-	"github.com/muster-dev/muster/coordinator/webhook"
 	"github.com/muster-dev/muster/e2e/cluster"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
-	spgroup "github.com/muster-dev/muster/scheduler-plugin/group"
 )
 
 // coordinatorRunsChartArgs runs the coordinator built from this tree with
@@ -300,7 +299,7 @@ func webhookReadsPodGroup(t *testing.T, c *cluster.Cluster, addr string, roots *
 		ObjectMeta: metav1.ObjectMeta{
 			Name: "pg-0", Namespace: release.Namespace,
 			Labels:      map[string]string{"scheduling.x-k8s.io/pod-group": "pg"},
-			Annotations: map[string]string{webhook.AnnotationInject: "true"},
+			Annotations: map[string]string{podapi.AnnotationInject: "true"},
 		},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "m", Image: "x", Command: []string{"sleep", "1"}}}},
 	}
@@ -360,7 +359,7 @@ func podJoins(t *testing.T, c *cluster.Cluster, conn *grpc.ClientConn) {
 	ctx := t.Context()
 	const ip = "10.244.0.2"
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "solo-0", Namespace: release.Namespace, Labels: map[string]string{spgroup.LabelGroup: "solo"}},
+		ObjectMeta: metav1.ObjectMeta{Name: "solo-0", Namespace: release.Namespace, Labels: map[string]string{podapi.LabelGroup: "solo"}},
 		Spec:       corev1.PodSpec{ServiceAccountName: "solo", Containers: []corev1.Container{{Name: "m", Image: "x"}}},
 	}
 	serviceAccount(t, c, "solo")
@@ -396,12 +395,12 @@ func podJoins(t *testing.T, c *cluster.Cluster, conn *grpc.ClientConn) {
 			t.Fatal(err)
 		}
 		for _, cond := range p.Status.Conditions {
-			if cond.Type == podready.ConditionType && cond.Status == corev1.ConditionTrue {
+			if cond.Type == podapi.ConditionGroupReady && cond.Status == corev1.ConditionTrue {
 				return
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("pod %s has no %s=True 20s after its group of one was ready: %+v", pod.Name, podready.ConditionType, p.Status.Conditions)
+			t.Fatalf("pod %s has no %s=True 20s after its group of one was ready: %+v", pod.Name, podapi.ConditionGroupReady, p.Status.Conditions)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

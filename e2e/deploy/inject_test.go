@@ -17,6 +17,7 @@ import (
 	"github.com/muster-dev/muster/coordinator/webhook"
 	"github.com/muster-dev/muster/e2e/cluster"
 	"github.com/muster-dev/muster/e2e/deploy"
+	"github.com/muster-dev/muster/podapi"
 )
 
 // registeredName names the webhook configuration startWebhook registers;
@@ -86,7 +87,7 @@ func (a *applier) injectAll(t *testing.T, objs []*unstructured.Unstructured) {
 func (a *applier) checkInjected(t *testing.T, owner *unstructured.Unstructured, pod *corev1.Pod) bool {
 	t.Helper()
 	what := fmt.Sprintf("%s pod %s", deploy.Describe(owner), pod.Name)
-	if pod.Annotations[webhook.AnnotationInject] != "true" {
+	if pod.Annotations[podapi.AnnotationInject] != "true" {
 		return false // a gang-scheduling example without the agent
 	}
 	raw, err := runtime.DefaultUnstructuredConverter.ToUnstructured(pod)
@@ -127,7 +128,7 @@ func (a *applier) checkInjected(t *testing.T, owner *unstructured.Unstructured, 
 func checkPreset(t *testing.T, owner *unstructured.Unstructured, pod *corev1.Pod, rank, world int) {
 	t.Helper()
 	what := fmt.Sprintf("%s pod %s", deploy.Describe(owner), pod.Name)
-	name := pod.Annotations[webhook.AnnotationRuntime]
+	name := pod.Annotations[podapi.AnnotationRuntime]
 	if name == "" {
 		name = "env"
 	}

@@ -11,7 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	fwk "k8s.io/kube-scheduler/framework"
 
-	"github.com/muster-dev/muster/scheduler-plugin/group"
+	"github.com/muster-dev/muster/podapi"
 )
 
 var _ fwk.PreBindPlugin = &Gang{}
@@ -19,7 +19,7 @@ var _ fwk.PreBindPlugin = &Gang{}
 // wantsDomain: ranks follow placement (muster.dev/rank-order: topology) and
 // the group names the node label that says where a member is.
 func wantsDomain(pod *v1.Pod) bool {
-	return strings.TrimSpace(pod.Annotations[group.AnnotationRankOrder]) == group.RankOrderTopology && group.RankTopologyKey(pod) != ""
+	return strings.TrimSpace(pod.Annotations[podapi.AnnotationRankOrder]) == podapi.RankOrderTopology && podapi.RankTopologyKey(pod) != ""
 }
 
 // PreBindPreFlight takes the pods whose group ranks by topology, of either
@@ -37,7 +37,7 @@ func (g *Gang) PreBindPreFlight(ctx context.Context, state fwk.CycleState, pod *
 // MUSTER_TOPOLOGY_DOMAIN from it and the coordinator can give members of
 // one domain neighbouring ranks.
 func (g *Gang) PreBind(ctx context.Context, state fwk.CycleState, pod *v1.Pod, nodeName string) *fwk.Status {
-	key := group.RankTopologyKey(pod)
+	key := podapi.RankTopologyKey(pod)
 	ni, err := g.handle.SnapshotSharedLister().NodeInfos().Get(nodeName)
 	if err != nil {
 		return fwk.AsStatus(fmt.Errorf("group member %s: node %s: %w", pod.Name, nodeName, err))
@@ -47,12 +47,12 @@ func (g *Gang) PreBind(ctx context.Context, state fwk.CycleState, pod *v1.Pod, n
 		// A node without the label is a domain of its own.
 		domain = "node/" + nodeName
 	}
-	if pod.Annotations[group.AnnotationTopologyDomain] == domain {
+	if pod.Annotations[podapi.AnnotationTopologyDomain] == domain {
 		return nil
 	}
-	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{group.AnnotationTopologyDomain: domain}}})
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{podapi.AnnotationTopologyDomain: domain}}})
 	if _, err := g.handle.ClientSet().CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		return fwk.AsStatus(fmt.Errorf("group member %s: write %s=%s: %w", pod.Name, group.AnnotationTopologyDomain, domain, err))
+		return fwk.AsStatus(fmt.Errorf("group member %s: write %s=%s: %w", pod.Name, podapi.AnnotationTopologyDomain, domain, err))
 	}
 	return nil
 }

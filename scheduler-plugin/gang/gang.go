@@ -42,8 +42,8 @@ import (
 	spinformers "sigs.k8s.io/scheduler-plugins/pkg/generated/informers/externalversions"
 	splisters "sigs.k8s.io/scheduler-plugins/pkg/generated/listers/scheduling/v1alpha1"
 
+	"github.com/muster-dev/muster/podapi"
 	"github.com/muster-dev/muster/scheduler-plugin/fit"
-	"github.com/muster-dev/muster/scheduler-plugin/group"
 )
 
 // Name is the plugin's name in the scheduler configuration.
@@ -71,9 +71,9 @@ type Gang struct {
 	mu sync.Mutex
 	// firstSeen is when each group's first pod was created: the order in
 	// which groups are served.
-	firstSeen map[group.Key]time.Time
+	firstSeen map[podapi.Key]time.Time
 	// waiting holds the groups seen and not yet fully bound.
-	waiting map[group.Key]bool
+	waiting map[podapi.Key]bool
 	// reported remembers the last warning sent per pod, so that a pod
 	// retried in a loop does not flood the event stream.
 	reported map[string]string
@@ -109,9 +109,9 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 	g := &Gang{
 		handle:       h,
 		log:          klog.FromContext(ctx).WithValues("plugin", Name),
-		firstSeen:    map[group.Key]time.Time{},
+		firstSeen:    map[podapi.Key]time.Time{},
 		reported:     map[string]string{},
-		waiting:      map[group.Key]bool{},
+		waiting:      map[podapi.Key]bool{},
 		stop:         ctx.Done(),
 		upstreamGang: utilfeature.DefaultFeatureGate.Enabled(features.GenericWorkload),
 	}
@@ -142,7 +142,7 @@ const groupIndex = "muster.dev/group"
 
 func groupIndexFunc(obj any) ([]string, error) {
 	if p, ok := obj.(*v1.Pod); ok {
-		if k, ok := group.Of(p); ok {
+		if k, ok := podapi.Of(p); ok {
 			return []string{k.String()}, nil
 		}
 	}
@@ -198,11 +198,11 @@ func (g *Gang) Name() string { return Name }
 // groupOf is the group MusterGang places pod in; ok is false for a pod of
 // no group and for one the scheduler's own pod-group cycle places (see
 // upstreamGang).
-func (g *Gang) groupOf(pod *v1.Pod) (group.Key, bool) {
-	if g.upstreamGang && group.SchedulingGroup(pod) != "" {
-		return group.Key{}, false
+func (g *Gang) groupOf(pod *v1.Pod) (podapi.Key, bool) {
+	if g.upstreamGang && podapi.SchedulingGroup(pod) != "" {
+		return podapi.Key{}, false
 	}
-	return group.Of(pod)
+	return podapi.Of(pod)
 }
 
 // GeneratePlacements serves the upstream pod-group cycle (groups named by
@@ -250,15 +250,15 @@ func (g *Gang) sortKey(e fwk.QueuedEntityInfo) sortKey {
 		return sortKey{at: e.GetTimestamp()}
 	}
 	pod := pi.GetPodInfo().GetPod()
-	k := sortKey{at: pod.CreationTimestamp.Time, ordinal: group.Ordinal(pod), name: pod.Namespace + "/" + pod.Name}
-	if key, ok := group.Of(pod); ok {
+	k := sortKey{at: pod.CreationTimestamp.Time, ordinal: podapi.Ordinal(pod), name: pod.Namespace + "/" + pod.Name}
+	if key, ok := podapi.Of(pod); ok {
 		k.group = key.String()
 		k.at = g.groupTime(key, pod.CreationTimestamp.Time)
 	}
 	return k
 }
 
-func (g *Gang) groupTime(k group.Key, created time.Time) time.Time {
+func (g *Gang) groupTime(k podapi.Key, created time.Time) time.Time {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	t, ok := g.firstSeen[k]
@@ -311,7 +311,7 @@ func (g *Gang) PreFilter(ctx context.Context, state fwk.CycleState, pod *v1.Pod,
 	}
 	if !containsPod(unplaced, pod) {
 		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable,
-			fmt.Sprintf("group %s already has %d members placed (%s=%d); pod %s is beyond the group's size", key.Name, len(placed), group.AnnotationSize, m.size, pod.Name))
+			fmt.Sprintf("group %s already has %d members placed (%s=%d); pod %s is beyond the group's size", key.Name, len(placed), podapi.AnnotationSize, m.size, pod.Name))
 	}
 	var members []fit.Member
 	for _, p := range unplaced {
@@ -323,7 +323,7 @@ func (g *Gang) PreFilter(ctx context.Context, state fwk.CycleState, pod *v1.Pod,
 		msg := fmt.Sprintf("group %s: %d of %d members fit; waiting for capacity", key.Name, len(placed)+plan.Fit, m.size)
 		switch {
 		case m.topologyKey != "" && !anyLabelled(nodes, m.topologyKey):
-			msg += fmt.Sprintf(" (all in one %s domain, and no node has label %s: label the nodes, or drop %s)", m.topologyKey, m.topologyKey, group.AnnotationTopologyKey)
+			msg += fmt.Sprintf(" (all in one %s domain, and no node has label %s: label the nodes, or drop %s)", m.topologyKey, m.topologyKey, podapi.AnnotationTopologyKey)
 		case m.topologyKey != "":
 			msg += fmt.Sprintf(" (all in one %s domain)", m.topologyKey)
 		}
@@ -412,7 +412,7 @@ func (g *Gang) Permit(ctx context.Context, state fwk.CycleState, pod *v1.Pod, no
 	if len(unscheduled) > 0 {
 		g.handle.Activate(g.log, unscheduled)
 	}
-	timeout, err := group.Timeout(pod, DefaultPermitTimeout)
+	timeout, err := podapi.Timeout(pod, DefaultPermitTimeout)
 	if err != nil {
 		g.warn(pod, "InvalidGroup", err.Error())
 	}
@@ -468,7 +468,7 @@ func (g *Gang) EventsToRegister(ctx context.Context) ([]fwk.ClusterEventWithHint
 	return events, nil
 }
 
-func (g *Gang) markWaiting(k group.Key, waiting bool) {
+func (g *Gang) markWaiting(k podapi.Key, waiting bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if waiting {
@@ -480,7 +480,7 @@ func (g *Gang) markWaiting(k group.Key, waiting bool) {
 }
 
 // rejectWaiting releases every member of group k waiting at Permit.
-func (g *Gang) rejectWaiting(k group.Key, msg string) {
+func (g *Gang) rejectWaiting(k podapi.Key, msg string) {
 	g.handle.IterateOverWaitingPods(func(wp fwk.WaitingPod) {
 		if wk, ok := g.groupOf(wp.GetPod()); ok && wk == k {
 			wp.Reject(Name, msg)
@@ -553,7 +553,7 @@ type groupMembers struct {
 }
 
 // members lists the group's pods and checks that they agree on its size.
-func (g *Gang) members(k group.Key, pod *v1.Pod) (groupMembers, error) {
+func (g *Gang) members(k podapi.Key, pod *v1.Pod) (groupMembers, error) {
 	var gm groupMembers
 	seen := map[string]bool{}
 	objs, err := g.byGroup.ByIndex(groupIndex, k.String())
@@ -574,12 +574,12 @@ func (g *Gang) members(k group.Key, pod *v1.Pod) (groupMembers, error) {
 	}
 	sort.Slice(gm.active, func(i, j int) bool {
 		a, b := gm.active[i], gm.active[j]
-		if oa, ob := group.Ordinal(a), group.Ordinal(b); oa != ob {
+		if oa, ob := podapi.Ordinal(a), podapi.Ordinal(b); oa != ob {
 			return oa < ob
 		}
 		return a.Name < b.Name
 	})
-	size, present, err := group.Size(pod)
+	size, present, err := podapi.Size(pod)
 	if err != nil {
 		return gm, fmt.Errorf("pod %s: %w", pod.Name, err)
 	}
@@ -594,16 +594,16 @@ func (g *Gang) members(k group.Key, pod *v1.Pod) (groupMembers, error) {
 		}
 	}
 	if !present {
-		return gm, fmt.Errorf("pod %s of group %s has no size: set annotation %s to the number of pods in the group (or create a PodGroup %s with minMember)", pod.Name, k.Name, group.AnnotationSize, k.Name)
+		return gm, fmt.Errorf("pod %s of group %s has no size: set annotation %s to the number of pods in the group (or create a PodGroup %s with minMember)", pod.Name, k.Name, podapi.AnnotationSize, k.Name)
 	}
 	for _, p := range gm.active {
-		s, ok, err := group.Size(p)
+		s, ok, err := podapi.Size(p)
 		if err == nil && ok && s != size {
-			return gm, fmt.Errorf("members of group %s disagree on %s: %d (pod %s) vs %d (pod %s); give every member the same size", k.Name, group.AnnotationSize, size, pod.Name, s, p.Name)
+			return gm, fmt.Errorf("members of group %s disagree on %s: %d (pod %s) vs %d (pod %s); give every member the same size", k.Name, podapi.AnnotationSize, size, pod.Name, s, p.Name)
 		}
 	}
 	gm.size = size
-	gm.topologyKey = group.TopologyKey(pod)
+	gm.topologyKey = podapi.TopologyKey(pod)
 	return gm, nil
 }
 

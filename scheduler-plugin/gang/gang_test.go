@@ -9,7 +9,7 @@ import (
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
 
-	"github.com/muster-dev/muster/scheduler-plugin/group"
+	"github.com/muster-dev/muster/podapi"
 )
 
 func queued(name, grp string, ordinal string, created time.Time, prio int32) fwk.QueuedEntityInfo {
@@ -26,7 +26,7 @@ func queued(name, grp string, ordinal string, created time.Time, prio int32) fwk
 }
 
 func TestLessServesGroupsFirstComeAndKeepsMembersTogether(t *testing.T) {
-	g := &Gang{firstSeen: map[group.Key]time.Time{}}
+	g := &Gang{firstSeen: map[podapi.Key]time.Time{}}
 	t0 := time.Unix(1000, 0)
 	// Group a was created first; its member a-10 arrives late (created
 	// after b's members) but still sorts with its group, by ordinal.

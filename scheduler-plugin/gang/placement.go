@@ -4,7 +4,7 @@ import (
 	schedulingv1beta1 "k8s.io/api/scheduling/v1beta1"
 	fwk "k8s.io/kube-scheduler/framework"
 
-	"github.com/muster-dev/muster/scheduler-plugin/group"
+	"github.com/muster-dev/muster/podapi"
 )
 
 // withTopologyKey returns pg as the upstream topology plugin should see it:
@@ -21,7 +21,7 @@ func withTopologyKey(pg fwk.PodGroupInfo) fwk.PodGroupInfo {
 	}
 	key := ""
 	for _, p := range pg.GetUnscheduledPods() {
-		if key = group.TopologyKey(p); key != "" {
+		if key = podapi.TopologyKey(p); key != "" {
 			break
 		}
 	}

@@ -1,10 +1,12 @@
-package group
+package rendezvous
 
 import (
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/muster-dev/muster/podapi"
 )
 
 func ord(v int64) *int64 { return &v }
@@ -116,7 +118,7 @@ func TestAssignRanks(t *testing.T) {
 }
 
 func view(st State, members ...Member) *View {
-	v := &View{Key: Key{"default", "g"}, State: &st, Members: map[string]Member{}}
+	v := &View{Key: podapi.Key{Namespace: "default", Name: "g"}, State: &st, Members: map[string]Member{}}
 	for _, m := range members {
 		v.Members[m.ID] = m
 	}
@@ -246,27 +248,6 @@ func TestFailedKeepsFirstError(t *testing.T) {
 	d2 := Restart(&d.Next, time.Unix(1000, 0), "b", "second")
 	if d2.Next.FirstError != "first" {
 		t.Fatalf("first error overwritten: %q", d2.Next.FirstError)
-	}
-}
-
-func TestValidateName(t *testing.T) {
-	tests := []struct {
-		in, wantErr string
-	}{
-		{"ok-name_1.x", ""},
-		{"", "is empty"},
-		{strings.Repeat("a", 64), "limit is 63"},
-		{"has/slash", "not a valid name"},
-		{"-leading", "not a valid name"},
-	}
-	for _, tc := range tests {
-		err := ValidateName("group", tc.in, MaxGroupNameLen)
-		if tc.wantErr == "" && err != nil {
-			t.Errorf("ValidateName(%q) = %v, want nil", tc.in, err)
-		}
-		if tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), "group")) {
-			t.Errorf("ValidateName(%q) = %v, want an error naming the field and containing %q", tc.in, err, tc.wantErr)
-		}
 	}
 }
 

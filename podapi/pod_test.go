@@ -1,4 +1,4 @@
-package group
+package podapi
 
 import (
 	"strings"

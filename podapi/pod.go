@@ -1,6 +1,4 @@
-// Package group reads which gang a pod belongs to, and how big the gang
-// is, from the pod's labels and annotations.
-package group
+package podapi
 
 import (
 	"fmt"
@@ -11,33 +9,6 @@ import (
 	v1 "k8s.io/api/core/v1"
 )
 
-// The pod labels and annotations muster reads (README.md lists them).
-const (
-	LabelGroup            = "muster.dev/group"
-	LabelPodGroup         = "scheduling.x-k8s.io/pod-group" // scheduler-plugins, LWS, Kubeflow, Kueue
-	AnnotationSize        = "muster.dev/size"
-	AnnotationTopologyKey = "muster.dev/topology-key"
-	AnnotationTimeout     = "muster.dev/timeout"
-	// AnnotationRankOrder "topology" asks for ranks that follow placement;
-	// the scheduler then writes each member's domain (the value of the
-	// group's topology key on its node) into AnnotationTopologyDomain
-	// before binding it, where the agent reads it (downward API).
-	AnnotationRankOrder      = "muster.dev/rank-order"
-	AnnotationTopologyDomain = "muster.dev/topology-domain"
-	RankOrderTopology        = "topology"
-	// AnnotationRankTopologyKey is the node label rank-order topology
-	// groups by; without it, the group's muster.dev/topology-key (which
-	// then also keeps the group in one domain of that key).
-	AnnotationRankTopologyKey = "muster.dev/rank-topology-key"
-	// AnnotationOrdinal is a member's rank hint when its workload gives it
-	// no index (a Deployment's pods): members with a hint take the low
-	// ranks in its order, the others follow in order of arrival.
-	AnnotationOrdinal = "muster.dev/ordinal"
-	// AnnotationInject "true" asks the webhook for the agent. A workload's
-	// labels alone make a group only for pods that ask (KServe's).
-	AnnotationInject = "muster.dev/inject"
-)
-
 // RankTopologyKey is the node label whose domains rank-order topology
 // keeps together ("" for none).
 func RankTopologyKey(pod *v1.Pod) string {
@@ -46,37 +17,6 @@ func RankTopologyKey(pod *v1.Pod) string {
 	}
 	return TopologyKey(pod)
 }
-
-// LeaderWorkerSet (sigs.k8s.io/lws v0.7.0, api/leaderworkerset/v1) labels
-// and annotations: every pod of one LWS group carries the set's name and
-// the group's index, and the group size.
-const (
-	LabelLWSName       = "leaderworkerset.sigs.k8s.io/name"
-	LabelLWSGroupIndex = "leaderworkerset.sigs.k8s.io/group-index"
-	AnnotationLWSSize  = "leaderworkerset.sigs.k8s.io/size"
-)
-
-// KServe (github.com/kserve/kserve v0.17, pkg/constants) labels the pods of
-// a multi-node InferenceService in Standard (RawDeployment) mode: the head
-// Deployment <isvc>-predictor (app=isvc.<isvc>-predictor, one pod) and the
-// worker Deployment <isvc>-predictor-worker (RAY_NODE_COUNT-1 pods) carry
-// the InferenceService's name, component=predictor and its generation.
-// KServe sets the pod count as RAY_NODE_COUNT in both pods' containers.
-const (
-	LabelKServeInferenceService = "serving.kserve.io/inferenceservice"
-	LabelKServeGeneration       = "isvc.generation"
-	LabelKServeComponent        = "component"
-	LabelKServeApp              = "app"
-	EnvKServeNodeCount          = "RAY_NODE_COUNT"
-)
-
-// Key identifies a group: group names are scoped by namespace.
-type Key struct {
-	Namespace string
-	Name      string
-}
-
-func (k Key) String() string { return k.Namespace + "/" + k.Name }
 
 // Source says where a pod's group name came from.
 type Source int

@@ -15,7 +15,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/muster-dev/muster/coordinator/pki"
+	"github.com/muster-dev/muster/pki"
 )
 
 // transportCredentials are how the agent dials the coordinator: TLS that

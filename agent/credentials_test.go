@@ -20,7 +20,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
-	"github.com/muster-dev/muster/coordinator/pki"
+	"github.com/muster-dev/muster/pki"
 )
 
 // testPKI writes a CA and a client certificate it signed into a temp dir.

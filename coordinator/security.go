@@ -21,8 +21,8 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/muster-dev/muster/coordinator/auth"
-	"github.com/muster-dev/muster/coordinator/pki"
 	"github.com/muster-dev/muster/coordinator/webhook"
+	"github.com/muster-dev/muster/pki"
 )
 
 // validateSecurity checks the TLS and authentication flags; a coordinator

@@ -15,7 +15,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/muster-dev/muster/coordinator/auth"
-	"github.com/muster-dev/muster/coordinator/pki"
+	"github.com/muster-dev/muster/pki"
 )
 
 // PKI is what a bare-host installation with client certificates has (issue

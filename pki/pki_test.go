@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/muster-dev/muster/coordinator/pki"
+	"github.com/muster-dev/muster/pki"
 )
 
 func newCA(t *testing.T) (*pki.CA, []byte) {

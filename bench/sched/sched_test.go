@@ -13,7 +13,7 @@ import (
 
 	"github.com/muster-dev/muster/bench/report"
 	"github.com/muster-dev/muster/e2e/cluster"
-	"github.com/muster-dev/muster/e2e/cluster/clustertest"
+	"github.com/muster-dev/muster/test/clustertest"
 )
 
 // The cluster every scheduler runs against: 200 kwok nodes of 8 GPUs

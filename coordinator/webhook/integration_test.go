@@ -25,8 +25,8 @@ import (
 	spv1alpha1 "sigs.k8s.io/scheduler-plugins/apis/scheduling/v1alpha1"
 	spclientset "sigs.k8s.io/scheduler-plugins/pkg/generated/clientset/versioned"
 
-	"github.com/muster-dev/muster/e2e/cluster/clustertest"
 	"github.com/muster-dev/muster/podapi"
+	"github.com/muster-dev/muster/test/clustertest"
 )
 
 func annotatedPod(name string, labels, annotations map[string]string) *corev1.Pod {

@@ -25,9 +25,9 @@ import (
 	"helm.sh/helm/v3/pkg/lint/support"
 
 	"github.com/muster-dev/muster/e2e/cluster"
-	"github.com/muster-dev/muster/e2e/cluster/clustertest"
 	"github.com/muster-dev/muster/e2e/deploy"
 	"github.com/muster-dev/muster/e2e/kserve"
+	"github.com/muster-dev/muster/test/clustertest"
 )
 
 func TestMain(m *testing.M) { clustertest.Main(m) }

@@ -17,7 +17,7 @@ import (
 	"github.com/muster-dev/muster/coordinator/cli"
 	"github.com/muster-dev/muster/coordinator/testcoord"
 	"github.com/muster-dev/muster/e2e/cluster"
-	"github.com/muster-dev/muster/e2e/cluster/clustertest"
+	"github.com/muster-dev/muster/test/clustertest"
 )
 
 // schedulerRunsChartConfig runs bin/scheduler with the chart's

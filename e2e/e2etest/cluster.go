@@ -16,8 +16,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/muster-dev/muster/e2e/cluster"
-	"github.com/muster-dev/muster/e2e/cluster/clustertest"
 	"github.com/muster-dev/muster/e2e/procnode"
+	"github.com/muster-dev/muster/test/clustertest"
 )
 
 // ProcessCluster starts a private control plane whose nodes run pods as

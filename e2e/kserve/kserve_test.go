@@ -25,9 +25,9 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/muster-dev/muster/e2e/cluster"
-	"github.com/muster-dev/muster/e2e/cluster/clustertest"
 	"github.com/muster-dev/muster/e2e/e2etest"
 	"github.com/muster-dev/muster/e2e/kserve"
+	"github.com/muster-dev/muster/test/clustertest"
 )
 
 func TestMain(m *testing.M) { clustertest.Main(m) }

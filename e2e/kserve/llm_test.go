@@ -14,10 +14,10 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/dynamic"
 
-	"github.com/muster-dev/muster/e2e/cluster/clustertest"
 	"github.com/muster-dev/muster/e2e/e2etest"
 	"github.com/muster-dev/muster/e2e/kserve"
 	"github.com/muster-dev/muster/e2e/lws"
+	"github.com/muster-dev/muster/test/clustertest"
 )
 
 const (

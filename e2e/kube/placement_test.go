@@ -15,8 +15,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/muster-dev/muster/e2e/cluster"
-	"github.com/muster-dev/muster/e2e/cluster/clustertest"
 	"github.com/muster-dev/muster/e2e/e2etest"
+	"github.com/muster-dev/muster/test/clustertest"
 )
 
 // ranksFollowPlacement: four pods annotated muster.dev/rank-order: topology

@@ -18,9 +18,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/muster-dev/muster/e2e/cluster"
-	"github.com/muster-dev/muster/e2e/cluster/clustertest"
 	"github.com/muster-dev/muster/e2e/e2etest"
 	"github.com/muster-dev/muster/e2e/lws"
+	"github.com/muster-dev/muster/test/clustertest"
 )
 
 func TestMain(m *testing.M) { clustertest.Main(m) }

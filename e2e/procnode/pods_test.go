@@ -15,8 +15,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/muster-dev/muster/e2e/cluster"
-	"github.com/muster-dev/muster/e2e/cluster/clustertest"
 	"github.com/muster-dev/muster/e2e/procnode"
+	"github.com/muster-dev/muster/test/clustertest"
 )
 
 // testInit: init containers run in order, each to completion, appending to

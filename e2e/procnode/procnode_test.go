@@ -19,8 +19,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/muster-dev/muster/e2e/cluster"
-	"github.com/muster-dev/muster/e2e/cluster/clustertest"
 	"github.com/muster-dev/muster/e2e/procnode"
+	"github.com/muster-dev/muster/test/clustertest"
 )
 
 // TestProcessNodes runs real pods on process nodes of one private cluster:

@@ -15,8 +15,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/muster-dev/muster/e2e/cluster"
-	"github.com/muster-dev/muster/e2e/cluster/clustertest"
 	"github.com/muster-dev/muster/e2e/procnode"
+	"github.com/muster-dev/muster/test/clustertest"
 )
 
 // testToken: a projected volume as muster's webhook adds it (a

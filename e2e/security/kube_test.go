@@ -22,9 +22,9 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/muster-dev/muster/e2e/cluster/clustertest"
 	"github.com/muster-dev/muster/e2e/e2etest"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
+	"github.com/muster-dev/muster/test/clustertest"
 )
 
 func TestMain(m *testing.M) { clustertest.Main(m) }

@@ -28,7 +28,7 @@ import (
 	spclientset "sigs.k8s.io/scheduler-plugins/pkg/generated/clientset/versioned"
 	"sigs.k8s.io/yaml"
 
-	"github.com/muster-dev/muster/e2e/cluster/clustertest"
+	"github.com/muster-dev/muster/test/clustertest"
 )
 
 const gpu = v1.ResourceName("nvidia.com/gpu")

@@ -5,7 +5,7 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/muster-dev/muster/e2e/cluster/clustertest"
+	"github.com/muster-dev/muster/test/clustertest"
 )
 
 func TestMain(m *testing.M) { clustertest.Main(m) }

@@ -216,8 +216,10 @@ type Coordinator struct {
 	grpc  *grpc.Server
 	lis   net.Listener
 	kube  kubernetes.Interface
-	rest  *rest.Config
-	errc  chan error
+	// etcdEndpoints are the embedded etcd's client URL or cfg's endpoints.
+	etcdEndpoints []string
+	rest          *rest.Config
+	errc          chan error
 	// stopWebhook ends the webhook server.
 	stopWebhook context.CancelFunc
 	health      *health.Checker
@@ -239,102 +241,141 @@ func Start(ctx context.Context, cfg Config) (*Coordinator, error) {
 		log = slog.Default()
 	}
 	c := &Coordinator{cfg: cfg, errc: make(chan error, 2)}
-	endpoints := cfg.EtcdEndpoints
-	if len(endpoints) == 0 {
+	steps := []func(context.Context, *slog.Logger) error{
+		c.connectEtcd,  // embedded or external etcd, and a client that reached it
+		c.startStore,   // the store, its reaper and the groups' hubs
+		c.connectKube,  // with a kubeconfig: pod readiness and events
+		c.serveGRPC,    // TLS, who may call, health, the rendezvous service
+		c.startWebhook, // with --webhook-listen: the admission webhook
+	}
+	for _, step := range steps {
+		if err := step(ctx, log); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// connectEtcd starts the embedded etcd unless cfg names etcd endpoints,
+// and connects a client that has reached it.
+func (c *Coordinator) connectEtcd(ctx context.Context, log *slog.Logger) error {
+	cfg := c.cfg
+	c.etcdEndpoints = cfg.EtcdEndpoints
+	if len(c.etcdEndpoints) == 0 {
 		ec := embedetcd.DefaultConfig(filepath.Join(cfg.DataDir, "etcd"))
 		ec.ClientAddr, ec.PeerAddr = cfg.EtcdClientAddr, cfg.EtcdPeerAddr
 		ec.Logger = log.With("component", "etcd")
 		e, err := embedetcd.Start(ctx, ec)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		c.etcd = e
-		endpoints = []string{e.ClientURL}
+		c.etcdEndpoints = []string{e.ClientURL}
 		log.Info("embedded etcd serving", "client_url", e.ClientURL, "data_dir", ec.Dir)
+		go func() {
+			if err := <-e.Err(); err != nil {
+				c.errc <- fmt.Errorf("embedded etcd: %w", err)
+			}
+		}()
 	}
 	etls, err := etcdTLS(cfg)
 	if err != nil {
-		c.Close()
-		return nil, err
+		return err
 	}
 	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   endpoints,
+		Endpoints:   c.etcdEndpoints,
 		DialTimeout: 5 * time.Second,
 		TLS:         etls,
 		Logger:      zap.NewNop(),
 	})
 	if err != nil {
-		c.Close()
-		return nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
+		return fmt.Errorf("connect to etcd %v: %w", c.etcdEndpoints, err)
 	}
 	c.cli = cli
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	_, err = cli.Status(sctx, endpoints[0])
-	cancel()
-	if err != nil {
-		c.Close()
-		return nil, fmt.Errorf("reach etcd %v: %w", endpoints, err)
+	defer cancel()
+	if _, err := cli.Status(sctx, c.etcdEndpoints[0]); err != nil {
+		return fmt.Errorf("reach etcd %v: %w", c.etcdEndpoints, err)
 	}
-	c.Store = store.New(cli, cfg.Prefix)
+	return nil
+}
+
+// startStore opens the store, starts the reaper of finished groups and
+// the registry of the groups' hubs.
+func (c *Coordinator) startStore(_ context.Context, log *slog.Logger) error {
+	c.Store = store.New(c.cli, c.cfg.Prefix)
 	rctx, stopReaper := context.WithCancel(context.Background())
 	c.stopReaper = stopReaper
 	c.reaperDone.Add(1)
 	go func() {
 		defer c.reaperDone.Done()
-		reaper.Run(rctx, c.Store, reaper.Config{TTL: cfg.FinishedGroupTTL}, log.With("component", "reaper"))
+		reaper.Run(rctx, c.Store, reaper.Config{TTL: c.cfg.FinishedGroupTTL}, log.With("component", "reaper"))
 	}()
 	c.hubs = hub.NewRegistry(c.Store, log, 30*time.Second)
-	if cfg.Kubeconfig != "" || cfg.InCluster {
-		var rc *rest.Config
-		if cfg.InCluster {
-			rc, err = rest.InClusterConfig()
-		} else {
-			rc, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
-		}
-		if err != nil {
-			c.Close()
-			return nil, fmt.Errorf("--kubeconfig %s: %w", cfg.Kubeconfig, err)
-		}
-		// Every agent's token is reviewed (TokenReview, its pod read) on
-		// top of the readiness patches and events: client-go's default 5
-		// requests per second would queue them behind each other until
-		// agents' calls time out.
-		if rc.QPS == 0 {
-			rc.QPS, rc.Burst = 200, 400
-		}
-		cs, err := kubernetes.NewForConfig(rc)
-		if err != nil {
-			c.Close()
-			return nil, fmt.Errorf("--kubeconfig %s: %w", cfg.Kubeconfig, err)
-		}
-		c.kube, c.rest = cs, rc
-		syncer := podready.New(cs, log)
-		c.hubs.ReadyHook = func(k podapi.Key, gen int64, phase rendezvous.Phase, ready bool, members []string, msg string) {
-			syncer.Set(k.Namespace, k.Name, members, ready, msg)
-			if phase == rendezvous.Failed {
-				// The first error, and who had it, where kubectl describe shows it.
-				syncer.Event(k.Namespace, members, "GroupFailed", msg)
-			}
-			if cfg.ReadyHook != nil {
-				cfg.ReadyHook(k, gen, phase, ready, members, msg)
-			}
-		}
-	} else {
-		c.hubs.ReadyHook = cfg.ReadyHook
+	c.hubs.ReadyHook = c.cfg.ReadyHook
+	return nil
+}
+
+// connectKube, with a kubeconfig (or in a cluster), makes the Kubernetes
+// clients and sets each group's pods' readiness condition, and an event on
+// a failed group, whenever its hub says readiness changed.
+func (c *Coordinator) connectKube(_ context.Context, log *slog.Logger) error {
+	cfg := c.cfg
+	if cfg.Kubeconfig == "" && !cfg.InCluster {
+		return nil
 	}
+	var rc *rest.Config
+	var err error
+	if cfg.InCluster {
+		rc, err = rest.InClusterConfig()
+	} else {
+		rc, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+	}
+	if err != nil {
+		return fmt.Errorf("--kubeconfig %s: %w", cfg.Kubeconfig, err)
+	}
+	// Every agent's token is reviewed (TokenReview, its pod read) on
+	// top of the readiness patches and events: client-go's default 5
+	// requests per second would queue them behind each other until
+	// agents' calls time out.
+	if rc.QPS == 0 {
+		rc.QPS, rc.Burst = 200, 400
+	}
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("--kubeconfig %s: %w", cfg.Kubeconfig, err)
+	}
+	c.kube, c.rest = cs, rc
+	syncer := podready.New(cs, log)
+	c.hubs.ReadyHook = func(k podapi.Key, gen int64, phase rendezvous.Phase, ready bool, members []string, msg string) {
+		syncer.Set(k.Namespace, k.Name, members, ready, msg)
+		if phase == rendezvous.Failed {
+			// The first error, and who had it, where kubectl describe shows it.
+			syncer.Event(k.Namespace, members, "GroupFailed", msg)
+		}
+		if cfg.ReadyHook != nil {
+			cfg.ReadyHook(k, gen, phase, ready, members, msg)
+		}
+	}
+	return nil
+}
+
+// serveGRPC serves the rendezvous service: TLS and who may call
+// (security.go), the gossip secret, health and metrics, then the listener.
+func (c *Coordinator) serveGRPC(ctx context.Context, log *slog.Logger) error {
+	cfg := c.cfg
+	var err error
 	if c.agentCA, err = c.prepareTLS(log); err != nil {
-		c.Close()
-		return nil, err
+		return err
 	}
 	secOpts, kubeAuth, err := c.securityOptions(log)
 	if err != nil {
-		c.Close()
-		return nil, err
+		return err
 	}
-	secret, err := gossipSecret(ctx, cli, cfg.Prefix)
+	secret, err := gossipSecret(ctx, c.cli, cfg.Prefix)
 	if err != nil {
-		c.Close()
-		return nil, err
+		return err
 	}
 	sopts := server.Options{MemberTTL: cfg.MemberTTL, MaxRestarts: cfg.MaxRestarts, Runtimes: podapi.Runtimes,
 		MaxGroupsPerNamespace: cfg.MaxGroupsPerNamespace, MaxGroupSize: cfg.MaxGroupSize, GossipSecret: secret}
@@ -351,37 +392,25 @@ func Start(ctx context.Context, cfg Config) (*Coordinator, error) {
 	c.grpc = grpc.NewServer(opts...)
 	musterv1.RegisterRendezvousServer(c.grpc, srv)
 	if err := c.startHealth(log); err != nil {
-		c.Close()
-		return nil, err
+		return err
 	}
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
-		c.Close()
-		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 	c.lis = lis
 	go func() { c.errc <- c.grpc.Serve(lis) }()
-	if c.etcd != nil {
-		go func() {
-			if err := <-c.etcd.Err(); err != nil {
-				c.errc <- fmt.Errorf("embedded etcd: %w", err)
-			}
-		}()
-	}
-	log.Info("coordinator serving", "listen", lis.Addr().String(), "etcd", strings.Join(endpoints, ","))
-	if cfg.WebhookListen != "" {
-		if err := c.startWebhook(ctx, log); err != nil {
-			c.Close()
-			return nil, err
-		}
-	}
-	return c, nil
+	log.Info("coordinator serving", "listen", lis.Addr().String(), "etcd", strings.Join(c.etcdEndpoints, ","))
+	return nil
 }
 
-// startWebhook serves the admission webhook and, with a kubeconfig,
-// registers it.
+// startWebhook, with --webhook-listen, serves the admission webhook and,
+// with a kubeconfig, registers it.
 func (c *Coordinator) startWebhook(ctx context.Context, log *slog.Logger) error {
 	cfg := c.cfg
+	if cfg.WebhookListen == "" {
+		return nil
+	}
 	dir := cfg.WebhookCertDir
 	if dir == "" {
 		dir = filepath.Join(cfg.DataDir, "webhook")

@@ -224,7 +224,7 @@ func (s *Server) checkJoin(caller *auth.Identity, req *musterv1.JoinRequest) (po
 	}
 	runtime := req.GetRuntime()
 	if runtime == "" {
-		runtime = "env"
+		runtime = podapi.DefaultRuntime
 	}
 	if len(s.opts.Runtimes) > 0 && !slices.Contains(s.opts.Runtimes, runtime) {
 		return k, "", invalid("%s: runtime %q is not a known preset; use one of %s", what, truncateName(runtime), strings.Join(s.opts.Runtimes, ", "))
@@ -237,94 +237,134 @@ func (s *Server) join(ctx context.Context, req *musterv1.JoinRequest) (*musterv1
 	if err != nil {
 		return nil, err
 	}
-	id := req.GetMemberId()
-	what := fmt.Sprintf("join group %q as %q", k.String(), id)
 	h, err := s.hubs.Acquire(ctx, k)
 	if err != nil {
 		return nil, internal(err)
 	}
 	defer h.Release()
+	j := &joining{s: s, h: h, k: k, id: req.GetMemberId(), req: req, runtime: runtime}
+	j.what = fmt.Sprintf("join group %q as %q", k.String(), j.id)
 
 	// Each pass reads the hub's view, decides one write and makes it with a
 	// compare-and-swap; a lost race waits for the hub to catch up and reads
 	// again. A handful of passes settles any real contention.
 	for attempt := 0; attempt < 20; attempt++ {
-		p := s.planJoin(h, k, id, req, runtime)
-		if p.err != nil {
-			return nil, p.err
-		}
+		p := j.plan()
 		var rev int64
 		switch {
+		case p.err != nil:
+			return nil, p.err
 		case p.create != nil:
-			// Concurrent first joins through this replica create the group
-			// once; the others wait and find it. Only the one that creates
-			// counts the namespace's groups (N members arriving at once
-			// would otherwise scan it N times).
-			if err := h.CreateOnce(ctx, func() (int64, error) {
-				if err := s.checkGroupCap(ctx, k); err != nil {
-					return 0, err
-				}
-				_, rev, err := s.store.CreateState(ctx, k, *p.create)
-				return rev, err
-			}); err != nil {
-				if status.Code(err) == codes.ResourceExhausted {
-					return nil, err
-				}
-				return nil, internal(fmt.Errorf("%s: %w", what, err))
+			if err := j.create(ctx, *p.create); err != nil {
+				return nil, err
 			}
 			continue
 		case p.reset != nil:
-			var ok bool
-			ok, err = s.store.ResetState(ctx, k, p.stateRev, *p.reset, p.resetEmpty)
-			rev = p.viewRev + 1
-			switch {
-			case err == nil && ok && p.resetEmpty:
-				s.log.Info("group had no members attached; starting it afresh at generation 0", "group", k.String(), "member", id, "size", p.reset.Size)
-			case err == nil && ok:
-				s.log.Info("group was terminal with no live members; starting it afresh", "group", k.String(), "member", id)
-			}
+			rev, err = j.reset(ctx, p)
 		case p.restart != nil:
-			var ok bool
-			ok, err = s.store.SwapState(ctx, k, p.stateRev, p.restart.Next)
-			rev = p.viewRev + 1
-			if ok {
-				s.log.Info(p.restart.Reason, "group", k.String(), "generation", p.restart.Next.Generation)
-			}
+			rev, err = j.restart(ctx, p)
 		case p.put != nil:
-			lease := clientv3.LeaseID(p.put.Lease)
-			if lease == 0 {
-				if lease, err = s.store.GrantLease(ctx, int64((s.opts.MemberTTL+time.Second-1)/time.Second)); err != nil {
-					return nil, internal(fmt.Errorf("%s: %w", what, err))
-				}
-			}
-			var ok bool
-			ok, rev, err = s.store.PutMember(ctx, k, *p.put, lease, p.memberRev)
-			if errors.Is(err, store.ErrLeaseGone) {
-				// The old lease expired between the read and the write: the
-				// record is gone too, so the next pass writes a new one.
-				err = nil
-			}
-			if err == nil && ok {
-				// Answer once this replica's view has the new member, so a
-				// join that follows this one (the next pod, a member beyond
-				// the size) is planned with it: otherwise a stale view let
-				// a third member into a full group of two.
-				if err := h.WaitRev(ctx, rev); err != nil {
-					return nil, internal(err)
-				}
-				return &musterv1.JoinResponse{Generation: p.put.Generation, Joined: int32(p.joined + 1), Size: int32(p.size)}, nil
+			var resp *musterv1.JoinResponse
+			if resp, rev, err = j.put(ctx, p); resp != nil || err != nil {
+				return resp, err
 			}
 		default:
 			return p.resp, nil
 		}
 		if err != nil {
-			return nil, internal(fmt.Errorf("%s: %w", what, err))
+			return nil, internal(fmt.Errorf("%s: %w", j.what, err))
 		}
 		if err := h.WaitRev(ctx, rev); err != nil {
 			return nil, internal(err)
 		}
 	}
-	return nil, status.Errorf(codes.Aborted, "%s: too much contention on the group; retry", what)
+	return nil, status.Errorf(codes.Aborted, "%s: too much contention on the group; retry", j.what)
+}
+
+// joining is one Join call: the writes its plan may make.
+type joining struct {
+	s       *Server
+	h       *hub.Hub
+	k       podapi.Key
+	id      string
+	req     *musterv1.JoinRequest
+	runtime string
+	what    string // for errors: join group "ns/g" as "id"
+}
+
+// create makes the group. Concurrent first joins through this replica
+// create it once; the others wait and find it. Only the one that creates
+// counts the namespace's groups (N members arriving at once would
+// otherwise scan it N times).
+func (j *joining) create(ctx context.Context, st rendezvous.State) error {
+	err := j.h.CreateOnce(ctx, func() (int64, error) {
+		if err := j.s.checkGroupCap(ctx, j.k); err != nil {
+			return 0, err
+		}
+		_, rev, err := j.s.store.CreateState(ctx, j.k, st)
+		return rev, err
+	})
+	switch {
+	case err == nil:
+		return nil
+	case status.Code(err) == codes.ResourceExhausted:
+		return err
+	}
+	return internal(fmt.Errorf("%s: %w", j.what, err))
+}
+
+// reset starts the group afresh; the revision to wait for is returned.
+func (j *joining) reset(ctx context.Context, p joinPlan) (int64, error) {
+	ok, err := j.s.store.ResetState(ctx, j.k, p.stateRev, *p.reset, p.resetEmpty)
+	switch {
+	case err == nil && ok && p.resetEmpty:
+		j.s.log.Info("group had no members attached; starting it afresh at generation 0", "group", j.k.String(), "member", j.id, "size", p.reset.Size)
+	case err == nil && ok:
+		j.s.log.Info("group was terminal with no live members; starting it afresh", "group", j.k.String(), "member", j.id)
+	}
+	return p.viewRev + 1, err
+}
+
+// restart moves the group to its next generation.
+func (j *joining) restart(ctx context.Context, p joinPlan) (int64, error) {
+	ok, err := j.s.store.SwapState(ctx, j.k, p.stateRev, p.restart.Next)
+	if ok {
+		j.s.log.Info(p.restart.Reason, "group", j.k.String(), "generation", p.restart.Next.Generation)
+	}
+	return p.viewRev + 1, err
+}
+
+// put writes the member's record on its lease (a new one for a new
+// member). It answers once this replica's view has the record; resp and
+// err are nil when the write lost a race and the caller should plan again
+// (after waiting for rev).
+func (j *joining) put(ctx context.Context, p joinPlan) (resp *musterv1.JoinResponse, rev int64, err error) {
+	lease := clientv3.LeaseID(p.put.Lease)
+	if lease == 0 {
+		if lease, err = j.s.store.GrantLease(ctx, int64((j.s.opts.MemberTTL+time.Second-1)/time.Second)); err != nil {
+			return nil, 0, internal(fmt.Errorf("%s: %w", j.what, err))
+		}
+	}
+	ok, rev, err := j.s.store.PutMember(ctx, j.k, *p.put, lease, p.memberRev)
+	if errors.Is(err, store.ErrLeaseGone) {
+		// The old lease expired between the read and the write: the
+		// record is gone too, so the next pass writes a new one.
+		return nil, rev, nil
+	}
+	if err != nil {
+		return nil, rev, internal(fmt.Errorf("%s: %w", j.what, err))
+	}
+	if !ok {
+		return nil, rev, nil
+	}
+	// Answer once this replica's view has the new member, so a join that
+	// follows this one (the next pod, a member beyond the size) is
+	// planned with it: otherwise a stale view let a third member into a
+	// full group of two.
+	if err := j.h.WaitRev(ctx, rev); err != nil {
+		return nil, rev, internal(err)
+	}
+	return &musterv1.JoinResponse{Generation: p.put.Generation, Joined: int32(p.joined + 1), Size: int32(p.size)}, rev, nil
 }
 
 // checkGroupCap refuses a new group in a namespace that holds
@@ -368,118 +408,146 @@ type joinPlan struct {
 	size       int
 }
 
-func (s *Server) planJoin(h *hub.Hub, k podapi.Key, id string, req *musterv1.JoinRequest, runtime string) joinPlan {
+// plan reads the hub's view and decides the one write this pass makes.
+func (j *joining) plan() joinPlan {
 	var p joinPlan
-	what := fmt.Sprintf("join group %q as %q", k.String(), id)
-	h.Read(func(v *rendezvous.View) {
-		p.viewRev, p.stateRev = v.Rev, v.StateRev
-		st := v.State
-		if st == nil {
-			ns := rendezvous.NewState(int(req.GetSize()), runtime, s.opts.MaxRestarts)
-			ns.RankOrder = rankOrder(req)
-			p.create = &ns
-			return
-		}
-		p.size = st.Size
-		if req.GetGeneration() < 0 && len(v.Members) == 0 {
-			// Nobody is attached: the first pod of a workload made again
-			// under the same name (or of one whose pods all went). It
-			// starts a new group, at generation 0 with its own size and
-			// runtime, not the old one's generation and restart count
-			// (unless the group is that fresh already: just made).
-			fresh := rendezvous.NewState(int(req.GetSize()), runtime, s.opts.MaxRestarts)
-			fresh.RankOrder = rankOrder(req)
-			if !reflect.DeepEqual(*st, fresh) {
-				p.reset, p.resetEmpty = &fresh, true
-				return
-			}
-		}
-		if int(req.GetSize()) != st.Size {
-			p.err = invalid("%s: size %d disagrees with group size %d; every member must pass the same size", what, req.GetSize(), st.Size)
-			return
-		}
-		if runtime != st.Runtime {
-			p.err = invalid("%s: runtime %q disagrees with the group's runtime %q; every member must use the same runtime", what, runtime, st.Runtime)
-			return
-		}
-		if ro := rankOrder(req); ro != st.RankOrder && !st.Phase.Terminal() {
-			p.err = invalid("%s: rank order %q disagrees with the group's %q; every member must use the same", what, rankOrderName(ro), rankOrderName(st.RankOrder))
-			return
-		}
-		rec, known := v.Members[id]
-		gen := req.GetGeneration()
-		if st.Phase.Terminal() {
-			if gen >= 0 && known {
-				// A member catching up after the end: its stream reports it.
-				p.resp = &musterv1.JoinResponse{Generation: rec.Generation, Size: int32(st.Size)}
-				return
-			}
-			var others []string
-			for mid := range v.Members {
-				if mid != id {
-					others = append(others, mid)
-				}
-			}
-			if len(others) > 0 {
-				p.err = status.Errorf(codes.FailedPrecondition, "%s: group is %s and %d members (%s) are still attached; wait for them to exit or use another group name", what, strings.ToLower(string(st.Phase)), len(others), strings.Join(limit(others, 5), ", "))
-				return
-			}
-			ns := rendezvous.NewState(st.Size, runtime, s.opts.MaxRestarts)
-			ns.RankOrder = rankOrder(req)
-			p.reset = &ns
-			return
-		}
-		if gen < 0 && st.Phase == rendezvous.Running && st.RankOf(id) >= 0 {
-			d := rendezvous.Restart(st, time.Now(), id, fmt.Sprintf("member %s restarted (its agent joined afresh)", id))
-			p.restart = &d
-			return
-		}
-		if !known {
-			live := len(v.Members)
-			if live >= st.Size {
-				var ids []string
-				for mid := range v.Members {
-					ids = append(ids, mid)
-				}
-				full := status.Newf(codes.ResourceExhausted, "%s: group is full: %d of %d members are attached (%s) and %q is not one of them; check --size, or the member ids", what, live, st.Size, strings.Join(limit(ids, 5), ", "), id)
-				if d, err := full.WithDetails(&errdetails.ErrorInfo{Domain: musterv1.ErrorDomain, Reason: musterv1.ReasonGroupFull}); err == nil {
-					full = d
-				}
-				p.err = full.Err()
-				return
-			}
-		}
-		target := st.Generation
-		if gen >= 0 && gen < st.Generation {
-			// The member has not stopped its old runtime yet: keep it out
-			// of the new barrier; its stream tells it to restart.
-			target = gen
-		}
-		m := rendezvous.Member{
-			ID: id, Address: req.GetAddress(), Ordinal: req.Ordinal,
-			MasterPort: int(req.GetMasterPort()), GossipPort: int(req.GetGossipPort()), Generation: target,
-			Domain: req.GetTopologyDomain(),
-		}
-		if known {
-			if rec.Generation == target && rec.Address == m.Address && rec.MasterPort == m.MasterPort && rec.GossipPort == m.GossipPort && rec.Domain == m.Domain {
-				p.resp = &musterv1.JoinResponse{Generation: target, Joined: int32(len(v.Joined(st.Generation))), Size: int32(st.Size)}
-				return
-			}
-			if rec.Generation == target {
-				m.State, m.ExitCode, m.Reason = rec.State, rec.ExitCode, rec.Reason
-			}
-			m.Lease = rec.Lease
-			p.memberRev = rec.ModRev
-		} else {
-			p.memberRev = -1
-		}
-		p.put = &m
-		p.joined = len(v.Joined(st.Generation))
-		if known && rec.Generation == st.Generation {
-			p.joined--
-		}
-	})
+	j.h.Read(func(v *rendezvous.View) { p = j.planView(v) })
 	return p
+}
+
+func (j *joining) planView(v *rendezvous.View) joinPlan {
+	p := joinPlan{viewRev: v.Rev, stateRev: v.StateRev}
+	st := v.State
+	if st == nil {
+		ns := j.newState(int(j.req.GetSize()))
+		p.create = &ns
+		return p
+	}
+	p.size = st.Size
+	if j.req.GetGeneration() < 0 && len(v.Members) == 0 {
+		// Nobody is attached: the first pod of a workload made again
+		// under the same name (or of one whose pods all went). It
+		// starts a new group, at generation 0 with its own size and
+		// runtime, not the old one's generation and restart count
+		// (unless the group is that fresh already: just made).
+		if fresh := j.newState(int(j.req.GetSize())); !reflect.DeepEqual(*st, fresh) {
+			p.reset, p.resetEmpty = &fresh, true
+			return p
+		}
+	}
+	if p.err = j.agrees(st); p.err != nil {
+		return p
+	}
+	rec, known := v.Members[j.id]
+	gen := j.req.GetGeneration()
+	switch {
+	case st.Phase.Terminal():
+		j.planTerminal(&p, v, rec, known)
+		return p
+	case gen < 0 && st.Phase == rendezvous.Running && st.RankOf(j.id) >= 0:
+		d := rendezvous.Restart(st, time.Now(), j.id, fmt.Sprintf("member %s restarted (its agent joined afresh)", j.id))
+		p.restart = &d
+		return p
+	case !known && len(v.Members) >= st.Size:
+		p.err = j.full(v, st)
+		return p
+	}
+	j.planPut(&p, v, rec, known)
+	return p
+}
+
+// newState is the state of a group this member creates or starts afresh.
+func (j *joining) newState(size int) rendezvous.State {
+	ns := rendezvous.NewState(size, j.runtime, j.s.opts.MaxRestarts)
+	ns.RankOrder = rankOrder(j.req)
+	return ns
+}
+
+// agrees checks that the member asks for the group's size, runtime and
+// rank order.
+func (j *joining) agrees(st *rendezvous.State) error {
+	req := j.req
+	switch ro := rankOrder(req); {
+	case int(req.GetSize()) != st.Size:
+		return invalid("%s: size %d disagrees with group size %d; every member must pass the same size", j.what, req.GetSize(), st.Size)
+	case j.runtime != st.Runtime:
+		return invalid("%s: runtime %q disagrees with the group's runtime %q; every member must use the same runtime", j.what, j.runtime, st.Runtime)
+	case ro != st.RankOrder && !st.Phase.Terminal():
+		return invalid("%s: rank order %q disagrees with the group's %q; every member must use the same", j.what, rankOrderName(ro), rankOrderName(st.RankOrder))
+	}
+	return nil
+}
+
+// planTerminal plans a join to a Completed or Failed group: a member
+// catching up is told the end; a new one starts the group afresh once no
+// other member is attached.
+func (j *joining) planTerminal(p *joinPlan, v *rendezvous.View, rec rendezvous.Member, known bool) {
+	st := v.State
+	if j.req.GetGeneration() >= 0 && known {
+		// A member catching up after the end: its stream reports it.
+		p.resp = &musterv1.JoinResponse{Generation: rec.Generation, Size: int32(st.Size)}
+		return
+	}
+	var others []string
+	for mid := range v.Members {
+		if mid != j.id {
+			others = append(others, mid)
+		}
+	}
+	if len(others) > 0 {
+		p.err = status.Errorf(codes.FailedPrecondition, "%s: group is %s and %d members (%s) are still attached; wait for them to exit or use another group name", j.what, strings.ToLower(string(st.Phase)), len(others), strings.Join(limit(others, 5), ", "))
+		return
+	}
+	ns := j.newState(st.Size)
+	p.reset = &ns
+}
+
+// full is the error for a new member of a group whose every place is
+// taken.
+func (j *joining) full(v *rendezvous.View, st *rendezvous.State) error {
+	var ids []string
+	for mid := range v.Members {
+		ids = append(ids, mid)
+	}
+	full := status.Newf(codes.ResourceExhausted, "%s: group is full: %d of %d members are attached (%s) and %q is not one of them; check --size, or the member ids", j.what, len(v.Members), st.Size, strings.Join(limit(ids, 5), ", "), j.id)
+	if d, err := full.WithDetails(&errdetails.ErrorInfo{Domain: musterv1.ErrorDomain, Reason: musterv1.ReasonGroupFull}); err == nil {
+		full = d
+	}
+	return full.Err()
+}
+
+// planPut plans the member's record for the generation it joins; a
+// member whose record already says all of it is answered at once.
+func (j *joining) planPut(p *joinPlan, v *rendezvous.View, rec rendezvous.Member, known bool) {
+	st, req, gen := v.State, j.req, j.req.GetGeneration()
+	target := st.Generation
+	if gen >= 0 && gen < st.Generation {
+		// The member has not stopped its old runtime yet: keep it out
+		// of the new barrier; its stream tells it to restart.
+		target = gen
+	}
+	m := rendezvous.Member{
+		ID: j.id, Address: req.GetAddress(), Ordinal: req.Ordinal,
+		MasterPort: int(req.GetMasterPort()), GossipPort: int(req.GetGossipPort()), Generation: target,
+		Domain: req.GetTopologyDomain(),
+	}
+	p.memberRev = -1
+	if known {
+		if rec.Generation == target && rec.Address == m.Address && rec.MasterPort == m.MasterPort && rec.GossipPort == m.GossipPort && rec.Domain == m.Domain {
+			p.resp = &musterv1.JoinResponse{Generation: target, Joined: int32(len(v.Joined(st.Generation))), Size: int32(st.Size)}
+			return
+		}
+		if rec.Generation == target {
+			m.State, m.ExitCode, m.Reason = rec.State, rec.ExitCode, rec.Reason
+		}
+		m.Lease = rec.Lease
+		p.memberRev = rec.ModRev
+	}
+	p.put = &m
+	p.joined = len(v.Joined(st.Generation))
+	if known && rec.Generation == st.Generation {
+		p.joined--
+	}
 }
 
 func limit(ids []string, n int) []string {

@@ -21,7 +21,7 @@ help:
 	@echo "make fmt           gofmt every Go file"
 	@echo "make demo-bare     the rendezvous on bare hosts, no Kubernetes"
 	@echo "make demo-kserve   the demo through KServe's own controller"
-	@echo "make bench         every comparison of README's Performance"
+	@echo "make bench         every comparison of docs/performance.md"
 	@echo "make cluster       a local cluster in the background (cluster-down stops it); see the comment above the target for its knobs"
 	@echo "make proto         regenerate proto/muster/v1/*.pb.go"
 	@echo "make build         bin/coordinator, bin/agent, bin/scheduler"
@@ -70,7 +70,7 @@ fuzz:
 		$(GO) test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) $${t#*:} || exit 1; \
 	done
 
-# bench: every comparison of issue #6/#9 side by side (bench/*/): each
+# bench: every comparison of docs/performance.md side by side (bench/*/): each
 # benchmark appends rows to $(BENCH_OUT); benchreport turns them into
 # .local/bench.json and a table. Benchmarks report; they assert no timings.
 BENCH_OUT := $(CURDIR)/.local/bench.jsonl

@@ -73,8 +73,10 @@ var Runtimes = []string{"deepspeed", "env", "ray", "sglang", "torchrun", "vllm"}
 // member has (EnvGPUsPerNode).
 const ResourceGPU = v1.ResourceName("nvidia.com/gpu")
 
-// The environment the webhook gives the agent's container; the agent reads
-// each as the default of the flag of the same name.
+// The environment the webhook gives the agent's container. The agent reads
+// each as the default of its flag of the same name, except EnvNodeName and
+// EnvTimeout, which only the runtime (it inherits the environment) and a
+// person reading the pod see.
 const (
 	EnvCoordinator    = "MUSTER_COORDINATOR"    // host:port[,host:port...]
 	EnvCoordinatorCA  = "MUSTER_COORDINATOR_CA" // PEM the coordinator's certificate chains to

@@ -2,8 +2,8 @@
 // muster.dev/inject: "true" it checks the group annotations and injects the
 // agent (an init container that installs it, the main container's command
 // wrapped as `agent run -- ...`, downward-API env, a service-account token
-// for the coordinator, muster's scheduler and a readiness gate); README.md
-// says what a pod gets.
+// for the coordinator, muster's scheduler and a readiness gate);
+// docs/design.md (the pod contract) says what a pod gets.
 package webhook
 
 import (

@@ -20,7 +20,7 @@ import (
 )
 
 func main() {
-	markdown := flag.Bool("markdown", false, "print a Markdown table (for the README) instead of a text table")
+	markdown := flag.Bool("markdown", false, "print a Markdown table (for docs/performance.md) instead of a text table")
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: benchreport [--markdown] IN.jsonl OUT.json\n\n"+
 			"Reads the rows benchmarks appended to IN.jsonl ($MUSTER_BENCH_OUT), writes them\n"+

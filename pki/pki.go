@@ -1,7 +1,11 @@
-// Package pki makes the certificates muster serves and authenticates
-// with: a CA, the coordinator's serving certificate, and member and
-// operator client certificates for bare hosts. Keys are ECDSA P-256;
-// files are PEM, keys written 0600.
+// Package pki makes every certificate muster serves and authenticates
+// with: a CA, serving certificates (the coordinator's, the admission
+// webhook's, the local cluster's apiserver and kubelets), and client
+// certificates (members and operators on bare hosts, the local cluster's
+// components). Keys are ECDSA P-256; files are PEM, keys written 0600.
+//
+// Callers keep only their policy: which names a certificate carries and
+// how long it lives, and when one on disk is good enough to keep.
 package pki
 
 import (
@@ -60,6 +64,19 @@ func NewCA(name string, validity time.Duration) (*CA, []byte, error) {
 	return &CA{Cert: cert, Signer: key, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}, keyPEM, nil
 }
 
+// NewCAFiles makes a CA as NewCA does and writes its certificate and key
+// as WriteFiles does.
+func NewCAFiles(name string, validity time.Duration, certFile, keyFile string) (*CA, error) {
+	ca, keyPEM, err := NewCA(name, validity)
+	if err != nil {
+		return nil, err
+	}
+	if err := WriteFiles(certFile, ca.PEM, keyFile, keyPEM); err != nil {
+		return nil, err
+	}
+	return ca, nil
+}
+
 // LoadCA reads a CA's certificate and key files (PEM; the key in PKCS#8,
 // SEC 1 or PKCS#1 form, as other tools write them).
 func LoadCA(certFile, keyFile string) (*CA, error) {
@@ -95,6 +112,9 @@ func LoadCA(certFile, keyFile string) (*CA, error) {
 // Leaf describes a certificate to issue.
 type Leaf struct {
 	CommonName string
+	// Organization is the subject's O (Kubernetes reads it as the groups
+	// of a client certificate's user).
+	Organization []string
 	// Hosts are IP addresses and DNS names (SANs).
 	Hosts []string
 	// URIs are URI SANs (muster identities).
@@ -115,7 +135,7 @@ func (ca *CA) Issue(l Leaf) (certPEM, keyPEM []byte, err error) {
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: l.CommonName},
+		Subject:      pkix.Name{CommonName: l.CommonName, Organization: l.Organization},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(l.Validity),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
@@ -151,14 +171,28 @@ func (ca *CA) Issue(l Leaf) (certPEM, keyPEM []byte, err error) {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, nil
 }
 
-// WriteFiles writes a certificate (0644) and its key (0600). The key is
-// created afresh: an existing file is replaced, never written through a
-// symlink.
+// IssueFiles issues l as Issue does and writes the certificate and key as
+// WriteFiles does.
+func (ca *CA) IssueFiles(l Leaf, certFile, keyFile string) error {
+	certPEM, keyPEM, err := ca.Issue(l)
+	if err != nil {
+		return err
+	}
+	return WriteFiles(certFile, certPEM, keyFile, keyPEM)
+}
+
+// WriteFiles writes a certificate (0644) and its key as WriteKey does.
 func WriteFiles(certFile string, certPEM []byte, keyFile string, keyPEM []byte) error {
-	if err := writeAtomic(keyFile, keyPEM, 0o600); err != nil {
+	if err := WriteKey(keyFile, keyPEM); err != nil {
 		return err
 	}
 	return writeAtomic(certFile, certPEM, 0o644)
+}
+
+// WriteKey writes a private key (0600). The file is created afresh: an
+// existing one is replaced, never written through a symlink.
+func WriteKey(keyFile string, keyPEM []byte) error {
+	return writeAtomic(keyFile, keyPEM, 0o600)
 }
 
 func writeAtomic(file string, b []byte, mode os.FileMode) error {

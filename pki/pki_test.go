@@ -1,8 +1,10 @@
 package pki_test
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"net"
@@ -92,6 +94,11 @@ func TestIssue(t *testing.T) {
 			ips: []string{"10.0.0.2"}, uris: []string{"muster://member/ns/g/m"},
 		},
 		{
+			name:   "client in a group",
+			leaf:   pki.Leaf{CommonName: "kubernetes-admin", Organization: []string{"system:masters"}, Client: true, Validity: time.Hour},
+			verify: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, refuse: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		},
+		{
 			name:   "both uses",
 			leaf:   pki.Leaf{CommonName: "x", Hosts: []string{"x.example"}, Server: true, Client: true, Validity: time.Hour},
 			verify: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
@@ -149,6 +156,10 @@ func TestIssue(t *testing.T) {
 			want(ips, normIPs(tc.ips), "IP SANs")
 			want(c.DNSNames, tc.dns, "DNS SANs")
 			want(uris, tc.uris, "URI SANs")
+			want(c.Subject.Organization, tc.leaf.Organization, "subject O")
+			if c.Subject.CommonName != tc.leaf.CommonName {
+				t.Errorf("subject CN = %q, want %q", c.Subject.CommonName, tc.leaf.CommonName)
+			}
 			for _, h := range tc.leaf.Hosts {
 				if err := c.VerifyHostname(h); err != nil {
 					t.Errorf("VerifyHostname(%q): %v", h, err)
@@ -313,4 +324,53 @@ func TestWriteFiles(t *testing.T) {
 			}
 		}
 	})
+}
+
+// NewCAFiles and IssueFiles write what NewCA and Issue return as WriteFiles
+// does: a CA that LoadCA reads back, and a pair that TLS loads and that
+// verifies against the CA.
+func TestNewCAFilesAndIssueFiles(t *testing.T) {
+	dir := t.TempDir()
+	caCrt, caKey := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
+	ca, err := pki.NewCAFiles("files-ca", time.Hour, caCrt, caKey)
+	if err != nil {
+		t.Fatalf("NewCAFiles: %v", err)
+	}
+	loaded, err := pki.LoadCA(caCrt, caKey)
+	if err != nil {
+		t.Fatalf("LoadCA of NewCAFiles' files: %v", err)
+	}
+	if !loaded.Cert.Equal(ca.Cert) || !bytes.Equal(loaded.PEM, ca.PEM) || ca.Cert.Subject.CommonName != "files-ca" {
+		t.Error("NewCAFiles returned another CA than it wrote")
+	}
+
+	crt, key := filepath.Join(dir, "s.crt"), filepath.Join(dir, "s.key")
+	if err := ca.IssueFiles(pki.Leaf{CommonName: "s", Hosts: []string{"127.0.0.1", "localhost"}, Server: true, Validity: time.Hour}, crt, key); err != nil {
+		t.Fatalf("IssueFiles: %v", err)
+	}
+	pair, err := tls.LoadX509KeyPair(crt, key)
+	if err != nil {
+		t.Fatalf("the issued pair: %v", err)
+	}
+	c, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []string{"127.0.0.1", "localhost"} {
+		if _, err := c.Verify(x509.VerifyOptions{Roots: pool(ca), DNSName: h, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+			t.Errorf("issued certificate for %s: %v", h, err)
+		}
+	}
+	for _, f := range []string{caKey, key} {
+		if st, err := os.Stat(f); err != nil || st.Mode().Perm() != 0o600 {
+			t.Errorf("key %s: mode %v (err %v), want 0600", f, st.Mode(), err)
+		}
+	}
+
+	if err := ca.IssueFiles(pki.Leaf{CommonName: "x", Validity: time.Hour}, crt, key); err == nil || !strings.Contains(err.Error(), "neither server nor client") {
+		t.Errorf("IssueFiles of a leaf for no use = %v, want Issue's error", err)
+	}
+	if _, err := pki.NewCAFiles("x", time.Hour, filepath.Join(dir, "none", "ca.crt"), filepath.Join(dir, "none", "ca.key")); err == nil {
+		t.Error("NewCAFiles into a missing directory succeeded")
+	}
 }

@@ -27,19 +27,13 @@ import (
 
 	"github.com/muster-dev/muster/podapi"
 	"github.com/muster-dev/muster/test/clustertest"
+	"github.com/muster-dev/muster/test/podbuilder"
 )
 
-func annotatedPod(name string, labels, annotations map[string]string) *corev1.Pod {
-	ann := map[string]string{podapi.AnnotationInject: "true"}
-	for k, v := range annotations {
-		ann[k] = v
-	}
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels, Annotations: ann},
-		Spec: corev1.PodSpec{Containers: []corev1.Container{{
-			Name: "model", Image: "example.com/model", Command: []string{"python3", "serve.py"}, Args: []string{"--port", "8000"},
-		}}},
-	}
+// injected is a pod that asks for the agent, with one container to wrap;
+// the caller names its group.
+func injected(name string) *podbuilder.PodWrapper {
+	return podbuilder.MakePod().Name(name).Inject().Container("model", "example.com/model").Command("python3", "serve.py").Args("--port", "8000")
 }
 
 func TestAgainstAPIServer(t *testing.T) {
@@ -81,7 +75,7 @@ func TestAgainstAPIServer(t *testing.T) {
 	// The apiserver picks up webhook configurations from an informer: dry
 	// runs until the webhook answers (sideEffects None allows dry runs).
 	waitFor(t, "the webhook to mutate pods", func() (bool, string) {
-		p, err := cs.CoreV1().Pods(ns).Create(ctx, annotatedPod("probe", map[string]string{"muster.dev/group": "probe"}, map[string]string{"muster.dev/size": "1"}),
+		p, err := cs.CoreV1().Pods(ns).Create(ctx, injected("probe").Group("probe").Size(1).Obj(),
 			metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 		if err != nil {
 			return false, err.Error()
@@ -90,8 +84,7 @@ func TestAgainstAPIServer(t *testing.T) {
 	})
 
 	t.Run("injected pod is stored mutated", func(t *testing.T) {
-		in := annotatedPod("llama-0", map[string]string{"muster.dev/group": "llama", "apps.kubernetes.io/pod-index": "0"},
-			map[string]string{"muster.dev/size": "1", "muster.dev/runtime": "torchrun", "muster.dev/port": "8000"})
+		in := injected("llama-0").Group("llama").PodIndex(0).Size(1).Runtime("torchrun").Port(8000).Obj()
 		if _, err := cs.CoreV1().Pods(ns).Create(ctx, in, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -141,21 +134,21 @@ func TestAgainstAPIServer(t *testing.T) {
 		if _, err := sp.SchedulingV1alpha1().PodGroups(ns).Create(ctx, pg, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		pod, err := cs.CoreV1().Pods(ns).Create(ctx, annotatedPod("vllm-0-0", map[string]string{"scheduling.x-k8s.io/pod-group": "vllm-0"}, nil), metav1.CreateOptions{})
+		pod, err := cs.CoreV1().Pods(ns).Create(ctx, injected("vllm-0-0").PodGroup("vllm-0").Obj(), metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if i := slices.IndexFunc(pod.Spec.Containers[0].Env, func(e corev1.EnvVar) bool { return e.Name == "MUSTER_SIZE" }); i < 0 || pod.Spec.Containers[0].Env[i].Value != "3" {
 			t.Errorf("env %+v: want MUSTER_SIZE=3 from the PodGroup's minMember", pod.Spec.Containers[0].Env)
 		}
-		_, err = cs.CoreV1().Pods(ns).Create(ctx, annotatedPod("orphan", map[string]string{"scheduling.x-k8s.io/pod-group": "nope"}, nil), metav1.CreateOptions{})
+		_, err = cs.CoreV1().Pods(ns).Create(ctx, injected("orphan").PodGroup("nope").Obj(), metav1.CreateOptions{})
 		if err == nil || !strings.Contains(err.Error(), `no PodGroup "nope"`) {
 			t.Errorf("pod of a missing PodGroup: err = %v, want a denial naming it", err)
 		}
 	})
 
 	t.Run("invalid pod is denied with the field path", func(t *testing.T) {
-		_, err := cs.CoreV1().Pods(ns).Create(ctx, annotatedPod("bad", map[string]string{"muster.dev/group": "g"}, map[string]string{"muster.dev/size": "two"}), metav1.CreateOptions{})
+		_, err := cs.CoreV1().Pods(ns).Create(ctx, injected("bad").Group("g").Annotation(podapi.AnnotationSize, "two").Obj(), metav1.CreateOptions{})
 		want := `metadata.annotations[muster.dev/size]: Invalid value: "two": must be a positive whole number (the number of pods in the group)`
 		if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), want) {
 			t.Errorf("err = %v; want Invalid with %q", err, want)
@@ -163,7 +156,7 @@ func TestAgainstAPIServer(t *testing.T) {
 	})
 
 	plain := func(name string) *corev1.Pod {
-		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "example.com/c"}}}}
+		return podbuilder.MakePod().Name(name).Container("c", "example.com/c").Obj()
 	}
 	t.Run("pod without the annotation is untouched", func(t *testing.T) {
 		pod, err := cs.CoreV1().Pods(ns).Create(ctx, plain("plain"), metav1.CreateOptions{})
@@ -184,7 +177,7 @@ func TestAgainstAPIServer(t *testing.T) {
 		if _, err := cs.CoreV1().Pods(ns).Create(ctx, plain("plain-while-down"), metav1.CreateOptions{}); err != nil {
 			t.Errorf("plain pod while the webhook is down: %v", err)
 		}
-		_, err := cs.CoreV1().Pods(ns).Create(ctx, annotatedPod("llama-down", map[string]string{"muster.dev/group": "llama"}, map[string]string{"muster.dev/size": "1"}), metav1.CreateOptions{})
+		_, err := cs.CoreV1().Pods(ns).Create(ctx, injected("llama-down").Group("llama").Size(1).Obj(), metav1.CreateOptions{})
 		if err == nil || !strings.Contains(err.Error(), WebhookName) {
 			t.Errorf("annotated pod while the webhook is down: err = %v, want a failure naming %s", err, WebhookName)
 		}

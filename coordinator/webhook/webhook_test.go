@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/muster-dev/muster/podapi"
+	"github.com/muster-dev/muster/test/podbuilder"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden.json from the webhook's output")
@@ -263,14 +264,7 @@ func TestUntouched(t *testing.T) {
 
 // validPod is a pod the webhook accepts; the invalid cases break it.
 func validPod() *corev1.Pod {
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{
-			Name: "p-0", Namespace: "ns",
-			Labels:      map[string]string{"muster.dev/group": "g"},
-			Annotations: map[string]string{podapi.AnnotationInject: "true", "muster.dev/size": "2"},
-		},
-		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "main", Image: "i", Command: []string{"serve"}}}},
-	}
+	return podbuilder.MakePod().Namespace("ns").Name("p-0").Group("g").Size(2).Inject().Container("main", "i").Command("serve").Obj()
 }
 
 func TestInvalid(t *testing.T) {

@@ -5,19 +5,16 @@ import (
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/muster-dev/muster/test/podbuilder"
 )
 
 const gpu = v1.ResourceName("nvidia.com/gpu")
 
+// pod is a member asking for gpus GPUs and one CPU.
 func pod(name string, gpus int64) *v1.Pod {
-	return &v1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: v1.PodSpec{Containers: []v1.Container{{Name: "c", Resources: v1.ResourceRequirements{
-			Requests: v1.ResourceList{gpu: *resource.NewQuantity(gpus, resource.DecimalSI), v1.ResourceCPU: resource.MustParse("1")},
-		}}}},
-	}
+	return podbuilder.MakePod().Name(name).Container("c", "").GPU(gpus).Request(v1.ResourceCPU, "1").Obj()
 }
 
 func members(gpus ...int64) []Member {

@@ -4,24 +4,23 @@ import (
 	"testing"
 	"time"
 
-	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	appsv1 "k8s.io/api/apps/v1"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
 
 	"github.com/muster-dev/muster/podapi"
+	"github.com/muster-dev/muster/test/podbuilder"
 )
 
 func queued(name, grp string, ordinal string, created time.Time, prio int32) fwk.QueuedEntityInfo {
-	p := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, CreationTimestamp: metav1.NewTime(created), Labels: map[string]string{}}}
+	p := podbuilder.MakePod().Namespace("ns").Name(name).CreationTimestamp(created).Priority(prio)
 	if grp != "" {
-		p.Labels["muster.dev/group"] = grp
+		p.Group(grp)
 	}
 	if ordinal != "" {
-		p.Labels["apps.kubernetes.io/pod-index"] = ordinal
+		p.Label(appsv1.PodIndexLabel, ordinal)
 	}
-	p.Spec.Priority = &prio
-	pi, _ := framework.NewPodInfo(p)
+	pi, _ := framework.NewPodInfo(p.Obj())
 	return &framework.QueuedPodInfo{PodInfo: pi, QueueingParams: framework.QueueingParams{Timestamp: created}}
 }
 

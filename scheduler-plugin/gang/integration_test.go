@@ -19,7 +19,6 @@ import (
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apiextensionsclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
@@ -28,10 +27,10 @@ import (
 	spclientset "sigs.k8s.io/scheduler-plugins/pkg/generated/clientset/versioned"
 	"sigs.k8s.io/yaml"
 
+	"github.com/muster-dev/muster/podapi"
 	"github.com/muster-dev/muster/test/clustertest"
+	"github.com/muster-dev/muster/test/podbuilder"
 )
-
-const gpu = v1.ResourceName("nvidia.com/gpu")
 
 type groupSpec struct {
 	name        string
@@ -86,54 +85,45 @@ func waitNoPods(t *testing.T, cs kubernetes.Interface, ns string) {
 	}
 }
 
+// member is pod i of a group for muster's scheduler, tolerating the taint
+// kwok nodes carry; the caller adds its group and containers.
+func member(ns, name string, i int) *podbuilder.PodWrapper {
+	return podbuilder.MakePod().Namespace(ns).Name(name).PodIndex(i).SchedulerName("muster-scheduler").Toleration("kwok.x-k8s.io/node")
+}
+
 func createGroup(t *testing.T, cs kubernetes.Interface, ns string, g groupSpec) {
 	t.Helper()
 	for i := 0; i < g.members; i++ {
-		labels := map[string]string{"muster.dev/group": g.name, "apps.kubernetes.io/pod-index": fmt.Sprint(i)}
-		if g.podGroupLbl {
-			labels = map[string]string{"scheduling.x-k8s.io/pod-group": g.name, "apps.kubernetes.io/pod-index": fmt.Sprint(i)}
-		}
-		ann := map[string]string{}
+		p := member(ns, fmt.Sprintf("%s-%d", g.name, i), i).
+			Container("model", "model").Command("serve").GPU(g.gpus).Request(v1.ResourceCPU, "1")
 		switch {
+		case g.upstream:
+			p.SchedulingGroup(g.name)
+		case g.podGroupLbl:
+			p.PodGroup(g.name)
+		default:
+			p.Group(g.name)
+		}
+		switch {
+		case g.upstream: // the PodGroup's minCount is the size
 		case g.sizeOf != nil:
-			ann["muster.dev/size"] = g.sizeOf(i)
+			p.Annotation(podapi.AnnotationSize, g.sizeOf(i))
 		case g.noSize:
 		case g.size != "":
-			ann["muster.dev/size"] = g.size
+			p.Annotation(podapi.AnnotationSize, g.size)
 		default:
-			ann["muster.dev/size"] = fmt.Sprint(g.members)
+			p.Size(g.members)
 		}
 		if g.topologyKey != "" {
-			ann["muster.dev/topology-key"] = g.topologyKey
+			p.TopologyKey(g.topologyKey)
 		}
 		for k, v := range g.annotations {
-			ann[k] = v
+			p.Annotation(k, v)
 		}
-		var sg *v1.PodSchedulingGroup
-		if g.upstream {
-			delete(labels, "muster.dev/group")
-			delete(ann, "muster.dev/size")
-			sg = &v1.PodSchedulingGroup{PodGroupName: &g.name}
-			if i == 0 {
-				createUpstreamPodGroup(t, cs, ns, g.name, g.members, g.pgTopology)
-			}
+		if g.upstream && i == 0 {
+			createUpstreamPodGroup(t, cs, ns, g.name, g.members, g.pgTopology)
 		}
-		pod := &v1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%d", g.name, i), Namespace: ns, Labels: labels, Annotations: ann},
-			Spec: v1.PodSpec{
-				SchedulerName:   "muster-scheduler",
-				SchedulingGroup: sg,
-				Containers: []v1.Container{{
-					Name: "model", Image: "model", Command: []string{"serve"},
-					Resources: v1.ResourceRequirements{
-						Requests: v1.ResourceList{gpu: *resource.NewQuantity(g.gpus, resource.DecimalSI), v1.ResourceCPU: resource.MustParse("1")},
-						Limits:   v1.ResourceList{gpu: *resource.NewQuantity(g.gpus, resource.DecimalSI)},
-					},
-				}},
-				// kwok nodes carry this taint; the pods tolerate it.
-				Tolerations: []v1.Toleration{{Key: "kwok.x-k8s.io/node", Operator: v1.TolerationOpExists, Effect: v1.TaintEffectNoSchedule}},
-			},
-		}
+		pod := p.Obj()
 		if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
 			t.Fatalf("create pod %s: %v", pod.Name, err)
 		}
@@ -286,11 +276,7 @@ func TestMembersAreNotScheduledUntilAllExist(t *testing.T) {
 	createGroup(t, cs, ns, groupSpec{name: "late", members: 2, gpus: 1, size: "3"})
 	assertStaysUnbound(t, cs, ns, "late", 2*time.Second)
 	// The third member arrives: all three bind.
-	p := &v1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "late-2", Namespace: ns, Labels: map[string]string{"muster.dev/group": "late", "apps.kubernetes.io/pod-index": "2"}, Annotations: map[string]string{"muster.dev/size": "3"}},
-		Spec: v1.PodSpec{SchedulerName: "muster-scheduler", Containers: []v1.Container{{Name: "c", Image: "x", Command: []string{"x"}}},
-			Tolerations: []v1.Toleration{{Key: "kwok.x-k8s.io/node", Operator: v1.TolerationOpExists, Effect: v1.TaintEffectNoSchedule}}},
-	}
+	p := member(ns, "late-2", 2).Group("late").Size(3).Container("c", "x").Command("x").Obj()
 	if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -497,11 +483,7 @@ func TestPodGroupMinMemberSizesAGroupLabelledTheSchedulerPluginsWay(t *testing.T
 	// no muster.dev/size: the PodGroup's minMember (3) holds them back.
 	createGroup(t, cs, ns, groupSpec{name: "lws-0", members: 2, gpus: 2, noSize: true, podGroupLbl: true})
 	assertStaysUnbound(t, cs, ns, "lws-0", 2*time.Second)
-	third := &v1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "lws-0-2", Namespace: ns, Labels: map[string]string{"scheduling.x-k8s.io/pod-group": "lws-0", "apps.kubernetes.io/pod-index": "2"}},
-		Spec: v1.PodSpec{SchedulerName: "muster-scheduler", Containers: []v1.Container{{Name: "c", Image: "x", Command: []string{"x"}}},
-			Tolerations: []v1.Toleration{{Key: "kwok.x-k8s.io/node", Operator: v1.TolerationOpExists, Effect: v1.TaintEffectNoSchedule}}},
-	}
+	third := member(ns, "lws-0-2", 2).PodGroup("lws-0").Container("c", "x").Command("x").Obj()
 	if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), third, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}

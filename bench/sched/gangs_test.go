@@ -10,7 +10,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	schedulingv1beta1 "k8s.io/api/scheduling/v1beta1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
@@ -19,6 +18,7 @@ import (
 	spclientset "sigs.k8s.io/scheduler-plugins/pkg/generated/clientset/versioned"
 
 	"github.com/muster-dev/muster/e2e/cluster"
+	"github.com/muster-dev/muster/test/podbuilder"
 )
 
 const (
@@ -30,8 +30,6 @@ const (
 	// creating them is faster than any scheduler binds them.
 	createWorkers = 16
 )
-
-var kwokTolerations = []corev1.Toleration{{Key: cluster.KwokAnnotation, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule}}
 
 // workload is a set of identical gangs.
 type workload struct {
@@ -116,38 +114,21 @@ func (w workload) createGroups(ctx context.Context, cl clients, ns string, s sch
 // pod is member m of gang i, as scheduler s expects it.
 func (w workload) pod(s scheduler, i, m int) *corev1.Pod {
 	g := gangName(i)
-	gpus := *resource.NewQuantity(w.gpus, resource.DecimalSI)
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{
-			Name:        g + "-" + strconv.Itoa(m),
-			Labels:      map[string]string{gangLabel: g, "apps.kubernetes.io/pod-index": strconv.Itoa(m)},
-			Annotations: map[string]string{},
-		},
-		Spec: corev1.PodSpec{
-			SchedulerName: s.profile,
-			Containers: []corev1.Container{{
-				Name: "model", Image: "bench",
-				Resources: corev1.ResourceRequirements{
-					Requests: corev1.ResourceList{gpuResource: gpus, corev1.ResourceCPU: resource.MustParse("100m")},
-					Limits:   corev1.ResourceList{gpuResource: gpus},
-				},
-			}},
-			Tolerations: kwokTolerations,
-		},
-	}
+	pod := podbuilder.MakePod().Name(g+"-"+strconv.Itoa(m)).Label(gangLabel, g).PodIndex(m).
+		SchedulerName(s.profile).Toleration(cluster.KwokAnnotation).
+		Container("model", "bench").GPU(w.gpus).Request(corev1.ResourceCPU, "100m")
 	switch s.groups {
 	case musterGroups:
-		pod.Labels["muster.dev/group"] = g
-		pod.Annotations["muster.dev/size"] = strconv.Itoa(w.members)
+		pod.Group(g).Size(w.members)
 		if w.topologyKey != "" {
-			pod.Annotations["muster.dev/topology-key"] = w.topologyKey
+			pod.TopologyKey(w.topologyKey)
 		}
 	case coschedulingGroups:
-		pod.Labels[spv1alpha1.PodGroupLabel] = g
+		pod.PodGroup(g)
 	case upstreamGroups:
-		pod.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: &g}
+		pod.SchedulingGroup(g)
 	}
-	return pod
+	return pod.Obj()
 }
 
 // createPods creates every member of every gang, gang after gang (members

@@ -22,6 +22,7 @@ import (
 
 	"github.com/muster-dev/muster/e2e/cluster"
 	"github.com/muster-dev/muster/test/clustertest"
+	"github.com/muster-dev/muster/test/podbuilder"
 )
 
 func TestMain(m *testing.M) { clustertest.Main(m) }
@@ -130,16 +131,9 @@ func TestPodRuns(t *testing.T) {
 	c := clustertest.Shared(t)
 	ns := clustertest.Namespace(t, c)
 	cs := c.Clientset()
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "plain"},
-		Spec: corev1.PodSpec{
-			SchedulerName: corev1.DefaultSchedulerName,
-			Containers: []corev1.Container{{
-				Name: "main", Image: "registry.invalid/none", // kwok pulls nothing
-				Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{cluster.GPUResource: resource.MustParse("1")}},
-			}},
-		},
-	}
+	// Any image: kwok pulls nothing.
+	pod := podbuilder.MakePod().Name("plain").SchedulerName(corev1.DefaultSchedulerName).
+		Container("main", "registry.invalid/none").GPU(1).Obj()
 	if _, err := cs.CoreV1().Pods(ns).Create(t.Context(), pod, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create pod: %v", err)
 	}

@@ -35,11 +35,11 @@ import (
 	spclientset "sigs.k8s.io/scheduler-plugins/pkg/generated/clientset/versioned"
 
 	"github.com/muster-dev/muster/coordinator/auth"
-	"github.com/muster-dev/muster/podapi"
-
 	"github.com/muster-dev/muster/coordinator/testcoord"
 	"github.com/muster-dev/muster/e2e/cluster"
+	"github.com/muster-dev/muster/podapi"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
+	"github.com/muster-dev/muster/test/podbuilder"
 )
 
 // coordinatorRunsChartArgs runs the coordinator built from this tree with
@@ -294,15 +294,9 @@ func webhookReadsPodGroup(t *testing.T, c *cluster.Cluster, addr string, roots *
 	if _, err := sp.SchedulingV1alpha1().PodGroups(release.Namespace).Create(ctx, pg, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
-	pod := &corev1.Pod{
-		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
-		ObjectMeta: metav1.ObjectMeta{
-			Name: "pg-0", Namespace: release.Namespace,
-			Labels:      map[string]string{"scheduling.x-k8s.io/pod-group": "pg"},
-			Annotations: map[string]string{podapi.AnnotationInject: "true"},
-		},
-		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "m", Image: "x", Command: []string{"sleep", "1"}}}},
-	}
+	pod := podbuilder.MakePod().Namespace(release.Namespace).Name("pg-0").PodGroup("pg").Inject().
+		Container("m", "x").Command("sleep", "1").Obj()
+	pod.TypeMeta = metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"}
 	raw, err := json.Marshal(pod)
 	if err != nil {
 		t.Fatal(err)
@@ -358,10 +352,7 @@ func podJoins(t *testing.T, c *cluster.Cluster, conn *grpc.ClientConn) {
 	t.Helper()
 	ctx := t.Context()
 	const ip = "10.244.0.2"
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "solo-0", Namespace: release.Namespace, Labels: map[string]string{podapi.LabelGroup: "solo"}},
-		Spec:       corev1.PodSpec{ServiceAccountName: "solo", Containers: []corev1.Container{{Name: "m", Image: "x"}}},
-	}
+	pod := podbuilder.MakePod().Namespace(release.Namespace).Name("solo-0").Group("solo").ServiceAccount("solo").Container("m", "x").Obj()
 	serviceAccount(t, c, "solo")
 	pod, err := c.Clientset().CoreV1().Pods(release.Namespace).Create(ctx, pod, metav1.CreateOptions{})
 	if err != nil {

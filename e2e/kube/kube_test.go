@@ -22,7 +22,9 @@ import (
 
 	"github.com/muster-dev/muster/e2e/cluster"
 	"github.com/muster-dev/muster/e2e/e2etest"
+	"github.com/muster-dev/muster/podapi"
 	"github.com/muster-dev/muster/test/clustertest"
+	"github.com/muster-dev/muster/test/podbuilder"
 )
 
 func TestMain(m *testing.M) { clustertest.Main(m) }
@@ -206,12 +208,8 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a): pass
 http.server.HTTPServer((os.environ["MUSTER_ADDRESS"], 9000), H).serve_forever()`
 	for i := 0; i < 3; i++ {
-		pod := &v1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i), Namespace: ns,
-				Labels:      map[string]string{"muster.dev/group": "web", "app": "web"},
-				Annotations: map[string]string{"muster.dev/inject": "true", "muster.dev/size": "3", "muster.dev/port": "9000"}},
-			Spec: v1.PodSpec{Containers: []v1.Container{{Name: "web", Image: "python:3.11-slim", Command: []string{"python3", "-c", server}}}},
-		}
+		pod := podbuilder.MakePod().Namespace(ns).Name(fmt.Sprintf("web-%d", i)).Group("web").Label("app", "web").
+			Inject().Size(3).Port(9000).Container("web", "python:3.11-slim").Command("python3", "-c", server).Obj()
 		if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -359,11 +357,8 @@ func hasIP(pods map[string]v1.Pod, addrs []string) bool {
 // refused at admission, with the annotation and the value named.
 func checkInvalidAnnotationDenied(t *testing.T, cs kubernetes.Interface, ns string) {
 	t.Helper()
-	pod := &v1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "bad", Namespace: ns, Labels: map[string]string{"muster.dev/group": "g"},
-			Annotations: map[string]string{"muster.dev/inject": "true", "muster.dev/size": "two"}},
-		Spec: v1.PodSpec{Containers: []v1.Container{{Name: "c", Image: "x", Command: []string{"true"}}}},
-	}
+	pod := podbuilder.MakePod().Namespace(ns).Name("bad").Group("g").Inject().Annotation(podapi.AnnotationSize, "two").
+		Container("c", "x").Command("true").Obj()
 	_, err := cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{})
 	if err == nil || !strings.Contains(err.Error(), "muster.dev/size") || !strings.Contains(err.Error(), `"two"`) {
 		t.Fatalf("pod with muster.dev/size=two: %v, want a denial naming the annotation and value", err)

@@ -10,13 +10,14 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	schedulingv1beta1 "k8s.io/api/scheduling/v1beta1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/muster-dev/muster/e2e/cluster"
 	"github.com/muster-dev/muster/e2e/e2etest"
+	"github.com/muster-dev/muster/podapi"
 	"github.com/muster-dev/muster/test/clustertest"
+	"github.com/muster-dev/muster/test/podbuilder"
 )
 
 // ranksFollowPlacement: four pods annotated muster.dev/rank-order: topology
@@ -39,21 +40,12 @@ print("rank %s of %s" % (os.environ["RANK"], os.environ["WORLD_SIZE"]), flush=Tr
 if os.environ["MUSTER_ORDINAL"] == "1" and os.environ["MUSTER_GENERATION"] == "0":
     time.sleep(1); sys.exit(3)
 time.sleep(3600)`
-	gpus := func(n int64) v1.ResourceRequirements {
-		q := *resource.NewQuantity(n, resource.DecimalSI)
-		return v1.ResourceRequirements{Requests: v1.ResourceList{"nvidia.com/gpu": q}, Limits: v1.ResourceList{"nvidia.com/gpu": q}}
-	}
 	for i, node := range nodeOf {
-		pod := &v1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("p-%d", i), Namespace: ns,
-				Labels: map[string]string{"muster.dev/group": "placed", "apps.kubernetes.io/pod-index": fmt.Sprint(i)},
-				Annotations: map[string]string{"muster.dev/inject": "true", "muster.dev/size": "4",
-					"muster.dev/rank-order": "topology", "muster.dev/rank-topology-key": cluster.RackLabel}},
-			Spec: v1.PodSpec{
-				NodeSelector: map[string]string{"kubernetes.io/hostname": node},
-				Containers:   []v1.Container{{Name: "model", Image: "python:3.11-slim", Command: []string{"python3", "-c", prog}, Resources: gpus(8)}},
-			},
-		}
+		pod := podbuilder.MakePod().Namespace(ns).Name(fmt.Sprintf("p-%d", i)).
+			Group("placed").PodIndex(i).Inject().Size(4).
+			Annotation(podapi.AnnotationRankOrder, podapi.RankOrderTopology).Annotation(podapi.AnnotationRankTopologyKey, cluster.RackLabel).
+			NodeSelector(map[string]string{"kubernetes.io/hostname": node}).
+			Container("model", "python:3.11-slim").Command("python3", "-c", prog).GPU(8).Obj()
 		if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -91,12 +83,8 @@ time.sleep(3600)`
 	}
 	// A rival gang wanting the same four whole nodes.
 	for i := 0; i < 4; i++ {
-		pod := &v1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("rival-%d", i), Namespace: ns,
-				Labels: map[string]string{"muster.dev/group": "rival"}, Annotations: map[string]string{"muster.dev/size": "4"}},
-			Spec: v1.PodSpec{SchedulerName: "muster-scheduler",
-				Containers: []v1.Container{{Name: "c", Image: "x", Command: []string{"sleep", "3600"}, Resources: gpus(8)}}},
-		}
+		pod := podbuilder.MakePod().Namespace(ns).Name(fmt.Sprintf("rival-%d", i)).Group("rival").Size(4).
+			SchedulerName("muster-scheduler").Container("c", "x").Command("sleep", "3600").GPU(8).Obj()
 		if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -161,18 +149,11 @@ func upstreamPodGroup(t *testing.T, c *cluster.Cluster) {
 	if _, err := cs.SchedulingV1beta1().PodGroups(ns).Create(context.Background(), pg, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create PodGroup (scheduling.k8s.io/v1beta1): %v", err)
 	}
-	name := "gang"
 	start := time.Now()
 	for i := 0; i < 3; i++ {
-		pod := &v1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("g-%d", i), Namespace: ns,
-				Labels:      map[string]string{"batch.kubernetes.io/job-completion-index": fmt.Sprint(2 - i)},
-				Annotations: map[string]string{"muster.dev/inject": "true"}},
-			Spec: v1.PodSpec{
-				SchedulingGroup: &v1.PodSchedulingGroup{PodGroupName: &name},
-				Containers:      []v1.Container{{Name: "model", Image: "python:3.11-slim", Command: []string{"sleep", "3600"}}},
-			},
-		}
+		pod := podbuilder.MakePod().Namespace(ns).Name(fmt.Sprintf("g-%d", i)).
+			Label("batch.kubernetes.io/job-completion-index", fmt.Sprint(2-i)).Inject().SchedulingGroup("gang").
+			Container("model", "python:3.11-slim").Command("sleep", "3600").Obj()
 		if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}

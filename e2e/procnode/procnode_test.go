@@ -21,6 +21,7 @@ import (
 	"github.com/muster-dev/muster/e2e/cluster"
 	"github.com/muster-dev/muster/e2e/procnode"
 	"github.com/muster-dev/muster/test/clustertest"
+	"github.com/muster-dev/muster/test/podbuilder"
 )
 
 // TestProcessNodes runs real pods on process nodes of one private cluster:
@@ -198,17 +199,8 @@ func running(pid int) bool {
 
 // shPod is a pod of one container running script in sh, on any node.
 func shPod(name, script string) *corev1.Pod {
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: corev1.PodSpec{
-			SchedulerName:                 corev1.DefaultSchedulerName,
-			TerminationGracePeriodSeconds: ptr(int64(5)),
-			Containers: []corev1.Container{{
-				Name: "main", Image: "registry.invalid/shell",
-				Command: []string{"sh", "-c", script},
-			}},
-		},
-	}
+	return podbuilder.MakePod().Name(name).SchedulerName(corev1.DefaultSchedulerName).TerminationGracePeriod(5).
+		Container("main", "registry.invalid/shell").Command("sh", "-c", script).Obj()
 }
 
 func create(t *testing.T, c *cluster.Cluster, ns string, pod *corev1.Pod) {

@@ -25,6 +25,7 @@ import (
 	"github.com/muster-dev/muster/e2e/e2etest"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
 	"github.com/muster-dev/muster/test/clustertest"
+	"github.com/muster-dev/muster/test/podbuilder"
 )
 
 func TestMain(m *testing.M) { clustertest.Main(m) }
@@ -75,10 +76,8 @@ func podToken(t *testing.T, cs kubernetes.Interface, p *v1.Pod, aud string) stri
 // sleeper creates a pod muster does not inject and waits until it runs.
 func sleeper(t *testing.T, cs kubernetes.Interface, ns, name string) *v1.Pod {
 	t.Helper()
-	p, err := cs.CoreV1().Pods(ns).Create(context.Background(), &v1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec:       v1.PodSpec{Containers: []v1.Container{{Name: "c", Image: "busybox", Command: []string{"sleep", "3600"}}}},
-	}, metav1.CreateOptions{})
+	p, err := cs.CoreV1().Pods(ns).Create(context.Background(),
+		podbuilder.MakePod().Namespace(ns).Name(name).Container("c", "busybox").Command("sleep", "3600").Obj(), metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,12 +113,9 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.HTTPServer((os.environ["MUSTER_ADDRESS"], 9000), H).serve_forever()`
 	ids := []string{"web-0", "web-1", "web-2"}
 	for _, id := range ids {
-		if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), &v1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: id, Namespace: ns,
-				Labels:      map[string]string{"muster.dev/group": "web", "app": "web"},
-				Annotations: map[string]string{"muster.dev/inject": "true", "muster.dev/size": "3", "muster.dev/port": "9000"}},
-			Spec: v1.PodSpec{Containers: []v1.Container{{Name: "web", Image: "python:3.11-slim", Command: []string{"python3", "-c", server}}}},
-		}, metav1.CreateOptions{}); err != nil {
+		pod := podbuilder.MakePod().Namespace(ns).Name(id).Group("web").Label("app", "web").
+			Inject().Size(3).Port(9000).Container("web", "python:3.11-slim").Command("python3", "-c", server).Obj()
+		if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -23,7 +23,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -49,6 +48,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/muster-dev/muster/coordinator/embedetcd"
+	"github.com/muster-dev/muster/pki"
 )
 
 // Binaries are the control-plane programs. Scheduler may be empty: then no
@@ -153,7 +153,7 @@ type Cluster struct {
 	stateDir string
 	logDir   string
 
-	pki         *pki
+	certs       *certs
 	svcRoute    *serviceRoute // the service range's blackhole route; nil without one
 	etcd        *embedetcd.Server
 	apiserver   string // https://127.0.0.1:port
@@ -256,10 +256,10 @@ func (c *Cluster) start(ctx context.Context) error {
 		c.log.Warn("the service range is not routed nowhere ("+why+"): a request to a ClusterIP would follow the default route and leave the machine", "range", c.cfg.ServiceCIDR)
 	}
 	serviceIP[3]++ // the `kubernetes` Service takes the range's first address
-	if c.pki, err = newPKI(filepath.Join(c.stateDir, "pki"), serviceIP); err != nil {
+	if c.certs, err = newCerts(filepath.Join(c.stateDir, "pki"), serviceIP); err != nil {
 		return err
 	}
-	if err := c.pki.writeKubeconfig(c.kubeconfig, c.apiserver); err != nil {
+	if err := c.certs.writeKubeconfig(c.kubeconfig, c.apiserver); err != nil {
 		return err
 	}
 	if err := c.loadClient(); err != nil {
@@ -275,7 +275,7 @@ func (c *Cluster) start(ctx context.Context) error {
 	c.writeState()
 
 	gates := featureGates(c.cfg.FeatureGates)
-	p := c.pki
+	p := c.certs
 	apiArgs := []string{
 		"--etcd-servers=" + c.etcd.ClientURL,
 		"--bind-address=127.0.0.1",
@@ -650,8 +650,8 @@ func (c *Cluster) StateDir() string { return c.stateDir }
 
 // CAFile is the cluster CA certificate; CAKeyFile its key (a node backend
 // may sign kubelet serving certs with it).
-func (c *Cluster) CAFile() string    { return c.pki.caCert }
-func (c *Cluster) CAKeyFile() string { return c.pki.caKey }
+func (c *Cluster) CAFile() string    { return c.certs.caCert }
+func (c *Cluster) CAKeyFile() string { return c.certs.caKey }
 
 // IssueServingCert writes a new key and a TLS serving certificate for the
 // given names and addresses, signed by the cluster CA, into the cluster's
@@ -662,14 +662,17 @@ func (c *Cluster) IssueServingCert(name string, dnsNames []string, ips []net.IP)
 		return "", "", fmt.Errorf("issue serving cert: bad name %q", name)
 	}
 	// Never replace one of the control plane's own certs (or the CA).
-	if _, err := os.Stat(filepath.Join(c.pki.dir, name+".crt")); err == nil {
+	if _, err := os.Stat(filepath.Join(c.certs.dir, name+".crt")); err == nil {
 		return "", "", fmt.Errorf("issue serving cert: %s.crt already exists", name)
 	}
-	cn := name
+	leaf := pki.Leaf{CommonName: name, Hosts: slices.Clone(dnsNames), Server: true}
 	if len(dnsNames) > 0 {
-		cn = dnsNames[0]
+		leaf.CommonName = dnsNames[0]
 	}
-	return c.pki.issue(name, pkix.Name{CommonName: cn}, x509.ExtKeyUsageServerAuth, dnsNames, ips)
+	for _, ip := range ips {
+		leaf.Hosts = append(leaf.Hosts, ip.String())
+	}
+	return c.certs.issue(name, leaf)
 }
 
 // Logger is where the cluster reports progress.
@@ -817,7 +820,7 @@ func (c *Cluster) nodesReady(ctx context.Context) (bool, string, error) {
 // serving cert the cluster CA signed; those paths need no credentials.
 func (c *Cluster) healthClient() *http.Client {
 	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(c.pki.caPEM)
+	pool.AppendCertsFromPEM(c.certs.ca.PEM)
 	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 }
 

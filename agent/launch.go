@@ -5,13 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"google.golang.org/grpc/status"
 
 	"github.com/muster-dev/muster/agent/preset"
+	"github.com/muster-dev/muster/agent/process"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
 )
 
@@ -72,6 +75,64 @@ func safeName(s string) string {
 		}
 	}
 	return string(out[:min(len(out), 63)])
+}
+
+// launch starts the runtime with the rank and leader of assignment as.
+func (a *agent) launch(ctx context.Context, as *musterv1.Assignment) (*process.Process, error) {
+	asg := a.cfg.groupAssignment()
+	asg.Rank, asg.WorldSize, asg.Generation = int(as.GetRank()), int(as.GetWorldSize()), as.GetGeneration()
+	asg.LeaderAddr, asg.Port = as.GetLeaderAddress(), int(as.GetMasterPort())
+	if p, _ := preset.Get(a.cfg.Runtime); p.NeedsPeers {
+		peers, err := a.peers(ctx, asg.Generation, asg.WorldSize)
+		if err != nil {
+			return nil, err
+		}
+		asg.Peers = peers
+	}
+	cmd, err := preset.Build(a.cfg.Runtime, asg, a.cfg.Command)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFiles(asg.Dir, cmd.Files); err != nil {
+		return nil, err
+	}
+	a.log.Info("barrier released; launching runtime", "generation", asg.Generation, "rank", asg.Rank, "world_size", asg.WorldSize,
+		"master_addr", asg.LeaderAddr, "master_port", asg.Port, "command", fmt.Sprint(cmd.Argv))
+	return process.Start(cmd.Argv, cmd.Env, a.cfg.Stdout, a.cfg.Stderr)
+}
+
+// watchReady reports the runtime ready: on the leader with --port, once it
+// accepts connections there; otherwise once it runs.
+func (a *agent) watchReady(ctx context.Context, p *process.Process, as *musterv1.Assignment, gen int64, ready chan<- int64) {
+	if a.cfg.ReadyPort > 0 && as.GetRank() == 0 {
+		addr := net.JoinHostPort(a.cfg.Address, strconv.Itoa(a.cfg.ReadyPort))
+		for {
+			c, err := net.DialTimeout("tcp", addr, time.Second)
+			if err == nil {
+				c.Close()
+				break
+			}
+			select {
+			case <-p.Done():
+				return
+			case <-ctx.Done():
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+	select {
+	case <-p.Done():
+		return
+	default:
+	}
+	// The main loop reports it, so that a ready report can never overtake
+	// the exit report of a runtime that ended meanwhile.
+	select {
+	case ready <- gen:
+	case <-p.Done():
+	case <-ctx.Done():
+	}
 }
 
 // peers returns every member's address in rank order for generation gen.

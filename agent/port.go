@@ -6,6 +6,28 @@ import (
 	"strconv"
 )
 
+// masterPort is the port this member offers as MASTER_PORT should it lead:
+// cfg.MasterPort, or else a free one on cfg.Address with the span-1 ports
+// after it free as well (span is the preset's PortSpan; 0 means 1).
+func masterPort(cfg Config, span int) (int, error) {
+	span = max(span, 1)
+	if port := cfg.MasterPort; port != 0 {
+		if span > 1 {
+			if busy := busyInBlock(cfg.Address, port, span); busy != 0 {
+				cfg.Logger.Warn(fmt.Sprintf("--master-port %d: runtime %s uses ports %d-%d on the leader, and %d is taken now", port, cfg.Runtime, port, port+span-1, busy))
+			}
+		}
+		return port, nil
+	}
+	// Every member picks a port on its own address; the leader's becomes
+	// MASTER_PORT. Picking it here also proves the address is this host's.
+	port, err := freePortBlock(cfg.Address, span, listenTCP)
+	if err != nil {
+		return 0, fmt.Errorf("--address %s: cannot listen there (is it this host's address?): %w", cfg.Address, err)
+	}
+	return port, nil
+}
+
 // listenFunc opens a listener; tests replace the first candidate's.
 type listenFunc func(addr string) (net.Listener, error)
 

@@ -28,7 +28,8 @@ func (e *ExitError) Unwrap() error { return e.Err }
 // stops it. The error says why and, as an *ExitError, with which code the
 // process should exit.
 func Run(ctx context.Context, cfg Config) error {
-	if err := cfg.Validate(); err != nil {
+	p, err := cfg.validate()
+	if err != nil {
 		return &ExitError{Code: 2, Err: err}
 	}
 	log := cfg.Logger
@@ -38,7 +39,7 @@ func Run(ctx context.Context, cfg Config) error {
 	cfg.Logger = log.With("group", cfg.Namespace+"/"+cfg.Group, "member", cfg.MemberID)
 	// A runtime that writes files (ray, deepspeed) gets a directory private
 	// to this agent, made once and removed at the end.
-	remove, err := cfg.makeDir()
+	remove, err := cfg.makeDir(p)
 	if err != nil {
 		return &ExitError{Code: 1, Err: err}
 	}
@@ -46,7 +47,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// A group shape the runtime cannot run is refused here, before joining,
 	// rather than by every launch of every generation until the restart
 	// budget runs out.
-	note, err := preset.Check(cfg.Runtime, cfg.groupAssignment(), cfg.Command)
+	note, err := preset.Check(cfg.Runtime, cfg.groupAssignment(p), cfg.Command)
 	if err != nil {
 		return &ExitError{Code: 2, Err: err}
 	}
@@ -54,7 +55,7 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Logger.Info(note, "runtime", cfg.Runtime)
 	}
 	warnServiceLinks(cfg.Logger, cfg.Runtime, os.Environ())
-	a, err := newAgent(cfg)
+	a, err := newAgent(cfg, p)
 	if err != nil {
 		return &ExitError{Code: 1, Err: err}
 	}
@@ -64,6 +65,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 type agent struct {
 	cfg    Config
+	preset preset.Preset // cfg.Runtime's, looked up once by Run
 	log    *slog.Logger
 	conn   *grpc.ClientConn
 	client musterv1.RendezvousClient
@@ -88,12 +90,8 @@ type agent struct {
 }
 
 // newAgent makes the agent for cfg, which Run has validated and given a
-// logger.
-func newAgent(cfg Config) (*agent, error) {
-	p, err := preset.Get(cfg.Runtime)
-	if err != nil {
-		return nil, err
-	}
+// logger, and p, the preset of cfg.Runtime.
+func newAgent(cfg Config, p preset.Preset) (*agent, error) {
 	port, err := masterPort(cfg, p.PortSpan)
 	if err != nil {
 		return nil, err
@@ -103,7 +101,7 @@ func newAgent(cfg Config) (*agent, error) {
 		return nil, err
 	}
 	a := &agent{
-		cfg: cfg, log: cfg.Logger, conn: conn, client: musterv1.NewRendezvousClient(conn),
+		cfg: cfg, preset: p, log: cfg.Logger, conn: conn, client: musterv1.NewRendezvousClient(conn),
 		ref:     &musterv1.GroupRef{Namespace: cfg.Namespace, Name: cfg.Group},
 		port:    port,
 		reports: make(chan pendingReport, 64),

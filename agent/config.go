@@ -141,72 +141,80 @@ func splitList(s string) []string {
 
 // Validate checks the configuration and names the first bad field.
 func (c *Config) Validate() error {
+	_, err := c.validate()
+	return err
+}
+
+// validate is Validate that also returns the preset of c.Runtime, so that
+// Run looks it up once and passes it along.
+func (c *Config) validate() (preset.Preset, error) {
 	if len(c.Coordinators) == 0 {
-		return errors.New("--coordinator is empty: give the coordinator's host:port")
+		return preset.Preset{}, errors.New("--coordinator is empty: give the coordinator's host:port")
 	}
 	for _, a := range c.Coordinators {
 		if _, _, err := net.SplitHostPort(a); err != nil {
-			return fmt.Errorf("--coordinator %q: want host:port: %v", a, err)
+			return preset.Preset{}, fmt.Errorf("--coordinator %q: want host:port: %v", a, err)
 		}
 	}
 	if err := podapi.ValidateName("--namespace", c.Namespace, podapi.MaxGroupNameLen); err != nil {
-		return err
+		return preset.Preset{}, err
 	}
 	if err := podapi.ValidateName("--group", c.Group, podapi.MaxGroupNameLen); err != nil {
-		return err
+		return preset.Preset{}, err
 	}
 	if err := podapi.ValidateSize(c.Size); err != nil {
-		return fmt.Errorf("--size: %w", err)
+		return preset.Preset{}, fmt.Errorf("--size: %w", err)
 	}
 	if err := podapi.ValidateName("--member-id", c.MemberID, podapi.MaxMemberIDLen); err != nil {
-		return err
+		return preset.Preset{}, err
 	}
 	if err := podapi.ValidateAddress(c.Address); err != nil {
-		return fmt.Errorf("--address: %w", err)
+		return preset.Preset{}, fmt.Errorf("--address: %w", err)
 	}
 	if c.Ordinal != nil && *c.Ordinal < 0 {
-		return fmt.Errorf("--ordinal %d is negative; ordinals count from 0", *c.Ordinal)
+		return preset.Preset{}, fmt.Errorf("--ordinal %d is negative; ordinals count from 0", *c.Ordinal)
 	}
-	if _, err := preset.Get(c.Runtime); err != nil {
-		return fmt.Errorf("--runtime: %w", err)
+	p, err := preset.Get(c.Runtime)
+	if err != nil {
+		return preset.Preset{}, fmt.Errorf("--runtime: %w", err)
 	}
 	if c.MasterPort < 0 || c.MasterPort > 65535 {
-		return fmt.Errorf("--master-port %d is not a TCP port (0 picks a free one)", c.MasterPort)
+		return preset.Preset{}, fmt.Errorf("--master-port %d is not a TCP port (0 picks a free one)", c.MasterPort)
 	}
 	if c.GPUsPerNode < 0 {
-		return fmt.Errorf("--gpus-per-node %d is negative (0 means unknown)", c.GPUsPerNode)
+		return preset.Preset{}, fmt.Errorf("--gpus-per-node %d is negative (0 means unknown)", c.GPUsPerNode)
 	}
 	switch c.RankOrder {
 	case "", "ordinal", "topology":
 	default:
-		return fmt.Errorf("--rank-order %q: want ordinal (ranks follow ordinals) or topology (members of one --topology-domain get neighbouring ranks)", c.RankOrder)
+		return preset.Preset{}, fmt.Errorf("--rank-order %q: want ordinal (ranks follow ordinals) or topology (members of one --topology-domain get neighbouring ranks)", c.RankOrder)
 	}
 	if strings.ContainsAny(c.Interface, " \t\n") {
-		return fmt.Errorf("--interface %q: want an interface name such as eth0, without spaces (NCCL also takes a prefix, =exact, ^excluded or a comma list)", c.Interface)
+		return preset.Preset{}, fmt.Errorf("--interface %q: want an interface name such as eth0, without spaces (NCCL also takes a prefix, =exact, ^excluded or a comma list)", c.Interface)
 	}
 	if c.ReadyPort < 0 || c.ReadyPort > 65535 {
-		return fmt.Errorf("--port %d is not a TCP port", c.ReadyPort)
+		return preset.Preset{}, fmt.Errorf("--port %d is not a TCP port", c.ReadyPort)
 	}
 	if c.EndpointPort < 0 || c.EndpointPort > 65535 {
-		return fmt.Errorf("--endpoint-port %d is not a TCP port", c.EndpointPort)
+		return preset.Preset{}, fmt.Errorf("--endpoint-port %d is not a TCP port", c.EndpointPort)
 	}
 	if c.EndpointPort > 0 && c.EndpointPort == c.ReadyPort {
-		return fmt.Errorf("--endpoint-port and --port are both %d: the agent's endpoint and the runtime need different ports", c.EndpointPort)
+		return preset.Preset{}, fmt.Errorf("--endpoint-port and --port are both %d: the agent's endpoint and the runtime need different ports", c.EndpointPort)
 	}
 	if c.ReadyTimeout < 0 {
-		return fmt.Errorf("--ready-timeout %s is negative (0 waits forever)", c.ReadyTimeout)
+		return preset.Preset{}, fmt.Errorf("--ready-timeout %s is negative (0 waits forever)", c.ReadyTimeout)
 	}
 	if c.JoinTimeout <= 0 {
-		return fmt.Errorf("--join-timeout %s must be positive", c.JoinTimeout)
+		return preset.Preset{}, fmt.Errorf("--join-timeout %s must be positive", c.JoinTimeout)
 	}
 	if c.StopGrace < 0 {
-		return fmt.Errorf("--stop-grace %s is negative", c.StopGrace)
+		return preset.Preset{}, fmt.Errorf("--stop-grace %s is negative", c.StopGrace)
 	}
 	if (c.CertFile == "") != (c.KeyFile == "") {
-		return errors.New("--cert and --key go together: give both (this member's client certificate and key) or neither")
+		return preset.Preset{}, errors.New("--cert and --key go together: give both (this member's client certificate and key) or neither")
 	}
 	if len(c.Command) == 0 {
-		return errors.New("no command: put the runtime's command after --, e.g. agent run --group g --size 2 -- python3 train.py")
+		return preset.Preset{}, errors.New("no command: put the runtime's command after --, e.g. agent run --group g --size 2 -- python3 train.py")
 	}
-	return nil
+	return p, nil
 }

@@ -21,12 +21,13 @@ import (
 // groupAssignment is the part of a preset assignment that is known before
 // the barrier: who this member is and the group's shape, without a rank.
 // It makes this agent's private directory first if Run has not (see
-// makeDir), once: Run's first call (preset.Check) sets c.Dir, and the
-// agent's copy of the Config carries it to every launch, so every
-// generation of the runtime finds its files in the same place.
-func (c *Config) groupAssignment() preset.Assignment {
+// makeDir; p is c.Runtime's preset), once: Run's first call (preset.Check)
+// sets c.Dir, and the agent's copy of the Config carries it to every
+// launch, so every generation of the runtime finds its files in the same
+// place.
+func (c *Config) groupAssignment(p preset.Preset) preset.Assignment {
 	if c.Dir == "" {
-		if _, err := c.makeDir(); err != nil && c.Logger != nil {
+		if _, err := c.makeDir(p); err != nil && c.Logger != nil {
 			// Dir stays empty and writeFiles refuses it: a runtime that
 			// needs files fails at launch, one that needs none runs.
 			c.Logger.Error("no directory for the runtime's files", "err", err)
@@ -38,7 +39,7 @@ func (c *Config) groupAssignment() preset.Assignment {
 	}
 }
 
-// makeDir sets c.Dir, when it is empty and the runtime's preset writes
+// makeDir sets c.Dir, when it is empty and the runtime's preset p writes
 // files (ray's script, deepspeed's hostfile), to a new directory only this
 // agent can enter: os.MkdirTemp makes it with mode 0700 and a random name
 // under the system's temporary directory. A fixed path there (the old
@@ -46,8 +47,8 @@ func (c *Config) groupAssignment() preset.Assignment {
 // be a symbolic link to anywhere, and the agent, often root, wrote files
 // there and ran ray.sh from it. remove deletes the directory made here and
 // nothing else (a Dir the caller chose stays); Run should defer it.
-func (c *Config) makeDir() (remove func(), err error) {
-	if p, _ := preset.Get(c.Runtime); c.Dir != "" || p.Files == nil {
+func (c *Config) makeDir(p preset.Preset) (remove func(), err error) {
+	if c.Dir != "" || p.Files == nil {
 		return func() {}, nil
 	}
 	dir, err := os.MkdirTemp("", "muster-"+safeName(c.Group)+"-*")
@@ -79,10 +80,10 @@ func safeName(s string) string {
 
 // launch starts the runtime with the rank and leader of assignment as.
 func (a *agent) launch(ctx context.Context, as *musterv1.Assignment) (*process.Process, error) {
-	asg := a.cfg.groupAssignment()
+	asg := a.cfg.groupAssignment(a.preset)
 	asg.Rank, asg.WorldSize, asg.Generation = int(as.GetRank()), int(as.GetWorldSize()), as.GetGeneration()
 	asg.LeaderAddr, asg.Port = as.GetLeaderAddress(), int(as.GetMasterPort())
-	if p, _ := preset.Get(a.cfg.Runtime); p.NeedsPeers {
+	if a.preset.NeedsPeers {
 		peers, err := a.peers(ctx, asg.Generation, asg.WorldSize)
 		if err != nil {
 			return nil, err

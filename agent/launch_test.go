@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/muster-dev/muster/agent/preset"
 )
 
 func TestWarnServiceLinksNamesVariableServiceAndFix(t *testing.T) {
@@ -101,8 +103,9 @@ func TestPrivateDir(t *testing.T) {
 	if err := os.Symlink(outside, old); err != nil {
 		t.Fatal(err)
 	}
+	ray, envPreset := mustPreset(t, "ray"), mustPreset(t, "env")
 	c := &Config{Namespace: "ns", Group: "g", MemberID: "m-0", Runtime: "ray"}
-	a := c.groupAssignment()
+	a := c.groupAssignment(ray)
 	if a.Dir == "" || a.Dir == old || filepath.Dir(a.Dir) != base {
 		t.Fatalf("Dir %q; want a new directory directly under %s, not %s", a.Dir, base, old)
 	}
@@ -116,13 +119,13 @@ func TestPrivateDir(t *testing.T) {
 	if entries, _ := os.ReadDir(outside); len(entries) != 0 {
 		t.Errorf("the planted link's target holds %d files; want none", len(entries))
 	}
-	if again := c.groupAssignment(); again.Dir != a.Dir {
+	if again := c.groupAssignment(ray); again.Dir != a.Dir {
 		t.Errorf("second assignment's Dir %q, want the first one's %q", again.Dir, a.Dir)
 	}
 
 	// makeDir's remove deletes what it made, and never a Dir given.
 	c2 := &Config{Group: "g", Runtime: "ray"}
-	remove, err := c2.makeDir()
+	remove, err := c2.makeDir(ray)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +137,7 @@ func TestPrivateDir(t *testing.T) {
 		t.Errorf("%s still there after remove: %v", c2.Dir, err)
 	}
 	given := &Config{Dir: outside}
-	remove, err = given.makeDir()
+	remove, err = given.makeDir(preset.Preset{})
 	if err != nil || given.Dir != outside {
 		t.Fatalf("makeDir with Dir %s: Dir %q, %v", outside, given.Dir, err)
 	}
@@ -145,10 +148,10 @@ func TestPrivateDir(t *testing.T) {
 
 	// A runtime that writes no files gets no directory.
 	env := &Config{Group: "g", Runtime: "env"}
-	if d := env.groupAssignment().Dir; d != "" {
+	if d := env.groupAssignment(envPreset).Dir; d != "" {
 		t.Errorf("env runtime got Dir %q; want none made", d)
 	}
-	if remove, err := env.makeDir(); err != nil || env.Dir != "" {
+	if remove, err := env.makeDir(envPreset); err != nil || env.Dir != "" {
 		t.Errorf("makeDir for the env runtime: Dir %q, %v; want none made", env.Dir, err)
 	} else {
 		remove()
@@ -156,4 +159,14 @@ func TestPrivateDir(t *testing.T) {
 	if entries, _ := os.ReadDir(base); len(entries) != 2 { // muster/ (the planted path) and a.Dir
 		t.Errorf("%d entries in %s; want the planted path and the one directory made", len(entries), base)
 	}
+}
+
+// mustPreset returns the preset called name.
+func mustPreset(t *testing.T, name string) preset.Preset {
+	t.Helper()
+	p, err := preset.Get(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

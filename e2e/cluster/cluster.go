@@ -9,6 +9,10 @@
 // launching process dies without calling Stop, the kernel kills the
 // children (Pdeathsig).
 //
+// The control plane's processes are in controlplane.go, what the cluster
+// writes to disk (state, credentials, kubeconfig) in state.go and pki.go,
+// and what Start waits for in wait.go.
+//
 // Layout of Config.Dir:
 //
 //	kubeconfig            admin kubeconfig (certificates embedded)
@@ -21,31 +25,19 @@ package cluster
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
-	apiextensionsclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	"sigs.k8s.io/yaml"
 
 	"github.com/muster-dev/muster/coordinator/embedetcd"
 	"github.com/muster-dev/muster/pki"
@@ -156,6 +148,7 @@ type Cluster struct {
 	certs       *certs
 	svcRoute    *serviceRoute // the service range's blackhole route; nil without one
 	etcd        *embedetcd.Server
+	ports       controlPlanePorts
 	apiserver   string // https://127.0.0.1:port
 	coordinator string // host:port of muster's coordinator; "" without one
 	scheduler   string // https://127.0.0.1:port of the scheduler's secure port; "" without one
@@ -227,209 +220,30 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	return c, nil
 }
 
+// start runs the steps of Start in order; the first error ends it.
 func (c *Cluster) start(ctx context.Context) error {
 	if err := c.cfg.validate(); err != nil {
 		return err
 	}
-	if err := c.prepareDir(); err != nil {
-		return err
-	}
-	ports, err := freePorts(3)
-	if err != nil {
-		return err
-	}
-	apiPort, kcmPort, schedPort := ports[0], ports[1], ports[2]
-	c.apiserver = "https://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(apiPort))
-
-	_, svcNet, err := net.ParseCIDR(c.cfg.ServiceCIDR)
-	if err != nil {
-		return fmt.Errorf("service CIDR %q: %w", c.cfg.ServiceCIDR, err)
-	}
-	serviceIP := slices.Clone(svcNet.IP.To4())
-	if serviceIP == nil {
-		return fmt.Errorf("service CIDR %q: only IPv4 is supported here", c.cfg.ServiceCIDR)
-	}
-	var why string
-	if c.svcRoute, why, err = routeServiceRangeNowhere(c.stateDir, c.cfg.ServiceCIDR); err != nil {
-		return err
-	} else if why != "" {
-		c.log.Warn("the service range is not routed nowhere ("+why+"): a request to a ClusterIP would follow the default route and leave the machine", "range", c.cfg.ServiceCIDR)
-	}
-	serviceIP[3]++ // the `kubernetes` Service takes the range's first address
-	if c.certs, err = newCerts(filepath.Join(c.stateDir, "pki"), serviceIP); err != nil {
-		return err
-	}
-	if err := c.certs.writeKubeconfig(c.kubeconfig, c.apiserver); err != nil {
-		return err
-	}
-	if err := c.loadClient(); err != nil {
-		return err
-	}
-
-	c.log.Info("starting etcd (in-process)")
-	etcdCfg := embedetcd.DefaultConfig(filepath.Join(c.stateDir, "etcd"))
-	etcdCfg.Name = clusterName
-	if c.etcd, err = embedetcd.Start(ctx, etcdCfg); err != nil {
-		return err
-	}
-	c.writeState()
-
-	gates := featureGates(c.cfg.FeatureGates)
-	p := c.certs
-	apiArgs := []string{
-		"--etcd-servers=" + c.etcd.ClientURL,
-		"--bind-address=127.0.0.1",
-		// Without it the apiserver would advertise the address of the
-		// default route's interface.
-		"--advertise-address=127.0.0.1",
-		// The endpoint reconciler publishes the advertise address as the
-		// `kubernetes` Service's endpoints and refuses loopback addresses
-		// (the apiserver exits). Nothing here reaches the apiserver through
-		// that Service (no pod network, no kube-proxy), so it has none.
-		"--endpoint-reconciler-type=none",
-		"--secure-port=" + strconv.Itoa(apiPort),
-		"--cert-dir=" + filepath.Join(c.stateDir, "apiserver"),
-		"--tls-cert-file=" + p.apiserverCert,
-		"--tls-private-key-file=" + p.apiserverKey,
-		"--client-ca-file=" + p.caCert,
-		"--requestheader-client-ca-file=" + p.caCert,
-		"--requestheader-allowed-names=" + frontProxyClient,
-		"--requestheader-username-headers=X-Remote-User",
-		"--requestheader-group-headers=X-Remote-Group",
-		"--requestheader-extra-headers-prefix=X-Remote-Extra-",
-		"--proxy-client-cert-file=" + p.proxyCert,
-		"--proxy-client-key-file=" + p.proxyKey,
-		// Tokens of other audiences (projected tokens of audience
-		// "muster") need no --api-audiences: a TokenReview names the
-		// audience it accepts in spec.audiences.
-		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file=" + p.saKey,
-		"--service-account-signing-key-file=" + p.saKey,
-		"--service-cluster-ip-range=" + c.cfg.ServiceCIDR,
-		// The authorizers of a real cluster rather than AlwaysAllow, so a
-		// component or workload missing an RBAC rule fails here as it would
-		// in production. The admin identity (system:masters) passes both.
-		"--authorization-mode=Node,RBAC",
-		"--allow-privileged=true",
-		// kubectl logs/exec reach a node's kubelet API at its InternalIP
-		// (127.0.0.1 for every backend here) and the port in the node's
-		// status.daemonEndpoints; a backend that serves that API gets its
-		// serving cert from IssueServingCert, which the apiserver checks
-		// against the cluster CA.
-		"--kubelet-client-certificate=" + p.kubeletClientCert,
-		"--kubelet-client-key=" + p.kubeletClientKey,
-		"--kubelet-certificate-authority=" + p.caCert,
-		"--kubelet-preferred-address-types=InternalIP",
-	}
-	if gates != "" {
-		apiArgs = append(apiArgs, "--feature-gates="+gates)
-	}
-	if c.cfg.RuntimeConfig != "" {
-		apiArgs = append(apiArgs, "--runtime-config="+c.cfg.RuntimeConfig)
-	}
-	if _, err := c.StartProcess("kube-apiserver", c.cfg.Binaries.APIServer, apiArgs...); err != nil {
-		return err
-	}
-	if err := c.waitFor(ctx, "kube-apiserver /readyz", c.apiserverReady); err != nil {
-		return err
-	}
-	if err := c.installCRDs(ctx); err != nil {
-		return err
-	}
-
-	kcmArgs := []string{
-		"--kubeconfig=" + c.kubeconfig,
-		"--authentication-kubeconfig=" + c.kubeconfig,
-		"--authorization-kubeconfig=" + c.kubeconfig,
-		"--bind-address=127.0.0.1",
-		"--secure-port=" + strconv.Itoa(kcmPort),
-		"--tls-cert-file=" + p.servingCert,
-		"--tls-private-key-file=" + p.servingKey,
-		"--leader-elect=false",
-		"--cluster-name=" + clusterName,
-		// One admin identity instead of a token per controller: simpler,
-		// and no controller is held up waiting for its token.
-		"--use-service-account-credentials=false",
-		"--service-account-private-key-file=" + p.saKey,
-		"--root-ca-file=" + p.caCert,
-		// Lets a node backend get kubelet serving certs through CSRs.
-		"--cluster-signing-cert-file=" + p.caCert,
-		"--cluster-signing-key-file=" + p.caKey,
-		// The defaults (20 QPS) take half a minute just to untaint 500 nodes.
-		"--kube-api-qps=500",
-		"--kube-api-burst=1000",
-		// Every default controller except node IPAM: nodes get no podCIDR
-		// (kwok assigns pod IPs itself), so it would only log errors.
-		"--controllers=*,-node-ipam-controller",
-	}
-	if gates != "" {
-		kcmArgs = append(kcmArgs, "--feature-gates="+gates)
-	}
-	if _, err := c.StartProcess("kube-controller-manager", c.cfg.Binaries.ControllerManager, kcmArgs...); err != nil {
-		return err
-	}
-
-	if c.cfg.Binaries.Scheduler != "" {
-		schedCfg, err := c.writeSchedulerConfig()
-		if err != nil {
-			return err
-		}
-		schedArgs := []string{
-			"--config=" + schedCfg,
-			"--authentication-kubeconfig=" + c.kubeconfig,
-			"--authorization-kubeconfig=" + c.kubeconfig,
-			"--bind-address=127.0.0.1",
-			"--secure-port=" + strconv.Itoa(schedPort),
-			"--tls-cert-file=" + p.servingCert,
-			"--tls-private-key-file=" + p.servingKey,
-		}
-		c.scheduler = "https://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(schedPort))
-		if gates != "" {
-			schedArgs = append(schedArgs, "--feature-gates="+gates)
-		}
-		if _, err := c.StartProcess("scheduler", c.cfg.Binaries.Scheduler, schedArgs...); err != nil {
-			return err
-		}
-	}
-
-	if c.cfg.Nodes != nil {
-		c.nodes = c.cfg.Nodes
-		if err := c.nodes.Start(ctx, c); err != nil {
-			return fmt.Errorf("start nodes: %w", err)
-		}
-	}
-	// After the nodes: pods in a network of their own reach the coordinator
-	// at that network's gateway, which exists once the nodes started.
-	if err := c.startCoordinator(ctx); err != nil {
-		return err
-	}
-
-	health := c.healthClient()
-	if err := c.waitFor(ctx, "kube-controller-manager /healthz", func(ctx context.Context) (bool, string, error) {
-		return httpOK(ctx, health, kcmPort, "/healthz")
-	}); err != nil {
-		return err
-	}
-	if c.cfg.Binaries.Scheduler != "" {
-		if err := c.waitFor(ctx, "scheduler /readyz", func(ctx context.Context) (bool, string, error) {
-			return httpOK(ctx, health, schedPort, "/readyz")
-		}); err != nil {
-			return err
-		}
-	}
-	// kcm's serviceaccount controller creates it; until then the
-	// ServiceAccount admission plugin refuses every pod in "default".
-	if err := c.waitFor(ctx, "default ServiceAccount", func(ctx context.Context) (bool, string, error) {
-		_, err := c.clientset.CoreV1().ServiceAccounts(metav1.NamespaceDefault).Get(ctx, "default", metav1.GetOptions{})
-		if err != nil {
-			return false, err.Error(), nil
-		}
-		return true, "", nil
-	}); err != nil {
-		return err
-	}
-	if c.nodes != nil {
-		if err := c.waitFor(ctx, "nodes Ready and untainted", c.nodesReady); err != nil {
+	for _, step := range []func(context.Context) error{
+		c.prepareDir,
+		c.pickPorts,
+		c.routeServiceRange,
+		c.writeCredentials,
+		c.loadClient,
+		c.startEtcd,
+		c.startAPIServer,
+		c.installCRDs,
+		c.startControllerManager,
+		c.startScheduler,
+		c.startNodes,
+		// After the nodes: pods in a network of their own reach the
+		// coordinator at that network's gateway, which exists once the
+		// nodes started.
+		c.startCoordinator,
+		c.waitUntilReady,
+	} {
+		if err := step(ctx); err != nil {
 			return err
 		}
 	}
@@ -437,114 +251,16 @@ func (c *Cluster) start(ctx context.Context) error {
 	return nil
 }
 
-// prepareDir creates the layout and wipes the previous run's state, after
-// making sure no other launcher still uses this dir.
-func (c *Cluster) prepareDir() error {
-	if st, err := ReadState(c.cfg.Dir); err == nil && st.PID != os.Getpid() && Alive(st.PID) {
-		return fmt.Errorf("a cluster (launcher pid %d) is still running in %s: stop it first", st.PID, c.cfg.Dir)
+// startNodes starts the node backend, if there is one.
+func (c *Cluster) startNodes(ctx context.Context) error {
+	if c.cfg.Nodes == nil {
+		return nil
 	}
-	if err := os.RemoveAll(c.stateDir); err != nil {
-		return fmt.Errorf("wipe old state: %w", err)
-	}
-	if err := os.Remove(c.kubeconfig); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove old kubeconfig: %w", err)
-	}
-	for _, d := range []string{c.stateDir, c.logDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return fmt.Errorf("create %s: %w", d, err)
-		}
+	c.nodes = c.cfg.Nodes
+	if err := c.nodes.Start(ctx, c); err != nil {
+		return fmt.Errorf("start nodes: %w", err)
 	}
 	return nil
-}
-
-func (c *Cluster) loadClient() error {
-	rc, err := clientcmd.BuildConfigFromFlags("", c.kubeconfig)
-	if err != nil {
-		return fmt.Errorf("load kubeconfig: %w", err)
-	}
-	// Tests create hundreds of pods and nodes; client-go's default 5 QPS
-	// would dominate their run time.
-	rc.QPS, rc.Burst = 500, 1000
-	cs, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return fmt.Errorf("client for %s: %w", c.apiserver, err)
-	}
-	c.restConfig, c.clientset = rc, cs
-	return nil
-}
-
-// writeSchedulerConfig copies the KubeSchedulerConfiguration template with
-// clientConnection.kubeconfig pointing at this cluster.
-func (c *Cluster) writeSchedulerConfig() (string, error) {
-	conf := map[string]any{
-		"apiVersion":     "kubescheduler.config.k8s.io/v1",
-		"kind":           "KubeSchedulerConfiguration",
-		"leaderElection": map[string]any{"leaderElect": false},
-		"clientConnection": map[string]any{
-			"qps": 1000, "burst": 2000,
-		},
-	}
-	if c.cfg.SchedulerConfig != "" {
-		data, err := os.ReadFile(c.cfg.SchedulerConfig)
-		if err != nil {
-			return "", fmt.Errorf("read scheduler config template: %w", err)
-		}
-		conf = map[string]any{}
-		if err := yaml.Unmarshal(data, &conf); err != nil {
-			return "", fmt.Errorf("parse scheduler config template %s: %w", c.cfg.SchedulerConfig, err)
-		}
-	}
-	cc, _ := conf["clientConnection"].(map[string]any)
-	if cc == nil {
-		cc = map[string]any{}
-	}
-	cc["kubeconfig"] = c.kubeconfig
-	conf["clientConnection"] = cc
-	data, err := yaml.Marshal(conf)
-	if err != nil {
-		return "", fmt.Errorf("encode scheduler config: %w", err)
-	}
-	path := filepath.Join(c.stateDir, "scheduler-config.yaml")
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		return "", fmt.Errorf("write scheduler config: %w", err)
-	}
-	return path, nil
-}
-
-// StartProcess starts a child process that belongs to the cluster: its
-// output goes to <Dir>/logs/<name>.log, an unexpected exit fails the
-// cluster (see Failed), and Stop ends it. Node backends use it.
-func (c *Cluster) StartProcess(name, bin string, args ...string) (*Process, error) {
-	return c.StartProcessEnv(name, bin, nil, args...)
-}
-
-// StartProcessEnv is StartProcess with env (KEY=value) added to this
-// process's environment.
-func (c *Cluster) StartProcessEnv(name, bin string, env []string, args ...string) (*Process, error) {
-	// The lock is held across the start so that Stop, which takes it
-	// first, either sees this process or refuses it.
-	c.mu.Lock()
-	if c.stopping {
-		c.mu.Unlock()
-		return nil, fmt.Errorf("start %s: cluster is stopping", name)
-	}
-	p, err := startProcess(name, filepath.Join(c.logDir, name+".log"), bin, env, args)
-	if err == nil {
-		c.procs = append(c.procs, p)
-	}
-	c.mu.Unlock()
-	if err != nil {
-		return nil, err
-	}
-	c.log.Info("started "+name, "pid", p.PID(), "log", p.Log)
-	c.writeState()
-	go func() {
-		<-p.done
-		if !p.expectedExit() {
-			c.fail(p.exitError())
-		}
-	}()
-	return p, nil
 }
 
 func (c *Cluster) fail(err error) {
@@ -691,243 +407,6 @@ func (c *Cluster) Processes() []*Process {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return slices.Clone(c.procs)
-}
-
-// State is what <Dir>/cluster/state.json records, for tools outside the
-// launching process (cluster down, scripts).
-type State struct {
-	// PID of the launcher: the process that runs etcd and owns the children.
-	PID        int            `json:"pid"`
-	APIServer  string         `json:"apiserver"`
-	Etcd       string         `json:"etcd,omitempty"`
-	Kubeconfig string         `json:"kubeconfig"`
-	Processes  []ProcessState `json:"processes"`
-}
-
-// ProcessState is one child process.
-type ProcessState struct {
-	Name string `json:"name"`
-	PID  int    `json:"pid"`
-	Log  string `json:"log"`
-}
-
-// ReadState reads dir's state.json.
-func ReadState(dir string) (*State, error) {
-	data, err := os.ReadFile(filepath.Join(dir, "cluster", "state.json"))
-	if err != nil {
-		return nil, err
-	}
-	var st State
-	if err := json.Unmarshal(data, &st); err != nil {
-		return nil, fmt.Errorf("parse %s: %w", filepath.Join(dir, "cluster", "state.json"), err)
-	}
-	return &st, nil
-}
-
-// writeState records the current processes; it is rewritten after every
-// start so that a crash mid-start still leaves the pids behind. Best
-// effort: the state file is for tools, the cluster does not need it.
-func (c *Cluster) writeState() {
-	st := State{PID: os.Getpid(), APIServer: c.apiserver, Kubeconfig: c.kubeconfig}
-	if c.etcd != nil {
-		st.Etcd = c.etcd.ClientURL
-	}
-	for _, p := range c.Processes() {
-		st.Processes = append(st.Processes, ProcessState{Name: p.Name, PID: p.PID(), Log: p.Log})
-	}
-	data, err := json.MarshalIndent(st, "", "  ")
-	if err == nil {
-		tmp := filepath.Join(c.stateDir, "state.json.tmp")
-		if err = os.WriteFile(tmp, data, 0o644); err == nil {
-			err = os.Rename(tmp, filepath.Join(c.stateDir, "state.json"))
-		}
-	}
-	if err != nil {
-		c.log.Warn("cannot write cluster state", "err", err)
-	}
-}
-
-// waitFor polls check until it reports done, the context ends or a
-// component dies, logging progress every 5 seconds so that a slow start
-// shows what it waits for.
-func (c *Cluster) waitFor(ctx context.Context, what string, check func(context.Context) (done bool, status string, err error)) error {
-	began := time.Now()
-	tick := time.NewTicker(250 * time.Millisecond)
-	defer tick.Stop()
-	lastReport := began
-	status := ""
-	for {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		done, st, err := check(cctx)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("wait for %s: %w", what, err)
-		}
-		if done {
-			c.log.Info(what+": ok", "took", time.Since(began).Round(10*time.Millisecond))
-			return nil
-		}
-		status = st
-		if time.Since(lastReport) >= 5*time.Second {
-			lastReport = time.Now()
-			c.log.Info("waiting for "+what, "elapsed", time.Since(began).Round(time.Second), "status", status)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for %s: %w (last status: %s)", what, ctx.Err(), status)
-		case <-c.failed:
-			return fmt.Errorf("wait for %s: %w", what, c.failErr)
-		case <-tick.C:
-		}
-	}
-}
-
-func (c *Cluster) apiserverReady(ctx context.Context) (bool, string, error) {
-	body, err := c.clientset.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
-	if err != nil {
-		msg := err.Error()
-		if len(body) > 0 {
-			msg = lastLines(string(body), 3)
-		}
-		return false, msg, nil
-	}
-	return true, "", nil
-}
-
-func (c *Cluster) nodesReady(ctx context.Context) (bool, string, error) {
-	list, err := c.clientset.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return false, err.Error(), nil
-	}
-	want := c.nodes.NodeNames()
-	ready := map[string]bool{}
-	for i := range list.Items {
-		ready[list.Items[i].Name] = nodeReady(&list.Items[i])
-	}
-	n := 0
-	var notReady []string
-	for _, name := range want {
-		if ready[name] {
-			n++
-		} else if len(notReady) < 3 {
-			notReady = append(notReady, name)
-		}
-	}
-	return n == len(want), fmt.Sprintf("%d/%d ready (not yet: %s)", n, len(want), strings.Join(notReady, ", ")), nil
-}
-
-// healthClient reaches kcm's and the scheduler's health endpoints, whose
-// serving cert the cluster CA signed; those paths need no credentials.
-func (c *Cluster) healthClient() *http.Client {
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(c.certs.ca.PEM)
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-}
-
-func httpOK(ctx context.Context, client *http.Client, port int, path string) (bool, string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://127.0.0.1:"+strconv.Itoa(port)+path, nil)
-	if err != nil {
-		return false, "", err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return false, err.Error(), nil
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return false, resp.Status, nil
-	}
-	return true, "", nil
-}
-
-// featureGates renders gates as the --feature-gates value, sorted.
-func featureGates(gates map[string]bool) string {
-	var parts []string
-	for _, k := range slices.Sorted(maps.Keys(gates)) {
-		parts = append(parts, k+"="+strconv.FormatBool(gates[k]))
-	}
-	return strings.Join(parts, ",")
-}
-
-// freePorts picks n distinct free ports on 127.0.0.1. They are released
-// before the components bind them; another process could take one in
-// between, in which case that component fails to start with "address in
-// use" in its log.
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("pick a free port: %w", err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	var failing []string
-	for _, l := range lines {
-		if strings.Contains(l, "failed") {
-			failing = append(failing, strings.TrimSpace(l))
-		}
-	}
-	if len(failing) > 0 {
-		lines = failing
-	}
-	if len(lines) > n {
-		lines = lines[:n]
-	}
-	return strings.Join(lines, "; ")
-}
-
-// installCRDs creates the configured CustomResourceDefinitions and waits
-// until each is established (served).
-func (c *Cluster) installCRDs(ctx context.Context) error {
-	if len(c.cfg.CRDs) == 0 {
-		return nil
-	}
-	ax, err := apiextensionsclient.NewForConfig(c.restConfig)
-	if err != nil {
-		return fmt.Errorf("apiextensions client: %w", err)
-	}
-	for _, f := range c.cfg.CRDs {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return fmt.Errorf("read CRD: %w", err)
-		}
-		var crd apiextensionsv1.CustomResourceDefinition
-		if err := yaml.Unmarshal(b, &crd); err != nil {
-			return fmt.Errorf("decode CRD %s: %w", f, err)
-		}
-		if _, err := ax.ApiextensionsV1().CustomResourceDefinitions().Create(ctx, &crd, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("create CRD %s from %s: %w", crd.Name, f, err)
-		}
-		name := crd.Name
-		if err := c.waitFor(ctx, "CRD "+name+" established", func(ctx context.Context) (bool, string, error) {
-			got, err := ax.ApiextensionsV1().CustomResourceDefinitions().Get(ctx, name, metav1.GetOptions{})
-			if err != nil {
-				return false, err.Error(), nil
-			}
-			for _, cond := range got.Status.Conditions {
-				if cond.Type == apiextensionsv1.Established && cond.Status == apiextensionsv1.ConditionTrue {
-					return true, "", nil
-				}
-			}
-			return false, "not established yet", nil
-		}); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func statBinary(path string) error {

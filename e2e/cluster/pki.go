@@ -10,8 +10,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/client-go/util/keyutil"
 
 	"github.com/muster-dev/muster/pki"
@@ -146,28 +144,6 @@ func writeServiceAccountKey(path string) error {
 	}
 	if err := pki.WriteKey(path, data); err != nil {
 		return fmt.Errorf("write key %s: %w", path, err)
-	}
-	return nil
-}
-
-// writeKubeconfig writes an admin kubeconfig for server with the
-// certificates embedded, so the file works when copied elsewhere.
-func (p *certs) writeKubeconfig(path, server string) error {
-	cert, err := os.ReadFile(p.adminCert)
-	if err != nil {
-		return fmt.Errorf("read admin certificate: %w", err)
-	}
-	key, err := os.ReadFile(p.adminKey)
-	if err != nil {
-		return fmt.Errorf("read admin key: %w", err)
-	}
-	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters[clusterName] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: p.ca.PEM}
-	cfg.AuthInfos["admin"] = &clientcmdapi.AuthInfo{ClientCertificateData: cert, ClientKeyData: key}
-	cfg.Contexts[clusterName] = &clientcmdapi.Context{Cluster: clusterName, AuthInfo: "admin"}
-	cfg.CurrentContext = clusterName
-	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
-		return fmt.Errorf("write kubeconfig %s: %w", path, err)
 	}
 	return nil
 }

@@ -1,11 +1,14 @@
 package cluster
 
 import (
+	"context"
 	"fmt"
 	"hash/fnv"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 )
 
@@ -53,4 +56,35 @@ func (r *serviceRoute) remove() {
 	if r != nil {
 		_ = exec.Command(r.ip, "route", "del", "blackhole", r.prefix.String(), "metric", r.metric).Run()
 	}
+}
+
+// routeServiceRange routes the service range nowhere (see serviceRoute),
+// or warns that it cannot.
+func (c *Cluster) routeServiceRange(context.Context) error {
+	if _, err := kubernetesServiceIP(c.cfg.ServiceCIDR); err != nil {
+		return err
+	}
+	var why string
+	var err error
+	if c.svcRoute, why, err = routeServiceRangeNowhere(c.stateDir, c.cfg.ServiceCIDR); err != nil {
+		return err
+	} else if why != "" {
+		c.log.Warn("the service range is not routed nowhere ("+why+"): a request to a ClusterIP would follow the default route and leave the machine", "range", c.cfg.ServiceCIDR)
+	}
+	return nil
+}
+
+// kubernetesServiceIP is the address the `kubernetes` Service takes: the
+// service range's first. Only IPv4 ranges are supported here.
+func kubernetesServiceIP(cidr string) (net.IP, error) {
+	_, svcNet, err := net.ParseCIDR(cidr)
+	if err != nil {
+		return nil, fmt.Errorf("service CIDR %q: %w", cidr, err)
+	}
+	ip := slices.Clone(svcNet.IP.To4())
+	if ip == nil {
+		return nil, fmt.Errorf("service CIDR %q: only IPv4 is supported here", cidr)
+	}
+	ip[3]++
+	return ip, nil
 }

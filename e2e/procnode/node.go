@@ -23,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
@@ -48,6 +49,7 @@ type node struct {
 	server   *http.Server
 	events   record.EventBroadcaster
 	logFile  *os.File
+	log      *slog.Logger
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 }
@@ -62,46 +64,44 @@ func startNode(ctx context.Context, c *cluster.Cluster, cfg Config, obj *corev1.
 	logger := slog.New(slog.NewTextHandler(logFile, nil)).With("node", obj.Name)
 	ctx, cancel := context.WithCancel(ctx)
 	ctx = vklog.WithLogger(ctx, vkslog.FromSlog(logger))
-	cs := c.Clientset()
-	n := &node{name: obj.Name, cancel: cancel, logFile: logFile}
-
-	// The kubelet API: TLS with a cert of the cluster CA, and only clients
-	// with a cert of that CA (the apiserver's kubelet client cert, admins).
-	// Any such client may do anything: there is no per-request authorization.
-	l, err := net.Listen("tcp", net.JoinHostPort(hostIP, "0"))
-	if err != nil {
-		return n, fmt.Errorf("listen for the kubelet API: %w", err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	certFile, keyFile, err := c.IssueServingCert("kubelet-"+obj.Name, []string{obj.Name, "localhost"}, []net.IP{net.ParseIP(hostIP)})
-	if err != nil {
-		l.Close()
-		return n, err
-	}
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		l.Close()
-		return n, fmt.Errorf("load kubelet serving cert: %w", err)
-	}
-	caPEM, err := os.ReadFile(c.CAFile())
-	if err != nil {
-		l.Close()
-		return n, fmt.Errorf("read cluster CA: %w", err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-
+	n := &node{name: obj.Name, cancel: cancel, logFile: logFile, log: logger}
 	n.provider = newProvider(providerConfig{
 		ctx:         ctx,
 		cfg:         cfg,
 		nodeName:    obj.Name,
-		client:      cs,
+		client:      c.Clientset(),
 		ips:         ips,
 		podsDir:     podsDir,
 		allocatable: obj.Status.Allocatable,
 		log:         logger,
 	})
+	port, err := n.serveKubeletAPI(c)
+	if err != nil {
+		return n, err
+	}
+	fillNode(obj, port)
+	if err := n.startControllers(ctx, c.Clientset(), cfg, obj); err != nil {
+		return n, err
+	}
+	logger.Info("node started", "kubelet-port", port)
+	return n, nil
+}
 
+// serveKubeletAPI serves the kubelet API (logs, pod list) on a port of
+// its own and returns the port. TLS with a cert of the cluster CA, and only
+// clients with a cert of that CA (the apiserver's kubelet client cert,
+// admins). Any such client may do anything: there is no per-request
+// authorization.
+func (n *node) serveKubeletAPI(c *cluster.Cluster) (port int, err error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(hostIP, "0"))
+	if err != nil {
+		return 0, fmt.Errorf("listen for the kubelet API: %w", err)
+	}
+	tlsConfig, err := kubeletTLS(c, n.name)
+	if err != nil {
+		l.Close()
+		return 0, err
+	}
 	mux := http.NewServeMux()
 	vkapi.AttachPodRoutes(vkapi.PodHandlerConfig{
 		GetContainerLogs: n.provider.GetContainerLogs,
@@ -110,22 +110,46 @@ func startNode(ctx context.Context, c *cluster.Cluster, cfg Config, obj *corev1.
 	n.server = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
-		TLSConfig: &tls.Config{
-			Certificates: []tls.Certificate{cert},
-			ClientCAs:    pool,
-			ClientAuth:   tls.RequireAndVerifyClientCert,
-			MinVersion:   tls.VersionTLS12,
-		},
-		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		TLSConfig:         tlsConfig,
+		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
 	}
 	n.wg.Go(func() {
 		if err := n.server.ServeTLS(l, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			logger.Error("kubelet API server", "err", err)
+			n.log.Error("kubelet API server", "err", err)
 		}
 	})
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
 
-	fillNode(obj, port)
+// kubeletTLS is the kubelet API's TLS: a serving cert of the cluster CA for
+// the node's name, and client certs of that CA required.
+func kubeletTLS(c *cluster.Cluster, nodeName string) (*tls.Config, error) {
+	certFile, keyFile, err := c.IssueServingCert("kubelet-"+nodeName, []string{nodeName, "localhost"}, []net.IP{net.ParseIP(hostIP)})
+	if err != nil {
+		return nil, err
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load kubelet serving cert: %w", err)
+	}
+	caPEM, err := os.ReadFile(c.CAFile())
+	if err != nil {
+		return nil, fmt.Errorf("read cluster CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		ClientCAs:    pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		MinVersion:   tls.VersionTLS12,
+	}, nil
+}
 
+// startControllers starts vk's node controller (which registers obj and
+// keeps its lease) and pod controller (which runs the pods bound to it
+// through the provider), with the informer and event recorder they share.
+func (n *node) startControllers(ctx context.Context, cs kubernetes.Interface, cfg Config, obj *corev1.Node) error {
 	// Pods bound to this node only: the informer vk's pod controller and
 	// the provider's condition watch share.
 	podFactory := informers.NewSharedInformerFactoryWithOptions(cs, 0,
@@ -142,7 +166,7 @@ func startNode(ctx context.Context, c *cluster.Cluster, cfg Config, obj *corev1.
 			}
 		},
 	}); err != nil {
-		return n, fmt.Errorf("watch pods: %w", err)
+		return fmt.Errorf("watch pods: %w", err)
 	}
 	// vk's pod controller insists on these informers but uses them only to
 	// resolve env vars, which this provider does itself, as the kubelet
@@ -155,6 +179,7 @@ func startNode(ctx context.Context, c *cluster.Cluster, cfg Config, obj *corev1.
 	recorder := n.events.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "procnode", Host: obj.Name})
 	n.provider.recorder = recorder
 
+	var err error
 	n.podCtl, err = vknode.NewPodController(vknode.PodControllerConfig{
 		PodClient:                 podsClient{PodsGetter: cs.CoreV1(), p: n.provider},
 		PodInformer:               podInformer,
@@ -166,32 +191,31 @@ func startNode(ctx context.Context, c *cluster.Cluster, cfg Config, obj *corev1.
 		SkipDownwardAPIResolution: true,
 	})
 	if err != nil {
-		return n, fmt.Errorf("pod controller: %w", err)
+		return fmt.Errorf("pod controller: %w", err)
 	}
 	n.nodeCtl, err = vknode.NewNodeController(vknode.NaiveNodeProvider{}, obj, cs.CoreV1().Nodes(),
 		vknode.WithNodeEnableLeaseV1(cs.CoordinationV1().Leases(corev1.NamespaceNodeLease), cfg.LeaseDurationSeconds))
 	if err != nil {
-		return n, fmt.Errorf("node controller: %w", err)
+		return fmt.Errorf("node controller: %w", err)
 	}
 	podFactory.Start(ctx.Done())
 	n.wg.Go(func() {
 		if err := n.nodeCtl.Run(ctx); err != nil && ctx.Err() == nil {
-			logger.Error("node controller stopped", "err", err)
+			n.log.Error("node controller stopped", "err", err)
 		}
 	})
 	n.wg.Go(func() {
 		// Workers block in DeletePod for a pod's grace period: enough of
 		// them that deleting many pods at once is not serialised.
 		if err := n.podCtl.Run(ctx, 32); err != nil && ctx.Err() == nil {
-			logger.Error("pod controller stopped", "err", err)
+			n.log.Error("pod controller stopped", "err", err)
 		}
 	})
 	n.wg.Go(func() {
 		<-ctx.Done()
 		podFactory.Shutdown()
 	})
-	logger.Info("node started", "kubelet-port", port)
-	return n, nil
+	return nil
 }
 
 // waitReady returns once both controllers run, or with their error.

@@ -171,7 +171,7 @@ func (c Config) Validate() error {
 		return fmt.Errorf("SchedulerName %q: %s", c.SchedulerName, strings.Join(msgs, "; "))
 	}
 	if !slices.Contains(c.Runtimes, podapi.DefaultRuntime) {
-		return fmt.Errorf("Runtimes %q must include %q, the preset of pods that name none", c.Runtimes, podapi.DefaultRuntime)
+		return fmt.Errorf("the Runtimes %q must include %q, the preset of pods that name none", c.Runtimes, podapi.DefaultRuntime)
 	}
 	if msgs := validation.IsValidPortNum(c.EndpointPort); len(msgs) > 0 {
 		return fmt.Errorf("EndpointPort %d: %s", c.EndpointPort, strings.Join(msgs, "; "))

@@ -1,7 +1,8 @@
 // Package gang is muster's scheduler plugin: it admits all pods of a group
-// at once, or none. It is thin glue between the scheduling framework and
-// the group logic in this package's members.go and the fit check in
-// scheduler-plugin/fit.
+// at once, or none. It is glue between the scheduling framework, the pod
+// contract (podapi: which group a pod belongs to, its size and topology),
+// the placement of a group's members (placement.go, domain.go) and the
+// whole-group fit check in scheduler-plugin/fit.
 //
 // How a group is scheduled:
 //  1. PreEnqueue keeps every member out of the queue until all of them

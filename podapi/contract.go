@@ -67,7 +67,7 @@ const DefaultRuntime = "env"
 
 // Runtimes are the presets muster.dev/runtime may name; the agent has one
 // preset of each name (agent/preset tests that the two lists agree).
-var Runtimes = []string{"deepspeed", "env", "ray", "sglang", "torchrun", "vllm"}
+var Runtimes = []string{"env", "torchrun", "vllm", "sglang", "deepspeed", "ray"}
 
 // ResourceGPU is the extended resource whose limit says how many GPUs a
 // member has (EnvGPUsPerNode).

@@ -47,10 +47,16 @@ fmt:
 test-unit:
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /e2e)
 
+# What --version prints: `git describe` (a tag, or the commit) and the commit.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)$(shell git diff --quiet HEAD 2>/dev/null || echo -dirty)
+VERSION_LDFLAGS := -X github.com/muster-dev/muster/internal/version.Version=$(VERSION) \
+	-X github.com/muster-dev/muster/internal/version.Commit=$(COMMIT)
+
 build:
-	$(GO) build -o $(BIN)/coordinator ./coordinator/cmd/coordinator
-	$(GO) build -o $(BIN)/agent ./agent/cmd/agent
-	$(GO) build -ldflags '$(KUBE_LDFLAGS)' -o $(BIN)/scheduler ./scheduler-plugin/cmd/scheduler
+	$(GO) build -ldflags '$(VERSION_LDFLAGS)' -o $(BIN)/coordinator ./coordinator/cmd/coordinator
+	$(GO) build -ldflags '$(VERSION_LDFLAGS)' -o $(BIN)/agent ./agent/cmd/agent
+	$(GO) build -ldflags '$(KUBE_LDFLAGS) $(VERSION_LDFLAGS)' -o $(BIN)/scheduler ./scheduler-plugin/cmd/scheduler
 
 # deps installs what the tests need on a Debian machine (root): torch for the
 # real distributed program, protoc for `make proto`.
@@ -171,7 +177,7 @@ kube-bins:
 	$(GO) build -ldflags '$(KUBE_LDFLAGS)' -o $(BIN)/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 	$(GO) build -ldflags '$(KUBE_LDFLAGS)' -o $(BIN)/kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
 	$(GO) build -ldflags '$(KUBE_LDFLAGS)' -o $(BIN)/kubectl k8s.io/kubernetes/cmd/kubectl
-	$(GO) build -ldflags '$(KUBE_LDFLAGS)' -o $(BIN)/scheduler ./scheduler-plugin/cmd/scheduler
+	$(GO) build -ldflags '$(KUBE_LDFLAGS) $(VERSION_LDFLAGS)' -o $(BIN)/scheduler ./scheduler-plugin/cmd/scheduler
 	$(GO) build -ldflags '$(KUBE_LDFLAGS)' -o $(BIN)/kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
 	@test -x $(BIN)/kwok || { echo "installing kwok $(KWOK_VERSION) into $(BIN)"; \
 		GOBIN=$(BIN) $(GO) install sigs.k8s.io/kwok/cmd/kwok@$(KWOK_VERSION); }

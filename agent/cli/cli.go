@@ -7,12 +7,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
+	"os"
 	"strconv"
 	"strings"
 
 	"github.com/muster-dev/muster/agent"
 	"github.com/muster-dev/muster/agent/preset"
+	"github.com/muster-dev/muster/internal/logging"
+	"github.com/muster-dev/muster/internal/version"
 	"github.com/muster-dev/muster/podapi"
 )
 
@@ -56,6 +58,10 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 		}
 		return 0
 	}
+	if args[0] == "--version" || args[0] == "-version" || args[0] == "version" {
+		fmt.Fprintln(os.Stdout, version.Get().String("agent"))
+		return 0
+	}
 	if args[0] == "install" {
 		return install(args[1:], stderr)
 	}
@@ -63,7 +69,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "agent: unknown command %q; use \"run\" (see agent run --help) or \"install DEST\"\n", args[0])
 		return 2
 	}
-	cfg, logLevel, err := Parse(args[1:], stderr)
+	cfg, err := Parse(args[1:], stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -71,7 +77,6 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "agent: %v\n", err)
 		return 2
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
 	err = agent.Run(ctx, cfg)
 	if err == nil {
 		return 0
@@ -85,8 +90,9 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 	return code
 }
 
-// Parse turns `agent run` arguments into a Config.
-func Parse(args []string, stderr io.Writer) (agent.Config, slog.Level, error) {
+// Parse turns `agent run` arguments into a Config, with a Logger writing
+// to stderr as --log-level and --log-format ask.
+func Parse(args []string, stderr io.Writer) (agent.Config, error) {
 	cfg := agent.DefaultConfig()
 	fs := flag.NewFlagSet("agent run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -100,7 +106,8 @@ func Parse(args []string, stderr io.Writer) (agent.Config, slog.Level, error) {
 		}
 	}
 	coordinators := strings.Join(cfg.Coordinators, ",")
-	var ordinal, logLevel string
+	var ordinal string
+	var logFlags logging.Flags
 	fs.StringVar(&coordinators, "coordinator", coordinators, "coordinator address host:port; several, comma-separated, for failover [MUSTER_COORDINATOR]")
 	fs.StringVar(&cfg.Namespace, "namespace", cfg.Namespace, "namespace of the group [MUSTER_NAMESPACE, POD_NAMESPACE]")
 	fs.StringVar(&cfg.Group, "group", cfg.Group, "group name, the same on every member [MUSTER_GROUP]")
@@ -127,9 +134,9 @@ func Parse(args []string, stderr io.Writer) (agent.Config, slog.Level, error) {
 	fs.StringVar(&cfg.CertFile, "cert", "", "this member's client certificate (bare hosts; coordinator certs member makes one)")
 	fs.StringVar(&cfg.KeyFile, "key", "", "the key of --cert")
 	fs.StringVar(&cfg.TokenFile, "token-file", cfg.TokenFile, "send the token in this file with every call (in a pod: the projected service-account token) [MUSTER_TOKEN_FILE]")
-	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	logFlags.Register(fs)
 	if err := fs.Parse(args); err != nil {
-		return cfg, 0, err
+		return cfg, err
 	}
 	cfg.Command = fs.Args()
 	cfg.Coordinators = nil
@@ -141,15 +148,16 @@ func Parse(args []string, stderr io.Writer) (agent.Config, slog.Level, error) {
 	if ordinal != "" {
 		o, err := strconv.ParseInt(ordinal, 10, 64)
 		if err != nil {
-			return cfg, 0, fmt.Errorf("--ordinal %q is not a whole number", ordinal)
+			return cfg, fmt.Errorf("--ordinal %q is not a whole number", ordinal)
 		}
 		cfg.Ordinal = &o
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-		return cfg, 0, fmt.Errorf("--log-level %q: want debug, info, warn or error", logLevel)
+	log, err := logFlags.New(stderr)
+	if err != nil {
+		return cfg, err
 	}
-	return cfg, level, cfg.Validate()
+	cfg.Logger = log
+	return cfg, cfg.Validate()
 }
 
 func envOrEmpty(k string) string {

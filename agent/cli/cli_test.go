@@ -11,14 +11,14 @@ func TestGPUsPerNodeAndInterfaceComeFromTheEnvironmentUnlessFlagged(t *testing.T
 	lookupEnv = func(k string) string { return env[k] }
 	t.Cleanup(func() { lookupEnv = old })
 	base := []string{"--group", "g", "--size", "2", "--member-id", "m"}
-	cfg, _, err := Parse(append(base, "--", "true"), io.Discard)
+	cfg, err := Parse(append(base, "--", "true"), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.GPUsPerNode != 8 || cfg.Interface != "eth1" {
 		t.Fatalf("from the environment: gpus %d, interface %q; want 8, eth1", cfg.GPUsPerNode, cfg.Interface)
 	}
-	cfg, _, err = Parse(append(base, "--gpus-per-node", "4", "--interface", "=ib0", "--", "true"), io.Discard)
+	cfg, err = Parse(append(base, "--gpus-per-node", "4", "--interface", "=ib0", "--", "true"), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,13 +8,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 
 	"github.com/muster-dev/muster/coordinator"
+	"github.com/muster-dev/muster/internal/logging"
+	"github.com/muster-dev/muster/internal/version"
 )
 
 const usage = `Usage: coordinator [flags]
@@ -41,11 +42,15 @@ func Main(args []string, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "certs" {
 		return certsMain(args[1:], os.Stdout, stderr)
 	}
+	if len(args) > 0 && (args[0] == "--version" || args[0] == "-version" || args[0] == "version") {
+		fmt.Fprintln(os.Stdout, version.Get().String("coordinator"))
+		return 0
+	}
 	cfg := coordinator.DefaultConfig()
 	fs := flag.NewFlagSet("coordinator", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
-	var endpoints, logLevel string
+	var endpoints string
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "gRPC address to serve on (host:port)")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory of the embedded etcd's data")
 	fs.StringVar(&endpoints, "etcd-endpoints", "", "comma-separated etcd client URLs; empty runs an embedded etcd")
@@ -78,7 +83,8 @@ func Main(args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.EtcdCACert, "etcd-cacert", "", "external etcd: CA of its serving certificate (PEM)")
 	fs.StringVar(&cfg.EtcdCert, "etcd-cert", "", "external etcd: client certificate (PEM)")
 	fs.StringVar(&cfg.EtcdKey, "etcd-key", "", "external etcd: key of --etcd-cert")
-	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	var logFlags logging.Flags
+	logFlags.Register(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -92,12 +98,11 @@ func Main(args []string, stderr io.Writer) int {
 	if endpoints != "" {
 		cfg.EtcdEndpoints = strings.Split(endpoints, ",")
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-		fmt.Fprintf(stderr, "coordinator: --log-level %q: want debug, info, warn or error\n", logLevel)
+	log, err := logFlags.New(stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "coordinator: %v\n", err)
 		return 2
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	cfg.Logger = log
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -4,24 +4,28 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
-
-	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/h2c"
 )
 
 // h2cUpstream is a runtime that speaks HTTP/1.1 and h2c, as the proxy
 // forwards HTTP/2 requests as h2c.
 func h2cUpstream(h http.HandlerFunc) *httptest.Server {
-	return httptest.NewServer(h2c.NewHandler(h, &http2.Server{}))
+	s := httptest.NewUnstartedServer(h)
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	s.Config.Protocols = &protocols
+	s.Start()
+	return s
 }
 
 // startBounded serves a proxy to upstream (host:port) under o.
@@ -37,11 +41,30 @@ func startBounded(t *testing.T, upstream string, o Options) string {
 	return s.Addr()
 }
 
+// h2cClient sends every request as HTTP/2 with prior knowledge.
+//
+// The endpoint's Shutdown waits for its HTTP/2 connections to close: it
+// sends each a GOAWAY, and net/http's server closes an idle one a second
+// later unless the client does first. So a test closes its client's idle
+// connections (defer) before the endpoint's Shutdown in t.Cleanup, or
+// waits that second.
 func h2cClient() *http.Client {
-	return &http.Client{Transport: &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, n, a string, _ *tls.Config) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, n, a)
-	}}}
+	return &http.Client{Transport: h2cClientTransport()}
 }
+
+func h2cClientTransport() *http.Transport {
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	return &http.Transport{Protocols: &protocols}
+}
+
+// What an HTTP/2 client sends first on a connection (RFC 9113 section
+// 3.4): the preface, then a SETTINGS frame, here empty (length 0, type 4,
+// no flags, stream 0).
+const (
+	h2Preface       = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+	h2EmptySettings = "\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+)
 
 // opaque hides a reader's length, so the request goes out without a
 // Content-Length (chunked on HTTP/1).
@@ -85,10 +108,7 @@ func TestIdleConnectionClosed(t *testing.T) {
 			}
 		}},
 		{"HTTP/2 cleartext", func(t *testing.T, c net.Conn, rd *bufio.Reader) {
-			if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
-				t.Fatal(err)
-			}
-			if err := http2.NewFramer(c, nil).WriteSettings(); err != nil {
+			if _, err := io.WriteString(c, h2Preface+h2EmptySettings); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -123,6 +143,84 @@ func TestIdleConnectionClosed(t *testing.T) {
 	}
 }
 
+// readEnd notes when reading its connection first fails: the connection
+// was closed, by the server or by the client after the server's GOAWAY.
+type readEnd struct {
+	net.Conn
+	once  sync.Once
+	ended chan<- time.Time
+}
+
+func (c *readEnd) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		c.once.Do(func() {
+			select {
+			case c.ended <- time.Now():
+			default: // another connection's end came first
+			}
+		})
+	}
+	return n, err
+}
+
+// An HTTP/2 connection that has carried requests is closed IdleTimeout
+// after the last of them, not before and not only when it never carried
+// one: net/http's HTTP/2 server takes the http.Server's IdleTimeout (the
+// endpoint once set it on x/net's http2.Server), and each stream restarts
+// its timer.
+func TestIdleHTTP2ConnectionClosedAfterRequests(t *testing.T) {
+	const idle = 500 * time.Millisecond
+	const gap = idle / 2
+	s, err := ListenWith("127.0.0.1:0", New(quiet()), Options{IdleTimeout: idle})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(context.Background())
+	ended := make(chan time.Time, 1)
+	var dials atomic.Int64
+	tr := h2cClientTransport()
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &readEnd{Conn: c, ended: ended}, nil
+	}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	// Three requests gap apart: together longer than idle, each gap
+	// shorter.
+	var last time.Time
+	for i := range 3 {
+		if i > 0 {
+			time.Sleep(gap)
+		}
+		last = time.Now()
+		resp, err := c.Get("http://" + s.Addr() + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.ProtoMajor != 2 {
+			t.Fatalf("HTTP/%d; want HTTP/2", resp.ProtoMajor)
+		}
+	}
+	if n := dials.Load(); n != 1 {
+		t.Fatalf("%d connections for 3 requests %s apart; want one, open while it carries a request at least every %s", n, gap, idle)
+	}
+	select {
+	case at := <-ended:
+		if d := at.Sub(last); d < idle {
+			t.Fatalf("closed %s after the last request began, before the idle timeout of %s", d, idle)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the HTTP/2 connection was still open 10s after its last request; want it closed after the idle timeout of %s", idle)
+	}
+}
+
 // A body over MaxBodyBytes is answered 413 with the limit named; a known
 // Content-Length over it never reaches the runtime.
 func TestOversizedBodyIs413(t *testing.T) {
@@ -145,6 +243,7 @@ func TestOversizedBodyIs413(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			defer tc.client.CloseIdleConnections()
 			called := make(chan struct{}, 1)
 			up := h2cUpstream(func(w http.ResponseWriter, r *http.Request) {
 				called <- struct{}{}
@@ -244,7 +343,9 @@ func TestSlowBodyIsCut(t *testing.T) {
 			req.ContentLength = size
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			resp, err := h2cClient().Do(req.WithContext(ctx))
+			c := h2cClient()
+			defer c.CloseIdleConnections()
+			resp, err := c.Do(req.WithContext(ctx))
 			if err != nil {
 				t.Fatalf("no answer to a body too slow: %v", err)
 			}
@@ -303,6 +404,7 @@ func TestStreamOutlivesBodyTimeout(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			defer tc.client.CloseIdleConnections()
 			release := make(chan struct{})
 			up := h2cUpstream(func(w http.ResponseWriter, r *http.Request) {
 				b, _ := io.ReadAll(r.Body)

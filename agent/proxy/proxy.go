@@ -7,13 +7,14 @@
 //
 // HTTP/1.1 responses are streamed through unbuffered (server-sent events,
 // chunked bodies) while the request body still flows (full duplex), and
-// HTTP/2 cleartext (h2c) is accepted and forwarded as h2c, so gRPC works
-// too.
+// HTTP/2 cleartext (h2c, with prior knowledge) is accepted on the same port
+// and forwarded as h2c, so gRPC works too. Both are net/http's own: its
+// server's and transport's Protocols (unencrypted HTTP/2), not
+// golang.org/x/net/http2.
 package proxy
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -24,11 +25,9 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
-
-	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/h2c"
 )
 
 // Target is where the endpoint currently sends requests.
@@ -62,6 +61,7 @@ func New(log *slog.Logger) *Proxy {
 		r.SetURL(&url.URL{Scheme: "http", Host: t.Upstream})
 		r.SetXForwarded()
 		r.Out.Host = r.In.Host
+		dropH2CUpgrade(r.Out.Header)
 	}
 	// The answering member names the generation and its rank; set, not
 	// added, so that a worker forwarding to the leader reports itself once.
@@ -101,17 +101,49 @@ func New(log *slog.Logger) *Proxy {
 		Rewrite:        rewrite,
 		ModifyResponse: stamp,
 		BufferPool:     copyBuffers,
-		Transport: &http2.Transport{
-			AllowHTTP:          true,
-			DisableCompression: true,
-			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, network, addr)
-			},
-		},
-		ErrorHandler: p.upstreamError,
+		Transport:      h2cTransport(),
+		ErrorHandler:   p.upstreamError,
 	}
 	return p
+}
+
+// h2cTransport sends every request as HTTP/2 over plain TCP with prior
+// knowledge (h2c): its Protocols hold unencrypted HTTP/2 alone, so an
+// http:// URL gets no HTTP/1.1 and no upgrade. HTTP/2 runs all requests to
+// a host over one connection, so there is no idle pool to size; the dialer
+// is the transport's default (no dial timeout), and Accept-Encoding passes
+// through as on HTTP/1.
+func h2cTransport() *http.Transport {
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	return &http.Transport{
+		Protocols:          &protocols,
+		DisableCompression: true,
+	}
+}
+
+// dropH2CUpgrade removes an HTTP/1.1 client's offer to upgrade to h2c
+// ("Upgrade: h2c", RFC 7540 section 3.2) from a request on its way to the
+// upstream.
+//
+// net/http serves h2c with prior knowledge only, not through that upgrade
+// (golang.org/x/net/http2/h2c, which the endpoint used before, did both;
+// RFC 9113 has since deprecated the upgrade). Such a request is answered
+// over HTTP/1.1, which RFC 7540 lets a server do. Left in, ReverseProxy
+// would pass the offer on, and a runtime that took it would answer 101 and
+// have the connection tunnelled to it, past the endpoint: no 503 while the
+// group is not ready, no X-Muster headers, no body bounds.
+func dropH2CUpgrade(h http.Header) {
+	for _, v := range h.Values("Upgrade") {
+		for proto := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(proto), "h2c") {
+				h.Del("Upgrade")
+				h.Del("Connection")
+				h.Del("Http2-Settings")
+				return
+			}
+		}
+	}
 }
 
 // bufferPool lends ReverseProxy its 32 KiB copy buffers; without one it
@@ -347,7 +379,8 @@ func (p *Proxy) bodyCut(w http.ResponseWriter, r *http.Request, b *boundedBody, 
 	http.Error(w, fmt.Sprintf("muster: the request body did not arrive within %s; send it faster, or raise the agent's endpoint body timeout", b.o.BodyTimeout), http.StatusRequestTimeout)
 }
 
-// Server serves a Proxy on addr (HTTP/1.1 and h2c) until Shutdown.
+// Server serves a Proxy on addr (HTTP/1.1 and h2c with prior knowledge)
+// until Shutdown.
 type Server struct {
 	srv *http.Server
 	lis net.Listener
@@ -365,11 +398,24 @@ func ListenWith(addr string, p *Proxy, o Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("endpoint: listen on %s: %w", addr, err)
 	}
+	// HTTP/1.1 and unencrypted HTTP/2 on the one port: a connection that
+	// opens with the HTTP/2 preface is served as HTTP/2, any other as
+	// HTTP/1.1. (An HTTP/1.1 "Upgrade: h2c" stays HTTP/1.1: see
+	// dropH2CUpgrade.)
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
 	srv := &http.Server{
-		// h2c serves HTTP/2 connections itself, with its own idle timer.
-		Handler:           h2c.NewHandler(bounded{p: p, o: o}, &http2.Server{IdleTimeout: o.IdleTimeout}),
+		Handler:           bounded{p: p, o: o},
+		Protocols:         &protocols,
 		ReadHeaderTimeout: readHeaderTimeout,
-		IdleTimeout:       o.IdleTimeout,
+		// IdleTimeout bounds HTTP/2 connections too: net/http's HTTP/2
+		// server has no idle timeout of its own (http.HTTP2Config has
+		// none) and takes this one (TestIdleConnectionClosed,
+		// TestIdleHTTP2ConnectionClosedAfterRequests). No HTTP2 config:
+		// the endpoint set no other HTTP/2 setting before either, and
+		// net/http's defaults are x/net's.
+		IdleTimeout: o.IdleTimeout,
 		// No ReadTimeout: bounded sets BodyTimeout as a read deadline on
 		// each request that has a body, from its headers to its end, which
 		// bounds the body alone (ReadTimeout also counts the headers) and
@@ -384,7 +430,8 @@ func ListenWith(addr string, p *Proxy, o Options) (*Server, error) {
 func (s *Server) Addr() string { return s.lis.Addr().String() }
 
 // Shutdown stops accepting requests and waits, up to ctx's deadline, for
-// those in flight to finish (drain on SIGTERM).
+// those in flight to finish (drain on SIGTERM). HTTP/2 connections are
+// told so with a GOAWAY, and their streams in flight are waited for too.
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.srv.Shutdown(ctx)
 	if errors.Is(err, context.DeadlineExceeded) {

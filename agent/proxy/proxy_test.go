@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -17,9 +16,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/h2c"
 )
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -158,17 +154,17 @@ func TestRequestBodyFlowsWhileResponseStreams(t *testing.T) {
 // compressed answer reaches the client as the runtime sent it: the proxy
 // neither asks for gzip on its own nor unzips.
 func TestAcceptEncodingPassesThrough(t *testing.T) {
-	up := httptest.NewServer(h2c.NewHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	up := h2cUpstream(func(w http.ResponseWriter, r *http.Request) {
 		if ae := r.Header.Get("Accept-Encoding"); ae != "" {
 			w.Header().Set("Content-Encoding", ae)
 		}
 		fmt.Fprintf(w, "accept-encoding=%q", r.Header.Get("Accept-Encoding"))
-	}), &http2.Server{}))
+	})
 	defer up.Close()
 	_, url := startProxy(t, Target{Ready: true, Upstream: strings.TrimPrefix(up.URL, "http://")})
-	h2 := &http2.Transport{AllowHTTP: true, DisableCompression: true, DialTLSContext: func(ctx context.Context, n, a string, _ *tls.Config) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, n, a)
-	}}
+	h2 := h2cClientTransport()
+	h2.DisableCompression = true
+	defer h2.CloseIdleConnections()
 	for _, tr := range []http.RoundTripper{&http.Transport{DisableCompression: true}, h2} {
 		for _, ae := range []string{"", "gzip"} {
 			req, _ := http.NewRequest(http.MethodGet, url+"/", nil)
@@ -296,7 +292,10 @@ func TestSmallResponseOneWriteNoCopyBuffer(t *testing.T) {
 		t.Fatal(err)
 	}
 	lis := &writeCounter{Listener: l}
-	srv := &http.Server{Handler: h2c.NewHandler(p, &http2.Server{})}
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Handler: p, Protocols: &protocols}
 	go srv.Serve(lis)
 	defer srv.Close()
 	const n = 50
@@ -326,14 +325,13 @@ func TestSmallResponseOneWriteNoCopyBuffer(t *testing.T) {
 }
 
 func TestForwardsHTTP2Cleartext(t *testing.T) {
-	up := httptest.NewServer(h2c.NewHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	up := h2cUpstream(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "proto %d", r.ProtoMajor)
-	}), &http2.Server{}))
+	})
 	defer up.Close()
 	_, url := startProxy(t, Target{Ready: true, Upstream: strings.TrimPrefix(up.URL, "http://")})
-	c := &http.Client{Transport: &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, n, a string, _ *tls.Config) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, n, a)
-	}}}
+	c := h2cClient()
+	defer c.CloseIdleConnections()
 	resp, err := c.Get(url + "/grpc.health.v1.Health/Check")
 	if err != nil {
 		t.Fatal(err)
@@ -388,6 +386,104 @@ func TestUpstreamDownIs502AndShutdownDrains(t *testing.T) {
 	}
 	if got := <-result; got != "done" {
 		t.Fatalf("in-flight request got %q, want it drained to completion", got)
+	}
+}
+
+// Shutdown waits for HTTP/2 streams in flight as for HTTP/1 requests: the
+// connection gets a GOAWAY and its streams finish. (Until the endpoint
+// served h2c with net/http's own server, HTTP/2 connections were hijacked
+// from it, and Shutdown returned without them.)
+func TestShutdownDrainsHTTP2(t *testing.T) {
+	started := make(chan struct{})
+	var answered atomic.Int64 // when the upstream finished, in UnixNano
+	up := h2cUpstream(func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		time.Sleep(300 * time.Millisecond)
+		fmt.Fprint(w, "done")
+		answered.Store(time.Now().UnixNano())
+	})
+	defer up.Close()
+	p := New(quiet())
+	p.Set(Target{Ready: true, Upstream: strings.TrimPrefix(up.URL, "http://")})
+	s, err := Listen("127.0.0.1:0", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h2cClient()
+	defer c.CloseIdleConnections()
+	result := make(chan string, 1)
+	go func() {
+		resp, err := c.Get("http://" + s.Addr() + "/slow")
+		if err != nil {
+			result <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		result <- fmt.Sprintf("HTTP/%d %s", resp.ProtoMajor, b)
+	}()
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	shutDown := time.Now()
+	if a := answered.Load(); a == 0 || shutDown.UnixNano() < a {
+		t.Error("Shutdown returned before the HTTP/2 request in flight was answered; want it drained first")
+	}
+	select {
+	case got := <-result:
+		if got != "HTTP/2 done" {
+			t.Fatalf("in-flight HTTP/2 request got %q, want it drained to completion", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the in-flight HTTP/2 request got no answer")
+	}
+}
+
+// An HTTP/1.1 request that offers to upgrade to h2c (RFC 7540 section
+// 3.2) is answered over HTTP/1.1, without the offer reaching the runtime;
+// other upgrades (WebSocket) still pass through. net/http serves h2c with
+// prior knowledge only (see dropH2CUpgrade).
+func TestH2CUpgradeAnsweredOverHTTP1(t *testing.T) {
+	tests := []struct {
+		name, headers string
+		want          string // the Upgrade header the runtime sees
+	}{
+		{"h2c", "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n", ""},
+		{"websocket", "Connection: Upgrade\r\nUpgrade: websocket\r\n", "websocket"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			seen := make(chan http.Header, 1)
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				seen <- r.Header.Clone()
+				fmt.Fprintf(w, "proto %d", r.ProtoMajor)
+			}))
+			defer up.Close()
+			_, url := startProxy(t, Target{Ready: true, Upstream: strings.TrimPrefix(up.URL, "http://")})
+			c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: endpoint\r\n%s\r\n", tc.headers)
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 1 || string(b) != "proto 1" {
+				t.Fatalf("%s, HTTP/%d.%d, body %q; want 200 over HTTP/1.1 with the runtime's answer", resp.Status, resp.ProtoMajor, resp.ProtoMinor, b)
+			}
+			h := <-seen
+			if got := h.Get("Upgrade"); got != tc.want || (tc.want == "" && h.Get("Http2-Settings") != "") {
+				t.Fatalf("the runtime saw Upgrade %q, HTTP2-Settings %q; want Upgrade %q", got, h.Get("Http2-Settings"), tc.want)
+			}
+		})
 	}
 }
 

@@ -31,6 +31,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/util/retry"
 	spv1alpha1 "sigs.k8s.io/scheduler-plugins/apis/scheduling/v1alpha1"
 	spclientset "sigs.k8s.io/scheduler-plugins/pkg/generated/clientset/versioned"
 
@@ -358,9 +359,20 @@ func podJoins(t *testing.T, c *cluster.Cluster, conn *grpc.ClientConn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// No kubelet runs here: give the pod the IP one would.
-	pod.Status.PodIP, pod.Status.PodIPs = ip, []corev1.PodIP{{IP: ip}}
-	if pod, err = c.Clientset().CoreV1().Pods(release.Namespace).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+	// No kubelet runs here: give the pod the IP one would. The scheduler
+	// may write the pod's status first (PodScheduled: no nodes), so read
+	// it again on a conflict.
+	pods := c.Clientset().CoreV1().Pods(release.Namespace)
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := pods.Get(ctx, pod.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cur.Status.PodIP, cur.Status.PodIPs = ip, []corev1.PodIP{{IP: ip}}
+		pod, err = pods.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	creds := grpc.PerRPCCredentials(token(t, c, "solo", pod))

@@ -16,7 +16,7 @@ all: build
 help:
 	@echo "make demo          a local Kubernetes cluster; the tensor-parallel model served by a group of 4 pods (KSERVE=1: through KServe)"
 	@echo "make test          every test: unit, integration, end-to-end (real etcd, kube-apiserver, torch), then the fuzz targets"
-	@echo "make test-unit     the tests outside e2e/ (about 2 minutes)"
+	@echo "make test-unit     the tests outside e2e/ and bench/ with -short: no control plane, no torch"
 	@echo "make vet           gofmt and go vet, as CI runs them"
 	@echo "make lint          staticcheck $(STATICCHECK_VERSION) over every package, as CI runs it"
 	@echo "make fmt           gofmt every Go file"
@@ -43,9 +43,11 @@ lint:
 fmt:
 	gofmt -w $$(git ls-files '*.go')
 
-# test-unit: the packages outside e2e/ (no cluster, no torch).
+# test-unit: the packages outside e2e/ and bench/ with -short: no control
+# plane (tests that need one skip), no torch; embedded etcd and real
+# processes still run.
 test-unit:
-	$(GO) test -count=1 $$($(GO) list ./... | grep -v /e2e)
+	$(GO) test -short -count=1 $$($(GO) list ./... | grep -v -e /e2e -e /bench)
 
 # What --version prints: `git describe` (a tag, or the commit) and the commit.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)

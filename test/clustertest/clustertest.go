@@ -79,6 +79,7 @@ func Main(m *testing.M) {
 // its own namespace (see Namespace) and leave the nodes as they found them.
 func Shared(t testing.TB) *cluster.Cluster {
 	t.Helper()
+	skipShort(t)
 	if !underMain {
 		t.Fatal("clustertest.Shared needs the package's TestMain to be: func TestMain(m *testing.M) { clustertest.Main(m) }")
 	}
@@ -109,6 +110,7 @@ func Shared(t testing.TB) *cluster.Cluster {
 // it when the test ends. configure (may be nil) adjusts DefaultConfig.
 func New(t testing.TB, configure func(*cluster.Config)) *cluster.Cluster {
 	t.Helper()
+	skipShort(t)
 	bins, err := bins()
 	if err != nil {
 		t.Fatal(err)
@@ -263,5 +265,15 @@ func RepoRoot() (string, error) {
 			return "", errors.New("no muster go.mod at or above the working directory")
 		}
 		dir = parent
+	}
+}
+
+// skipShort skips a test that needs a control plane under go test -short
+// (make test-unit): starting one takes seconds, and building its binaries
+// cold takes minutes.
+func skipShort(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs a local control plane (kube-apiserver, etcd); skipped with -short")
 	}
 }

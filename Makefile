@@ -26,6 +26,7 @@ help:
 	@echo "make cluster       a local cluster in the background (cluster-down stops it); see the comment above the target for its knobs"
 	@echo "make proto         regenerate proto/muster/v1/*.pb.go"
 	@echo "make build         bin/coordinator, bin/agent, bin/scheduler"
+	@echo "make images        an OCI image per binary for linux/amd64 and linux/arm64 in .local/images/, no container engine (docs/install.md)"
 
 # vet: what CI checks before the tests: every Go file gofmt'd, go vet clean.
 vet:
@@ -59,6 +60,27 @@ build:
 	$(GO) build -ldflags '$(VERSION_LDFLAGS)' -o $(BIN)/coordinator ./coordinator/cmd/coordinator
 	$(GO) build -ldflags '$(VERSION_LDFLAGS)' -o $(BIN)/agent ./agent/cmd/agent
 	$(GO) build -ldflags '$(KUBE_LDFLAGS) $(VERSION_LDFLAGS)' -o $(BIN)/scheduler ./scheduler-plugin/cmd/scheduler
+
+# images: an OCI image per binary (coordinator, agent, scheduler) for
+# IMAGE_PLATFORMS, with no container engine and no base image from a
+# registry: deploy/images cross-compiles each binary static (CGO_ENABLED=0,
+# -trimpath, build's ldflags) onto an empty base that runs it as user 65532,
+# and writes .local/images/<name>/, an OCI layout whose index has an image
+# per platform, named IMAGE_REGISTRY/muster-<name>:IMAGE_TAG (the tag
+# defaults to the chart's appVersion, as the chart's values do). A cold
+# cross-compile of the scheduler takes several minutes per platform.
+# deploy/images/*.Dockerfile build the same images with docker or buildah;
+# docs/install.md says how to push or load them.
+IMAGE_REGISTRY ?= ghcr.io/muster-dev
+IMAGE_TAG ?=
+IMAGE_PLATFORMS ?= linux/amd64,linux/arm64
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+.PHONY: images
+images:
+	$(GO) run ./deploy/images/cmd/mkimage -out .local/images \
+		-registry '$(IMAGE_REGISTRY)' -tag '$(IMAGE_TAG)' -platforms '$(IMAGE_PLATFORMS)' \
+		-version '$(VERSION)' -commit '$(COMMIT)' -source-date-epoch '$(SOURCE_DATE_EPOCH)' \
+		-ldflags '$(VERSION_LDFLAGS)' -kube-ldflags '$(KUBE_LDFLAGS)'
 
 # deps installs what the tests need on a Debian machine (root): torch for the
 # real distributed program, protoc for `make proto`.

@@ -75,12 +75,18 @@ IMAGE_REGISTRY ?= ghcr.io/muster-dev
 IMAGE_TAG ?=
 IMAGE_PLATFORMS ?= linux/amd64,linux/arm64
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
-.PHONY: images
+.PHONY: images lint-workflows
 images:
 	$(GO) run ./deploy/images/cmd/mkimage -out .local/images \
 		-registry '$(IMAGE_REGISTRY)' -tag '$(IMAGE_TAG)' -platforms '$(IMAGE_PLATFORMS)' \
 		-version '$(VERSION)' -commit '$(COMMIT)' -source-date-epoch '$(SOURCE_DATE_EPOCH)' \
 		-ldflags '$(VERSION_LDFLAGS)' -kube-ldflags '$(KUBE_LDFLAGS)'
+
+# lint-workflows: actionlint, pinned, through go run, over
+# .github/workflows/ (the release workflow); make test runs it first.
+ACTIONLINT_VERSION := v1.7.12
+lint-workflows:
+	$(GO) run github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
 
 # deps installs what the tests need on a Debian machine (root): torch for the
 # real distributed program, protoc for `make proto`.
@@ -90,7 +96,7 @@ deps:
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-torch protobuf-compiler; \
 	fi
 
-test: deps build lws-bin kserve-bin
+test: lint-workflows deps build lws-bin kserve-bin
 	# -p 1: one package at a time. Several start a Kubernetes control plane
 	# and torch processes; on 2 cores running them side by side only makes
 	# each slower and their timings noisier.

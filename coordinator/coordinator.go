@@ -30,6 +30,7 @@ import (
 	"github.com/muster-dev/muster/coordinator/embedetcd"
 	"github.com/muster-dev/muster/coordinator/health"
 	"github.com/muster-dev/muster/coordinator/hub"
+	"github.com/muster-dev/muster/coordinator/metrics"
 	"github.com/muster-dev/muster/coordinator/podready"
 	"github.com/muster-dev/muster/coordinator/reaper"
 	"github.com/muster-dev/muster/coordinator/rendezvous"
@@ -229,6 +230,10 @@ type Coordinator struct {
 	stopReaper  context.CancelFunc
 	reaperDone  sync.WaitGroup
 	once        sync.Once
+
+	// timing is what the hubs observe of each generation's way to ready
+	// (served on /metrics).
+	timing *metrics.Timing
 }
 
 // Start starts a replica and returns once it serves.
@@ -314,6 +319,8 @@ func (c *Coordinator) startStore(_ context.Context, log *slog.Logger) error {
 	}()
 	c.hubs = hub.NewRegistry(c.Store, log, 30*time.Second)
 	c.hubs.ReadyHook = c.cfg.ReadyHook
+	c.timing = metrics.NewTiming()
+	c.hubs.Timing = c.timing
 	return nil
 }
 

@@ -11,8 +11,6 @@ import (
 	"runtime"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -49,12 +47,7 @@ func (c *Coordinator) startHealth(log *slog.Logger) error {
 	if c.cfg.MetricsListen == "" {
 		return nil
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		metrics.NewCollector(c.Store, healthTimeout),
-	)
+	reg := metrics.NewRegistry(c.Store, healthTimeout, c.timing)
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	c.health.Register(mux)

@@ -15,6 +15,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/muster-dev/muster/coordinator/metrics"
 	"github.com/muster-dev/muster/coordinator/rendezvous"
 	"github.com/muster-dev/muster/coordinator/store"
 	"github.com/muster-dev/muster/podapi"
@@ -30,6 +31,10 @@ type Registry struct {
 	// group's readiness or generation, with the ids of the group's members.
 	// It must not block.
 	ReadyHook func(k podapi.Key, generation int64, phase rendezvous.Phase, ready bool, members []string, message string)
+	// Timing, when set before the first Acquire, observes every state
+	// transition this replica's hubs write (the release, a generation
+	// becoming ready): the time-to-ready histograms.
+	Timing *metrics.Timing
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -338,6 +343,7 @@ func (h *Hub) reconcile() {
 		}
 		return
 	}
+	prev := h.view.State
 	swapped, err := h.reg.store.SwapState(h.ctx, h.key, h.view.StateRev, d.Next)
 	switch {
 	case err != nil:
@@ -346,6 +352,9 @@ func (h *Hub) reconcile() {
 		}
 	case swapped:
 		h.log.Info(d.Reason, "generation", d.Next.Generation, "phase", string(d.Next.Phase))
+		// Only the replica whose swap won observes, so each transition
+		// is counted once across replicas.
+		h.reg.Timing.Transition(h.key.Namespace, prev, &d.Next)
 	}
 	// Lost races are fine: another replica made the same decision, and the
 	// watch brings its result.

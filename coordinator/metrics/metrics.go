@@ -1,7 +1,9 @@
 // Package metrics exports the coordinator's view of its groups to
-// Prometheus. The numbers are read from etcd at scrape time, so every
-// replica reports the same cluster-wide values (aggregate with max, not
-// sum) and nothing is lost when a replica restarts.
+// Prometheus. The gauges and counters of Collector are read from etcd at
+// scrape time, so every replica reports the same cluster-wide values
+// (aggregate with max, not sum) and nothing is lost when a replica
+// restarts. The histograms of Timing are observed by the replica that made
+// each transition (aggregate with sum).
 package metrics
 
 import (
@@ -9,9 +11,26 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/muster-dev/muster/coordinator/rendezvous"
 )
+
+// NewRegistry returns what a replica serves on /metrics: the Go runtime's
+// and the process's metrics, the groups load reads (Collector, a scrape
+// waiting at most timeout for etcd) and timing's histograms (if any).
+func NewRegistry(load Loader, timeout time.Duration, timing *Timing) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		NewCollector(load, timeout),
+	)
+	if timing != nil {
+		reg.MustRegister(timing)
+	}
+	return reg
+}
 
 // Loader reads every group; *store.Store is one.
 type Loader interface {
@@ -33,6 +52,8 @@ var (
 		"The group's current generation (0 until its first restart).", []string{"namespace", "group"}, nil)
 	restartsDesc = prometheus.NewDesc("muster_group_restarts_total",
 		"Restarts of the group since it was created.", []string{"namespace", "group"}, nil)
+	phaseDesc = prometheus.NewDesc("muster_group_phase",
+		"The phase of the group's current generation: 1 for its phase, 0 for the others.", []string{"namespace", "group", "phase"}, nil)
 )
 
 // Collector is a prometheus.Collector over the groups in etcd.
@@ -49,7 +70,7 @@ func NewCollector(load Loader, timeout time.Duration) *Collector {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{groupsDesc, sizeDesc, joinedDesc, readyDesc, generationDesc, restartsDesc} {
+	for _, d := range []*prometheus.Desc{groupsDesc, sizeDesc, joinedDesc, readyDesc, generationDesc, restartsDesc, phaseDesc} {
 		ch <- d
 	}
 }
@@ -84,6 +105,15 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(readyDesc, prometheus.GaugeValue, float64(ready), labels...)
 		ch <- prometheus.MustNewConstMetric(generationDesc, prometheus.GaugeValue, float64(st.Generation), labels...)
 		ch <- prometheus.MustNewConstMetric(restartsDesc, prometheus.CounterValue, float64(st.Restarts), labels...)
+		// Every phase, as kube-state-metrics does for pods, so that an
+		// alert on one phase sees the group leave it.
+		for _, p := range phases {
+			in := 0.0
+			if st.Phase == p {
+				in = 1
+			}
+			ch <- prometheus.MustNewConstMetric(phaseDesc, prometheus.GaugeValue, in, v.Key.Namespace, v.Key.Name, string(p))
+		}
 	}
 	// Every phase, zeros included, so that alerts on a phase see 0 rather
 	// than no data.

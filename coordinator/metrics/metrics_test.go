@@ -50,6 +50,16 @@ muster_group_members_joined{group="b",namespace="ns"} 1
 # TYPE muster_group_members_ready gauge
 muster_group_members_ready{group="a",namespace="ns"} 1
 muster_group_members_ready{group="b",namespace="ns"} 0
+# HELP muster_group_phase The phase of the group's current generation: 1 for its phase, 0 for the others.
+# TYPE muster_group_phase gauge
+muster_group_phase{group="a",namespace="ns",phase="Completed"} 0
+muster_group_phase{group="a",namespace="ns",phase="Failed"} 0
+muster_group_phase{group="a",namespace="ns",phase="Running"} 1
+muster_group_phase{group="a",namespace="ns",phase="Waiting"} 0
+muster_group_phase{group="b",namespace="ns",phase="Completed"} 0
+muster_group_phase{group="b",namespace="ns",phase="Failed"} 0
+muster_group_phase{group="b",namespace="ns",phase="Running"} 0
+muster_group_phase{group="b",namespace="ns",phase="Waiting"} 1
 # HELP muster_group_restarts_total Restarts of the group since it was created.
 # TYPE muster_group_restarts_total counter
 muster_group_restarts_total{group="a",namespace="ns"} 1
@@ -66,7 +76,7 @@ muster_groups{phase="Running"} 1
 muster_groups{phase="Waiting"} 1
 `
 	if err := testutil.CollectAndCompare(NewCollector(l, time.Second), strings.NewReader(want),
-		"muster_groups", "muster_group_size", "muster_group_members_joined", "muster_group_members_ready", "muster_group_restarts_total"); err != nil {
+		"muster_groups", "muster_group_size", "muster_group_members_joined", "muster_group_members_ready", "muster_group_restarts_total", "muster_group_phase"); err != nil {
 		t.Error(err)
 	}
 }

@@ -138,7 +138,8 @@ type Decision struct {
 }
 
 // Decide returns the transition the view calls for, if any: release the
-// barrier, restart a failed generation, complete, or fail for good. It is
+// barrier, record that every rank became ready, restart a failed
+// generation, complete, or fail for good. It is
 // pure; the caller applies the result with a compare-and-swap on the state's
 // revision, so concurrent replicas deciding the same thing is harmless.
 func Decide(v *View, now time.Time) (Decision, bool) {
@@ -152,23 +153,34 @@ func Decide(v *View, now time.Time) (Decision, bool) {
 		if len(joined) < st.Size || !ReleaseAt(v, now).IsZero() {
 			return Decision{}, false
 		}
-		return release(st, v, joined), true
+		return release(st, v, joined, now), true
 	case Running:
 		return decideRunning(st, v, now)
 	}
 	return Decision{}, false
 }
 
-func release(st *State, v *View, joined []Member) Decision {
+func release(st *State, v *View, joined []Member, now time.Time) Decision {
 	next := st.clone()
 	next.Phase = Running
 	next.Assignment = AssignRanks(st.Ranks, joined, st.Size, st.RankOrder)
 	if next.Ranks == nil {
 		next.Ranks = map[string]int{}
 	}
+	// The generation was complete when the last of its members joined
+	// (unknown when one of them did not record it).
+	next.JoinedMs = 0
+	known := true
 	for r, id := range next.Assignment {
 		next.Ranks[id] = r
+		j := v.Members[id].JoinedMs
+		known = known && j != 0
+		next.JoinedMs = max(next.JoinedMs, j)
 	}
+	if !known {
+		next.JoinedMs = 0
+	}
+	next.ReleasedMs = now.UnixMilli()
 	leader := v.Members[next.Assignment[0]]
 	next.LeaderAddress = leader.Address
 	next.MasterPort = leader.MasterPort
@@ -206,6 +218,17 @@ func decideRunning(st *State, v *View, now time.Time) (Decision, bool) {
 		next := st.clone()
 		next.Phase = Completed
 		return Decision{Next: next, Reason: fmt.Sprintf("every rank of generation %d exited 0", st.Generation)}, true
+	}
+	if st.ReadyMs == 0 && v.Ready() {
+		// Recorded once per generation, the first time every rank is
+		// ready: the end of its way to ready.
+		next := st.clone()
+		next.ReadyMs = now.UnixMilli()
+		why := fmt.Sprintf("generation %d ready: all %d ranks report ready", st.Generation, len(st.Assignment))
+		if st.StartedMs != 0 {
+			why += fmt.Sprintf(", %s after it began", time.Duration(next.ReadyMs-st.StartedMs)*time.Millisecond)
+		}
+		return Decision{Next: next, Reason: why}, true
 	}
 	return Decision{}, false
 }
@@ -250,6 +273,7 @@ func Restart(st *State, now time.Time, member, reason string) Decision {
 	}
 	next.Assignment = nil
 	next.LeaderAddress, next.MasterPort = "", 0
+	next.StartedMs, next.JoinedMs, next.ReleasedMs, next.ReadyMs = now.UnixMilli(), 0, 0, 0
 	why := fmt.Sprintf("restarting to generation %d: %s", next.Generation, reason)
 	if d := RestartBackoff(next.Restarts); d > 0 {
 		why = fmt.Sprintf("restarting to generation %d after a %s backoff (restart %d): %s", next.Generation, d, next.Restarts, reason)

@@ -63,6 +63,16 @@ type State struct {
 	LastErrorMember string `json:"last_error_member,omitempty"`
 	FirstError      string `json:"first_error,omitempty"`
 	FailedMember    string `json:"failed_member,omitempty"`
+	// The current generation's way to ready, in Unix milliseconds (0: not
+	// yet, or a state written by a coordinator that did not record it):
+	// when it began (the group was created or started afresh, or
+	// restarted), when its last member joined, when its barrier released,
+	// and when every rank first reported ready. Each is written with the
+	// transition it marks, so every replica reads the same moments.
+	StartedMs  int64 `json:"started_ms,omitempty"`
+	JoinedMs   int64 `json:"joined_ms,omitempty"`
+	ReleasedMs int64 `json:"released_ms,omitempty"`
+	ReadyMs    int64 `json:"ready_ms,omitempty"`
 }
 
 // NewState is the state of a group created by its first member.
@@ -95,6 +105,8 @@ type Member struct {
 	State      RuntimeState `json:"state,omitempty"`
 	ExitCode   int          `json:"exit_code,omitempty"`
 	Reason     string       `json:"reason,omitempty"`
+	// JoinedMs is when the member joined Generation (Unix milliseconds).
+	JoinedMs int64 `json:"joined_ms,omitempty"`
 
 	// Filled from etcd metadata, not stored in the value.
 	CreateRev int64 `json:"-"`

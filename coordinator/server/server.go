@@ -430,7 +430,7 @@ func (j *joining) planView(v *rendezvous.View) joinPlan {
 		// starts a new group, at generation 0 with its own size and
 		// runtime, not the old one's generation and restart count
 		// (unless the group is that fresh already: just made).
-		if fresh := j.newState(int(j.req.GetSize())); !reflect.DeepEqual(*st, fresh) {
+		if fresh := j.newState(int(j.req.GetSize())); !sameBut(*st, fresh) {
 			p.reset, p.resetEmpty = &fresh, true
 			return p
 		}
@@ -460,7 +460,15 @@ func (j *joining) planView(v *rendezvous.View) joinPlan {
 func (j *joining) newState(size int) rendezvous.State {
 	ns := rendezvous.NewState(size, j.runtime, j.s.opts.MaxRestarts)
 	ns.RankOrder = rankOrder(j.req)
+	ns.StartedMs = time.Now().UnixMilli()
 	return ns
+}
+
+// sameBut reports whether two states are the same but for when their
+// generation began.
+func sameBut(a, b rendezvous.State) bool {
+	a.StartedMs, b.StartedMs = 0, 0
+	return reflect.DeepEqual(a, b)
 }
 
 // agrees checks that the member asks for the group's size, runtime and
@@ -529,7 +537,7 @@ func (j *joining) planPut(p *joinPlan, v *rendezvous.View, rec rendezvous.Member
 	m := rendezvous.Member{
 		ID: j.id, Address: req.GetAddress(), Ordinal: req.Ordinal,
 		MasterPort: int(req.GetMasterPort()), GossipPort: int(req.GetGossipPort()), Generation: target,
-		Domain: req.GetTopologyDomain(),
+		Domain: req.GetTopologyDomain(), JoinedMs: time.Now().UnixMilli(),
 	}
 	p.memberRev = -1
 	if known {
@@ -539,6 +547,9 @@ func (j *joining) planPut(p *joinPlan, v *rendezvous.View, rec rendezvous.Member
 		}
 		if rec.Generation == target {
 			m.State, m.ExitCode, m.Reason = rec.State, rec.ExitCode, rec.Reason
+			if rec.JoinedMs != 0 {
+				m.JoinedMs = rec.JoinedMs // joined this generation before
+			}
 		}
 		m.Lease = rec.Lease
 		p.memberRev = rec.ModRev

@@ -38,7 +38,16 @@ var (
 )
 
 func registerMetrics() {
-	metricsOnce.Do(func() {
-		legacyregistry.MustRegister(groupBindDuration, groupsWaiting, invalidMembers, admissionAttempts)
-	})
+	metricsOnce.Do(func() { RegisterMetrics(legacyregistry.MustRegister) })
+}
+
+// RegisterMetrics registers the plugin's metrics with register (New does,
+// once, with the scheduler's own registry; a test may pass a registry of
+// its own) and starts each result of muster_group_admission_attempts_total
+// at zero, so that its rate has a series from the first scrape.
+func RegisterMetrics(register func(...metrics.Registerable)) {
+	register(groupBindDuration, groupsWaiting, invalidMembers, admissionAttempts)
+	for _, fits := range []bool{true, false} {
+		admissionAttempts.WithLabelValues(resultLabel(fits))
+	}
 }

@@ -57,6 +57,8 @@ var chartValues = []struct {
 		"coordinator": map[string]any{"extraArgs": []any{"--log-level=debug"}},
 		"scheduler":   map[string]any{"extraArgs": []any{"--feature-gates=GenericWorkload=true"}},
 	}},
+	// ServiceMonitors, the PrometheusRule and the dashboard (monitoring_test.go).
+	{"monitoring", monitoringValues},
 }
 
 func repoRoot(t *testing.T) string {
@@ -122,6 +124,10 @@ func TestDryRun(t *testing.T) {
 	c := clustertest.New(t, func(cfg *cluster.Config) {
 		cfg.Nodes = nil // nothing runs; no nodes needed
 		cfg.CRDs = append(cfg.CRDs, filepath.Join(root, "e2e", "deploy", "testdata", "leaderworkerset.x-k8s.io_leaderworkersets.yaml"))
+		// The Prometheus Operator's, for the chart's monitoring objects.
+		for _, kind := range []string{"servicemonitors", "prometheusrules"} {
+			cfg.CRDs = append(cfg.CRDs, filepath.Join(root, "e2e", "deploy", "testdata", "monitoring.coreos.com_"+kind+".yaml"))
+		}
 		cfg.CRDs = append(cfg.CRDs, kserveCRDs...)
 	})
 	ctx := t.Context()

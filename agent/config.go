@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/muster-dev/muster/agent/preset"
-	"github.com/muster-dev/muster/podapi"
+	"github.com/muster-dev/muster/podapi/names"
 )
 
 // Config is the agent's configuration; DefaultConfig fills the defaults.
@@ -106,14 +106,14 @@ type Config struct {
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	c := Config{
-		Coordinators: splitList(envOr(podapi.EnvCoordinator, "127.0.0.1:7070")),
-		Namespace:    envOr(podapi.EnvNamespace, envOr("POD_NAMESPACE", "default")),
-		Group:        os.Getenv(podapi.EnvGroup),
-		MemberID:     envOr(podapi.EnvMemberID, envOr("POD_NAME", host)),
-		Address:      envOr(podapi.EnvAddress, envOr("POD_IP", "127.0.0.1")),
-		Runtime:      envOr(podapi.EnvRuntime, podapi.DefaultRuntime),
-		CAPEM:        os.Getenv(podapi.EnvCoordinatorCA),
-		TokenFile:    os.Getenv(podapi.EnvTokenFile),
+		Coordinators: splitList(envOr(names.EnvCoordinator, "127.0.0.1:7070")),
+		Namespace:    envOr(names.EnvNamespace, envOr("POD_NAMESPACE", "default")),
+		Group:        os.Getenv(names.EnvGroup),
+		MemberID:     envOr(names.EnvMemberID, envOr("POD_NAME", host)),
+		Address:      envOr(names.EnvAddress, envOr("POD_IP", "127.0.0.1")),
+		Runtime:      envOr(names.EnvRuntime, names.DefaultRuntime),
+		CAPEM:        os.Getenv(names.EnvCoordinatorCA),
+		TokenFile:    os.Getenv(names.EnvTokenFile),
 		JoinTimeout:  5 * time.Minute,
 		StopGrace:    10 * time.Second,
 		Stdout:       os.Stdout,
@@ -156,19 +156,19 @@ func (c *Config) validate() (preset.Preset, error) {
 			return preset.Preset{}, fmt.Errorf("--coordinator %q: want host:port: %v", a, err)
 		}
 	}
-	if err := podapi.ValidateName("--namespace", c.Namespace, podapi.MaxGroupNameLen); err != nil {
+	if err := names.ValidateName("--namespace", c.Namespace, names.MaxGroupNameLen); err != nil {
 		return preset.Preset{}, err
 	}
-	if err := podapi.ValidateName("--group", c.Group, podapi.MaxGroupNameLen); err != nil {
+	if err := names.ValidateName("--group", c.Group, names.MaxGroupNameLen); err != nil {
 		return preset.Preset{}, err
 	}
-	if err := podapi.ValidateSize(c.Size); err != nil {
+	if err := names.ValidateSize(c.Size); err != nil {
 		return preset.Preset{}, fmt.Errorf("--size: %w", err)
 	}
-	if err := podapi.ValidateName("--member-id", c.MemberID, podapi.MaxMemberIDLen); err != nil {
+	if err := names.ValidateName("--member-id", c.MemberID, names.MaxMemberIDLen); err != nil {
 		return preset.Preset{}, err
 	}
-	if err := podapi.ValidateAddress(c.Address); err != nil {
+	if err := names.ValidateAddress(c.Address); err != nil {
 		return preset.Preset{}, fmt.Errorf("--address: %w", err)
 	}
 	if c.Ordinal != nil && *c.Ordinal < 0 {

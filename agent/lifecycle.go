@@ -15,7 +15,7 @@ import (
 	"github.com/muster-dev/muster/agent/gossip"
 	"github.com/muster-dev/muster/agent/process"
 	"github.com/muster-dev/muster/agent/proxy"
-	"github.com/muster-dev/muster/podapi"
+	"github.com/muster-dev/muster/podapi/names"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
 )
 
@@ -163,7 +163,7 @@ func (r *runner) assigned(ctx context.Context, as *musterv1.Assignment) {
 		return
 	}
 	r.launchedGen = as.GetGeneration()
-	if err := podapi.ValidateAddress(as.GetLeaderAddress()); err != nil {
+	if err := names.ValidateAddress(as.GetLeaderAddress()); err != nil {
 		// Checked by the coordinator already; checked again before
 		// it reaches the endpoint's upstream, argv or env.
 		r.log.Error("assignment refused", "err", err)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/muster-dev/muster/coordinator/webhook"
 	"github.com/muster-dev/muster/podapi"
+	"github.com/muster-dev/muster/podapi/names"
 
 	"github.com/muster-dev/muster/coordinator/auth"
 	"github.com/muster-dev/muster/coordinator/embedetcd"
@@ -198,8 +199,8 @@ func (c *Config) Validate() error {
 	if c.FinishedGroupTTL <= 0 {
 		return fmt.Errorf("--finished-group-ttl %s: want a positive duration", c.FinishedGroupTTL)
 	}
-	if c.MaxGroupSize < 1 || c.MaxGroupSize > podapi.MaxSize {
-		return fmt.Errorf("--max-group-size %d: want 1 to %d", c.MaxGroupSize, podapi.MaxSize)
+	if c.MaxGroupSize < 1 || c.MaxGroupSize > names.MaxSize {
+		return fmt.Errorf("--max-group-size %d: want 1 to %d", c.MaxGroupSize, names.MaxSize)
 	}
 	if c.MaxGroupsPerNamespace < 0 {
 		return fmt.Errorf("--max-groups-per-namespace %d is negative (0: no cap)", c.MaxGroupsPerNamespace)
@@ -384,7 +385,7 @@ func (c *Coordinator) serveGRPC(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	sopts := server.Options{MemberTTL: cfg.MemberTTL, MaxRestarts: cfg.MaxRestarts, Runtimes: podapi.Runtimes,
+	sopts := server.Options{MemberTTL: cfg.MemberTTL, MaxRestarts: cfg.MaxRestarts, Runtimes: names.Runtimes,
 		MaxGroupsPerNamespace: cfg.MaxGroupsPerNamespace, MaxGroupSize: cfg.MaxGroupSize, GossipSecret: secret}
 	if kubeAuth != nil {
 		sopts.Readers = kubeAuth
@@ -444,7 +445,7 @@ func (c *Coordinator) startWebhook(ctx context.Context, log *slog.Logger) error 
 	if cfg.AgentImage != "" {
 		wc.AgentImage = cfg.AgentImage
 	}
-	wc.Runtimes = podapi.Runtimes
+	wc.Runtimes = names.Runtimes
 	wc.CoordinatorCA = c.agentCA
 	wc.TokenAudience = cfg.TokenAudience
 	if c.kube != nil {

@@ -36,8 +36,8 @@ const (
 	// AnnotationInject "true" asks the webhook for the agent. A workload's
 	// labels alone make a group only for pods that ask (KServe's).
 	AnnotationInject = "muster.dev/inject"
-	// AnnotationRuntime names the runtime preset (one of Runtimes);
-	// DefaultRuntime when absent.
+	// AnnotationRuntime names the runtime preset (one of names.Runtimes);
+	// names.DefaultRuntime when absent.
 	AnnotationRuntime = "muster.dev/runtime"
 	// AnnotationPort is the runtime's serving port, where the agent's
 	// endpoint forwards.
@@ -62,40 +62,9 @@ var RankOrders = []string{RankOrderOrdinal, RankOrderTopology}
 // ready: a Service then sends to the pod.
 const ConditionGroupReady v1.PodConditionType = "muster.dev/group-ready"
 
-// DefaultRuntime is the preset used when muster.dev/runtime is absent.
-const DefaultRuntime = "env"
-
-// Runtimes are the presets muster.dev/runtime may name; the agent has one
-// preset of each name (agent/preset tests that the two lists agree).
-var Runtimes = []string{"env", "torchrun", "vllm", "sglang", "deepspeed", "ray"}
-
 // ResourceGPU is the extended resource whose limit says how many GPUs a
-// member has (EnvGPUsPerNode).
+// member has (names.EnvGPUsPerNode).
 const ResourceGPU = v1.ResourceName("nvidia.com/gpu")
-
-// The environment the webhook gives the agent's container. The agent reads
-// each as the default of its flag of the same name, except EnvNodeName and
-// EnvTimeout, which only the runtime (it inherits the environment) and a
-// person reading the pod see.
-const (
-	EnvCoordinator    = "MUSTER_COORDINATOR"    // host:port[,host:port...]
-	EnvCoordinatorCA  = "MUSTER_COORDINATOR_CA" // PEM the coordinator's certificate chains to
-	EnvTokenFile      = "MUSTER_TOKEN_FILE"     // the projected service-account token
-	EnvNamespace      = "MUSTER_NAMESPACE"
-	EnvGroup          = "MUSTER_GROUP"
-	EnvSize           = "MUSTER_SIZE"
-	EnvMemberID       = "MUSTER_MEMBER_ID" // the pod's name
-	EnvAddress        = "MUSTER_ADDRESS"   // the pod's IP
-	EnvNodeName       = "MUSTER_NODE_NAME"
-	EnvOrdinal        = "MUSTER_ORDINAL"
-	EnvRuntime        = "MUSTER_RUNTIME"
-	EnvPort           = "MUSTER_PORT"
-	EnvEndpointPort   = "MUSTER_ENDPOINT_PORT"
-	EnvTimeout        = "MUSTER_TIMEOUT"
-	EnvGPUsPerNode    = "MUSTER_GPUS_PER_NODE"
-	EnvRankOrder      = "MUSTER_RANK_ORDER"
-	EnvTopologyDomain = "MUSTER_TOPOLOGY_DOMAIN"
-)
 
 // LeaderWorkerSet (sigs.k8s.io/lws v0.7.0, api/leaderworkerset/v1) labels
 // and annotations: every pod of one LWS group carries the set's name and

@@ -11,6 +11,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/muster-dev/muster/podapi/names"
 )
 
 // Member is what a pod says about its place in its group, defaulted and
@@ -38,7 +40,7 @@ type Gang struct {
 
 // ReadOptions are what Read needs besides the pod.
 type ReadOptions struct {
-	// Runtimes are the presets muster.dev/runtime may name; empty: Runtimes.
+	// Runtimes are the presets muster.dev/runtime may name; empty: names.Runtimes.
 	Runtimes []string
 	// EndpointPort is the agent's endpoint port when the pod does not set
 	// muster.dev/endpoint-port.
@@ -77,9 +79,9 @@ func ContainersPath() *field.Path { return containersPath }
 // and the fix.
 func Read(ctx context.Context, pod *corev1.Pod, o ReadOptions) (Member, field.ErrorList) {
 	if len(o.Runtimes) == 0 {
-		o.Runtimes = Runtimes
+		o.Runtimes = names.Runtimes
 	}
-	r := reader{pod: pod, o: o, m: Member{Runtime: DefaultRuntime, EndpointPort: o.EndpointPort, Ordinal: Ordinal(pod)}}
+	r := reader{pod: pod, o: o, m: Member{Runtime: names.DefaultRuntime, EndpointPort: o.EndpointPort, Ordinal: Ordinal(pod)}}
 	r.name()
 	r.size(ctx)
 	r.gang(ctx)

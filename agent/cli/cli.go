@@ -15,7 +15,7 @@ import (
 	"github.com/muster-dev/muster/agent/preset"
 	"github.com/muster-dev/muster/internal/logging"
 	"github.com/muster-dev/muster/internal/version"
-	"github.com/muster-dev/muster/podapi"
+	"github.com/muster-dev/muster/podapi/names"
 )
 
 const usage = `Usage: agent run [flags] -- COMMAND [ARGS...]
@@ -111,18 +111,18 @@ func Parse(args []string, stderr io.Writer) (agent.Config, error) {
 	fs.StringVar(&coordinators, "coordinator", coordinators, "coordinator address host:port; several, comma-separated, for failover [MUSTER_COORDINATOR]")
 	fs.StringVar(&cfg.Namespace, "namespace", cfg.Namespace, "namespace of the group [MUSTER_NAMESPACE, POD_NAMESPACE]")
 	fs.StringVar(&cfg.Group, "group", cfg.Group, "group name, the same on every member [MUSTER_GROUP]")
-	fs.IntVar(&cfg.Size, "size", envInt(podapi.EnvSize), "number of members (world size), the same on every member [MUSTER_SIZE]")
+	fs.IntVar(&cfg.Size, "size", envInt(names.EnvSize), "number of members (world size), the same on every member [MUSTER_SIZE]")
 	fs.StringVar(&cfg.MemberID, "member-id", cfg.MemberID, "this member's stable id [MUSTER_MEMBER_ID, POD_NAME, host name]")
 	fs.StringVar(&cfg.Address, "address", cfg.Address, "this member's IP address, where its runtime listens [MUSTER_ADDRESS, POD_IP]")
-	fs.StringVar(&ordinal, "ordinal", envOrEmpty(podapi.EnvOrdinal), "rank hint: ranks follow ordinals in numeric order; empty orders by arrival [MUSTER_ORDINAL]")
+	fs.StringVar(&ordinal, "ordinal", envOrEmpty(names.EnvOrdinal), "rank hint: ranks follow ordinals in numeric order; empty orders by arrival [MUSTER_ORDINAL]")
 	fs.StringVar(&cfg.Runtime, "runtime", cfg.Runtime, "runtime preset: "+strings.Join(preset.Names(), ", ")+" [MUSTER_RUNTIME]")
 	fs.IntVar(&cfg.MasterPort, "master-port", envInt("MUSTER_MASTER_PORT"), "MASTER_PORT if this member leads; 0 picks a free port [MUSTER_MASTER_PORT]")
-	fs.IntVar(&cfg.GPUsPerNode, "gpus-per-node", envInt(podapi.EnvGPUsPerNode), "GPUs of this member (the webhook sets it from the container's nvidia.com/gpu limit): vllm refuses a tensor x pipeline parallel size that does not match nodes x GPUs, deepspeed writes it as the hostfile's slots; 0: unknown, the vllm check is skipped [MUSTER_GPUS_PER_NODE]")
+	fs.IntVar(&cfg.GPUsPerNode, "gpus-per-node", envInt(names.EnvGPUsPerNode), "GPUs of this member (the webhook sets it from the container's nvidia.com/gpu limit): vllm refuses a tensor x pipeline parallel size that does not match nodes x GPUs, deepspeed writes it as the hostfile's slots; 0: unknown, the vllm check is skipped [MUSTER_GPUS_PER_NODE]")
 	fs.StringVar(&cfg.Interface, "interface", envOrEmpty("MUSTER_INTERFACE"), "network interface for collective communication, set as NCCL_SOCKET_IFNAME and GLOO_SOCKET_IFNAME for every runtime; empty: the libraries choose [MUSTER_INTERFACE]")
-	fs.StringVar(&cfg.RankOrder, "rank-order", envOrEmpty(podapi.EnvRankOrder), "ordinal (default): ranks follow --ordinal; topology: members with the same --topology-domain get neighbouring ranks, ordinal 0 stays rank 0; the same on every member [MUSTER_RANK_ORDER]")
-	fs.StringVar(&cfg.TopologyDomain, "topology-domain", envOrEmpty(podapi.EnvTopologyDomain), "where this member runs (a rack, a switch, a zone), for --rank-order topology; in a pod muster's scheduler writes it from the node's label [MUSTER_TOPOLOGY_DOMAIN]")
-	fs.IntVar(&cfg.ReadyPort, "port", envInt(podapi.EnvPort), "serving port of the runtime: the leader reports ready once it accepts connections there; 0: ready once started [MUSTER_PORT]")
-	fs.IntVar(&cfg.EndpointPort, "endpoint-port", envInt(podapi.EnvEndpointPort), "serve the group's endpoint here: the leader proxies to --port, other ranks to the leader; 503 until every rank is ready; 0: no endpoint [MUSTER_ENDPOINT_PORT]")
+	fs.StringVar(&cfg.RankOrder, "rank-order", envOrEmpty(names.EnvRankOrder), "ordinal (default): ranks follow --ordinal; topology: members with the same --topology-domain get neighbouring ranks, ordinal 0 stays rank 0; the same on every member [MUSTER_RANK_ORDER]")
+	fs.StringVar(&cfg.TopologyDomain, "topology-domain", envOrEmpty(names.EnvTopologyDomain), "where this member runs (a rack, a switch, a zone), for --rank-order topology; in a pod muster's scheduler writes it from the node's label [MUSTER_TOPOLOGY_DOMAIN]")
+	fs.IntVar(&cfg.ReadyPort, "port", envInt(names.EnvPort), "serving port of the runtime: the leader reports ready once it accepts connections there; 0: ready once started [MUSTER_PORT]")
+	fs.IntVar(&cfg.EndpointPort, "endpoint-port", envInt(names.EnvEndpointPort), "serve the group's endpoint here: the leader proxies to --port, other ranks to the leader; 503 until every rank is ready; 0: no endpoint [MUSTER_ENDPOINT_PORT]")
 	fs.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "a runtime alive but not ready this long after launch counts as failed (the group restarts); 0 waits forever")
 	fs.BoolVar(&cfg.NoGossip, "no-gossip", false, "do not gossip with peers (a lost member is then noticed when its lease runs out, --member-ttl on the coordinator)")
 	fs.DurationVar(&cfg.JoinTimeout, "join-timeout", cfg.JoinTimeout, "give up when the coordinator stays unreachable this long")

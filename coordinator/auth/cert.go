@@ -11,7 +11,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
-	"github.com/muster-dev/muster/podapi"
+	"github.com/muster-dev/muster/podapi/names"
 )
 
 // Member and operator certificates name their holder in a URI SAN: the CA
@@ -61,11 +61,11 @@ func CertIdentity(c *x509.Certificate) (*Identity, error) {
 			return nil, status.Errorf(codes.Unauthenticated, "client certificate %s: URI %q: want %sNAMESPACE/GROUP/MEMBER", describeCert(c), s, MemberURIPrefix)
 		}
 		for i, f := range []string{"namespace", "group", "member"} {
-			max := podapi.MaxGroupNameLen
+			max := names.MaxGroupNameLen
 			if f == "member" {
-				max = podapi.MaxMemberIDLen
+				max = names.MaxMemberIDLen
 			}
-			if err := podapi.ValidateName(f, parts[i], max); err != nil {
+			if err := names.ValidateName(f, parts[i], max); err != nil {
 				return nil, status.Errorf(codes.Unauthenticated, "client certificate %s: URI %q: %v", describeCert(c), s, err)
 			}
 		}

@@ -12,7 +12,7 @@ import (
 
 	"github.com/muster-dev/muster/coordinator/auth"
 	"github.com/muster-dev/muster/pki"
-	"github.com/muster-dev/muster/podapi"
+	"github.com/muster-dev/muster/podapi/names"
 )
 
 const certsUsage = `Usage: coordinator certs KIND [flags]
@@ -101,7 +101,7 @@ func certsMain(args []string, stdout, stderr io.Writer) int {
 	var hostList []string
 	for _, h := range strings.Split(*hosts, ",") {
 		if h = strings.TrimSpace(h); h != "" {
-			if err := podapi.ValidateAddress(h); err != nil {
+			if err := names.ValidateAddress(h); err != nil {
 				return fail("--hosts: %v", err)
 			}
 			hostList = append(hostList, h)
@@ -117,11 +117,11 @@ func certsMain(args []string, stdout, stderr io.Writer) int {
 		leaf, name = pki.Leaf{CommonName: "muster-coordinator", Hosts: hostList, Server: true}, "server"
 	case "member":
 		for _, f := range []struct{ flag, v string }{{"--namespace", *ns}, {"--group", *grp}, {"--member", *member}} {
-			max := podapi.MaxGroupNameLen
+			max := names.MaxGroupNameLen
 			if f.flag == "--member" {
-				max = podapi.MaxMemberIDLen
+				max = names.MaxMemberIDLen
 			}
-			if err := podapi.ValidateName(f.flag, f.v, max); err != nil {
+			if err := names.ValidateName(f.flag, f.v, max); err != nil {
 				return fail("%v", err)
 			}
 		}

@@ -21,6 +21,7 @@ import (
 	"github.com/muster-dev/muster/coordinator/rendezvous"
 	"github.com/muster-dev/muster/coordinator/store"
 	"github.com/muster-dev/muster/podapi"
+	"github.com/muster-dev/muster/podapi/names"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
 )
 
@@ -61,19 +62,19 @@ func (s *Server) checkJoin(caller *auth.Identity, req *musterv1.JoinRequest) (po
 	}
 	id := req.GetMemberId()
 	what := fmt.Sprintf("join group %q as %q", k.String(), id)
-	if err := podapi.ValidateName("member_id", id, podapi.MaxMemberIDLen); err != nil {
+	if err := names.ValidateName("member_id", id, names.MaxMemberIDLen); err != nil {
 		return k, "", invalid("join group %q: %v", k.String(), err)
 	}
 	if err := caller.ActAs(k.Namespace, k.Name, id); err != nil {
 		return k, "", err
 	}
-	if err := podapi.ValidateSize(int(req.GetSize())); err != nil {
+	if err := names.ValidateSize(int(req.GetSize())); err != nil {
 		return k, "", invalid("%s: %v", what, err)
 	}
 	if m := s.opts.MaxGroupSize; m > 0 && int(req.GetSize()) > m {
 		return k, "", status.Errorf(codes.ResourceExhausted, "%s: size %d is over this coordinator's limit of %d members per group (--max-group-size)", what, req.GetSize(), m)
 	}
-	if err := podapi.ValidateAddress(req.GetAddress()); err != nil {
+	if err := names.ValidateAddress(req.GetAddress()); err != nil {
 		return k, "", invalid("%s: %v", what, err)
 	}
 	if err := caller.MayAnnounce(req.GetAddress()); err != nil {
@@ -98,7 +99,7 @@ func (s *Server) checkJoin(caller *auth.Identity, req *musterv1.JoinRequest) (po
 	}
 	runtime := req.GetRuntime()
 	if runtime == "" {
-		runtime = podapi.DefaultRuntime
+		runtime = names.DefaultRuntime
 	}
 	if len(s.opts.Runtimes) > 0 && !slices.Contains(s.opts.Runtimes, runtime) {
 		return k, "", invalid("%s: runtime %q is not a known preset; use one of %s", what, truncateName(runtime), strings.Join(s.opts.Runtimes, ", "))

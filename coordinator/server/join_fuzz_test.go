@@ -9,7 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/muster-dev/muster/coordinator/auth"
-	"github.com/muster-dev/muster/podapi"
+	"github.com/muster-dev/muster/podapi/names"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
 )
 
@@ -47,7 +47,7 @@ func FuzzCheckJoin(f *testing.F) {
 				continue
 			}
 			for _, n := range []struct{ field, v string }{{"namespace", k.Namespace}, {"name", k.Name}, {"member", id}} {
-				if err := podapi.ValidateName(n.field, n.v, podapi.MaxMemberIDLen); err != nil {
+				if err := names.ValidateName(n.field, n.v, names.MaxMemberIDLen); err != nil {
 					t.Fatalf("accepted an invalid %s: %v", n.field, err)
 				}
 			}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/muster-dev/muster/coordinator/auth"
 	"github.com/muster-dev/muster/podapi"
+	"github.com/muster-dev/muster/podapi/names"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
 )
 
@@ -115,7 +116,7 @@ func (s *Server) ReportPeerLost(ctx context.Context, req *musterv1.ReportPeerLos
 		return nil, invalid("report lost peer: %v", err)
 	}
 	for _, f := range []struct{ name, v string }{{"member_id", req.GetMemberId()}, {"lost_member_id", req.GetLostMemberId()}} {
-		if err := podapi.ValidateName(f.name, f.v, podapi.MaxMemberIDLen); err != nil {
+		if err := names.ValidateName(f.name, f.v, names.MaxMemberIDLen); err != nil {
 			return nil, invalid("report lost peer in group %q: %v", k.String(), err)
 		}
 	}

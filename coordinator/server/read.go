@@ -11,6 +11,7 @@ import (
 	"github.com/muster-dev/muster/coordinator/auth"
 	"github.com/muster-dev/muster/coordinator/rendezvous"
 	"github.com/muster-dev/muster/podapi"
+	"github.com/muster-dev/muster/podapi/names"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
 )
 
@@ -45,7 +46,7 @@ const (
 func (s *Server) ListGroups(ctx context.Context, req *musterv1.ListGroupsRequest) (*musterv1.ListGroupsResponse, error) {
 	ns := req.GetNamespace()
 	if ns != "" {
-		if err := podapi.ValidateName("namespace", ns, podapi.MaxGroupNameLen); err != nil {
+		if err := names.ValidateName("namespace", ns, names.MaxGroupNameLen); err != nil {
 			return nil, invalid("list groups: %v", err)
 		}
 	}
@@ -61,7 +62,7 @@ func (s *Server) ListGroups(ctx context.Context, req *musterv1.ListGroupsRequest
 	after := req.GetPageToken()
 	if after != "" {
 		ans, aname, ok := strings.Cut(after, "/")
-		if !ok || podapi.ValidateName("page_token", ans, podapi.MaxGroupNameLen) != nil || podapi.ValidateName("page_token", aname, podapi.MaxGroupNameLen) != nil || (ns != "" && ans != ns) {
+		if !ok || names.ValidateName("page_token", ans, names.MaxGroupNameLen) != nil || names.ValidateName("page_token", aname, names.MaxGroupNameLen) != nil || (ns != "" && ans != ns) {
 			return nil, invalid("list groups: page_token %q is not one this coordinator gave out; pass the previous response's next_page_token", truncateName(after))
 		}
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/muster-dev/muster/coordinator/hub"
 	"github.com/muster-dev/muster/coordinator/store"
 	"github.com/muster-dev/muster/podapi"
+	"github.com/muster-dev/muster/podapi/names"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
 )
 
@@ -31,7 +32,7 @@ type Options struct {
 	ProgressInterval time.Duration
 	// Runtimes are the runtime presets a group may name; empty takes any.
 	Runtimes []string
-	// MaxGroupSize caps the members of one group; 0 is podapi.MaxSize.
+	// MaxGroupSize caps the members of one group; 0 is names.MaxSize.
 	MaxGroupSize int
 	// MaxGroupsPerNamespace caps the groups one namespace may hold
 	// (terminal ones included, until they are reaped); 0 is no cap.
@@ -99,10 +100,10 @@ func groupKey(ref *musterv1.GroupRef) (podapi.Key, error) {
 	if k.Namespace == "" {
 		k.Namespace = "default"
 	}
-	if err := podapi.ValidateName("group.namespace", k.Namespace, podapi.MaxGroupNameLen); err != nil {
+	if err := names.ValidateName("group.namespace", k.Namespace, names.MaxGroupNameLen); err != nil {
 		return k, err
 	}
-	if err := podapi.ValidateName("group.name", k.Name, podapi.MaxGroupNameLen); err != nil {
+	if err := names.ValidateName("group.name", k.Name, names.MaxGroupNameLen); err != nil {
 		return k, err
 	}
 	return k, nil

@@ -10,7 +10,7 @@ import (
 
 	"github.com/muster-dev/muster/coordinator/auth"
 	"github.com/muster-dev/muster/coordinator/rendezvous"
-	"github.com/muster-dev/muster/podapi"
+	"github.com/muster-dev/muster/podapi/names"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
 )
 
@@ -21,7 +21,7 @@ func (s *Server) ReportStatus(ctx context.Context, req *musterv1.ReportStatusReq
 		return nil, invalid("report status: %v", err)
 	}
 	id := req.GetMemberId()
-	if err := podapi.ValidateName("member_id", id, podapi.MaxMemberIDLen); err != nil {
+	if err := names.ValidateName("member_id", id, names.MaxMemberIDLen); err != nil {
 		return nil, invalid("report status to group %q: %v", k.String(), err)
 	}
 	what := fmt.Sprintf("report status of %q in group %q", id, k.String())
@@ -106,7 +106,7 @@ func (s *Server) Leave(ctx context.Context, req *musterv1.LeaveRequest) (*muster
 		return nil, invalid("leave: %v", err)
 	}
 	id := req.GetMemberId()
-	if err := podapi.ValidateName("member_id", id, podapi.MaxMemberIDLen); err != nil {
+	if err := names.ValidateName("member_id", id, names.MaxMemberIDLen); err != nil {
 		return nil, invalid("leave group %q: %v", k.String(), err)
 	}
 	if err := auth.FromContext(ctx).ActAs(k.Namespace, k.Name, id); err != nil {

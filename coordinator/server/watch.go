@@ -13,6 +13,7 @@ import (
 	"github.com/muster-dev/muster/coordinator/hub"
 	"github.com/muster-dev/muster/coordinator/rendezvous"
 	"github.com/muster-dev/muster/podapi"
+	"github.com/muster-dev/muster/podapi/names"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
 )
 
@@ -37,7 +38,7 @@ func (s *Server) Watch(req *musterv1.WatchRequest, stream musterv1.Rendezvous_Wa
 		return invalid("watch: %v", err)
 	}
 	id := req.GetMemberId()
-	if err := podapi.ValidateName("member_id", id, podapi.MaxMemberIDLen); err != nil {
+	if err := names.ValidateName("member_id", id, names.MaxMemberIDLen); err != nil {
 		return invalid("watch group %q: %v", k.String(), err)
 	}
 	if err := auth.FromContext(ctx).ActAs(k.Namespace, k.Name, id); err != nil {

@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/muster-dev/muster/podapi"
+	"github.com/muster-dev/muster/podapi/names"
 )
 
 // agentRun is what the main container's command starts with once wrapped.
@@ -114,13 +115,13 @@ func (h *handler) inject(pod *corev1.Pod, m podapi.Member) (warnings []string) {
 // The coordinator trusts only the token; overwriting the rest keeps an
 // honest agent from claiming an identity its token does not back.
 var identityEnv = map[string]bool{
-	podapi.EnvNamespace:      true,
-	podapi.EnvMemberID:       true,
-	podapi.EnvAddress:        true,
-	podapi.EnvNodeName:       true,
-	podapi.EnvTopologyDomain: true,
-	podapi.EnvTokenFile:      true,
-	podapi.EnvCoordinatorCA:  true,
+	names.EnvNamespace:      true,
+	names.EnvMemberID:       true,
+	names.EnvAddress:        true,
+	names.EnvNodeName:       true,
+	names.EnvTopologyDomain: true,
+	names.EnvTokenFile:      true,
+	names.EnvCoordinatorCA:  true,
 }
 
 // setEnv makes e the container's only env var of its name. It takes the
@@ -237,42 +238,42 @@ func (h *handler) env(m podapi.Member) []corev1.EnvVar {
 			FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: path},
 		}}
 	}
-	env := []corev1.EnvVar{lit(podapi.EnvCoordinator, h.cfg.CoordinatorAddress)}
+	env := []corev1.EnvVar{lit(names.EnvCoordinator, h.cfg.CoordinatorAddress)}
 	if len(h.cfg.CoordinatorCA) > 0 {
-		env = append(env, lit(podapi.EnvCoordinatorCA, string(h.cfg.CoordinatorCA)))
+		env = append(env, lit(names.EnvCoordinatorCA, string(h.cfg.CoordinatorCA)))
 	}
 	env = append(env,
-		lit(podapi.EnvTokenFile, TokenFile),
-		ref(podapi.EnvNamespace, "metadata.namespace"),
-		lit(podapi.EnvGroup, m.Group),
-		lit(podapi.EnvSize, strconv.Itoa(m.Size)),
+		lit(names.EnvTokenFile, TokenFile),
+		ref(names.EnvNamespace, "metadata.namespace"),
+		lit(names.EnvGroup, m.Group),
+		lit(names.EnvSize, strconv.Itoa(m.Size)),
 		// The pod's name, not a literal: pods made from generateName have
 		// none yet when the webhook sees them.
-		ref(podapi.EnvMemberID, "metadata.name"),
-		ref(podapi.EnvAddress, "status.podIP"),
-		ref(podapi.EnvNodeName, "spec.nodeName"),
+		ref(names.EnvMemberID, "metadata.name"),
+		ref(names.EnvAddress, "status.podIP"),
+		ref(names.EnvNodeName, "spec.nodeName"),
 	)
 	if m.Ordinal >= 0 {
-		env = append(env, lit(podapi.EnvOrdinal, strconv.Itoa(m.Ordinal)))
+		env = append(env, lit(names.EnvOrdinal, strconv.Itoa(m.Ordinal)))
 	}
-	env = append(env, lit(podapi.EnvRuntime, m.Runtime))
+	env = append(env, lit(names.EnvRuntime, m.Runtime))
 	if m.Port != 0 {
-		env = append(env, lit(podapi.EnvPort, strconv.Itoa(m.Port)))
+		env = append(env, lit(names.EnvPort, strconv.Itoa(m.Port)))
 	}
-	env = append(env, lit(podapi.EnvEndpointPort, strconv.Itoa(m.EndpointPort)))
+	env = append(env, lit(names.EnvEndpointPort, strconv.Itoa(m.EndpointPort)))
 	if m.Timeout != "" {
-		env = append(env, lit(podapi.EnvTimeout, m.Timeout))
+		env = append(env, lit(names.EnvTimeout, m.Timeout))
 	}
 	if m.GPUs > 0 {
-		env = append(env, lit(podapi.EnvGPUsPerNode, strconv.FormatInt(m.GPUs, 10)))
+		env = append(env, lit(names.EnvGPUsPerNode, strconv.FormatInt(m.GPUs, 10)))
 	}
 	if m.RankOrder != "" {
-		env = append(env, lit(podapi.EnvRankOrder, m.RankOrder))
+		env = append(env, lit(names.EnvRankOrder, m.RankOrder))
 	}
 	if m.RankOrder == podapi.RankOrderTopology {
 		// Written by muster's scheduler before the pod is bound, so it is
 		// there when the kubelet resolves the env.
-		env = append(env, ref(podapi.EnvTopologyDomain, "metadata.annotations['"+podapi.AnnotationTopologyDomain+"']"))
+		env = append(env, ref(names.EnvTopologyDomain, "metadata.annotations['"+podapi.AnnotationTopologyDomain+"']"))
 	}
 	return env
 }

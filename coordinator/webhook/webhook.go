@@ -25,6 +25,7 @@ import (
 
 	"github.com/muster-dev/muster/coordinator/auth"
 	"github.com/muster-dev/muster/podapi"
+	"github.com/muster-dev/muster/podapi/names"
 )
 
 // What the webhook adds to a pod. The process node that runs pods and the
@@ -84,7 +85,7 @@ type Config struct {
 	// SchedulerName is set on pods that do not name a scheduler of their own.
 	SchedulerName string
 	// Runtimes are the presets muster.dev/runtime may name; empty:
-	// podapi.Runtimes, every preset the agent has.
+	// names.Runtimes, every preset the agent has.
 	Runtimes []string
 	// EndpointPort is the agent's endpoint port when a pod does not set
 	// muster.dev/endpoint-port.
@@ -147,7 +148,7 @@ func DefaultConfig() Config {
 		CoordinatorAddress: "127.0.0.1:7070",
 		AgentImage:         "muster/agent:dev",
 		SchedulerName:      "muster-scheduler",
-		Runtimes:           podapi.Runtimes,
+		Runtimes:           names.Runtimes,
 		EndpointPort:       8080,
 		TokenAudience:      DefaultTokenAudience,
 		TokenExpiration:    DefaultTokenExpiration,
@@ -170,8 +171,8 @@ func (c Config) Validate() error {
 	if msgs := validation.IsDNS1123Subdomain(c.SchedulerName); len(msgs) > 0 {
 		return fmt.Errorf("SchedulerName %q: %s", c.SchedulerName, strings.Join(msgs, "; "))
 	}
-	if !slices.Contains(c.Runtimes, podapi.DefaultRuntime) {
-		return fmt.Errorf("the Runtimes %q must include %q, the preset of pods that name none", c.Runtimes, podapi.DefaultRuntime)
+	if !slices.Contains(c.Runtimes, names.DefaultRuntime) {
+		return fmt.Errorf("the Runtimes %q must include %q, the preset of pods that name none", c.Runtimes, names.DefaultRuntime)
 	}
 	if msgs := validation.IsValidPortNum(c.EndpointPort); len(msgs) > 0 {
 		return fmt.Errorf("EndpointPort %d: %s", c.EndpointPort, strings.Join(msgs, "; "))

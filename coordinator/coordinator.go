@@ -100,6 +100,10 @@ type Config struct {
 	// port with; default the webhook's CA when the coordinator made the
 	// gRPC certificate itself, or WebhookTLSDir's ca.crt.
 	AgentCA string
+	// PublishNamespace, with Kubernetes, is where the coordinator writes
+	// ConfigMap muster-coordinator: the address agents dial and the CA
+	// they verify it with, which kubectl muster reads to find it.
+	PublishNamespace string
 	// ClientCA, when set, verifies client certificates: a member
 	// certificate (URI SAN muster://member/NS/GROUP/MEMBER) makes its holder
 	// that member, allowed to announce the certificate's IPs and DNS names.
@@ -253,6 +257,7 @@ func Start(ctx context.Context, cfg Config) (*Coordinator, error) {
 		c.connectKube,  // with a kubeconfig: pod readiness and events
 		c.serveGRPC,    // TLS, who may call, health, the rendezvous service
 		c.startWebhook, // with --webhook-listen: the admission webhook
+		c.publish,      // with --publish-namespace: where kubectl muster finds this coordinator
 	}
 	for _, step := range steps {
 		if err := step(ctx, log); err != nil {
@@ -377,7 +382,7 @@ func (c *Coordinator) serveGRPC(ctx context.Context, log *slog.Logger) error {
 	if c.agentCA, err = c.prepareTLS(log); err != nil {
 		return err
 	}
-	secOpts, kubeAuth, err := c.securityOptions(log)
+	secOpts, kubeAuth, err := c.securityOptions(ctx, log)
 	if err != nil {
 		return err
 	}
@@ -388,7 +393,7 @@ func (c *Coordinator) serveGRPC(ctx context.Context, log *slog.Logger) error {
 	sopts := server.Options{MemberTTL: cfg.MemberTTL, MaxRestarts: cfg.MaxRestarts, Runtimes: names.Runtimes,
 		MaxGroupsPerNamespace: cfg.MaxGroupsPerNamespace, MaxGroupSize: cfg.MaxGroupSize, GossipSecret: secret}
 	if kubeAuth != nil {
-		sopts.Readers = kubeAuth
+		sopts.Access = kubeAuth
 	}
 	srv := server.New(c.Store, c.hubs, sopts, log)
 	opts := append(append([]grpc.ServerOption{

@@ -91,22 +91,36 @@ func loopbackOnly(addr string) bool {
 
 // securityOptions returns the gRPC server options for TLS, authentication,
 // rate limits and message size, and says in the log what is on.
-func (c *Coordinator) securityOptions(log *slog.Logger) ([]grpc.ServerOption, *auth.Kube, error) {
+func (c *Coordinator) securityOptions(ctx context.Context, log *slog.Logger) ([]grpc.ServerOption, *auth.Kube, error) {
 	cfg := c.cfg
 	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(cfg.MaxMessageBytes)}
 	chain := &auth.Chain{AllowAnonymous: cfg.Insecure}
+	if c.kube != nil {
+		chain.Kube = auth.NewKube(c.kube, cfg.TokenAudience)
+	}
 	if cfg.TLSCert != "" {
-		tc, err := serverTLS(cfg.TLSCert, cfg.TLSKey, cfg.ClientCA)
+		var members *x509.CertPool
+		var membersPEM []byte
+		if cfg.ClientCA != "" {
+			pool, err := LoadCertPool(cfg.ClientCA)
+			if err != nil {
+				return nil, nil, fmt.Errorf("--client-ca: %w", err)
+			}
+			members = pool
+			membersPEM, _ = os.ReadFile(cfg.ClientCA)
+		}
+		users := c.kubeClientCA(ctx, membersPEM, log)
+		tc, err := serverTLS(cfg.TLSCert, cfg.TLSKey, members, users)
 		if err != nil {
 			return nil, nil, err
 		}
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
-		if cfg.ClientCA != "" {
-			chain.Cert = &auth.Cert{}
+		switch {
+		case users != nil:
+			chain.Cert = &auth.Cert{Members: members, Users: users.Pool}
+		case members != nil:
+			chain.Cert = &auth.Cert{Members: members}
 		}
-	}
-	if c.kube != nil {
-		chain.Kube = auth.NewKube(c.kube, cfg.TokenAudience)
 	}
 	if chain.Cert == nil && chain.Kube == nil && loopbackOnly(cfg.Listen) {
 		// Nothing to authenticate with: on loopback only this machine's
@@ -129,23 +143,49 @@ func (c *Coordinator) securityOptions(log *slog.Logger) ([]grpc.ServerOption, *a
 
 // serverTLS loads the gRPC port's certificate (re-read from disk at each
 // handshake when it changes, so a rotated certificate needs no restart)
-// and, with clientCA, requires and verifies client certificates.
-func serverTLS(certFile, keyFile, clientCA string) (*tls.Config, error) {
+// and, with members (--client-ca) or users (the cluster's client CA),
+// verifies client certificates when sent.
+func serverTLS(certFile, keyFile string, members *x509.CertPool, users *auth.KubeClientCA) (*tls.Config, error) {
 	kp := &pki.KeyPair{CertFile: certFile, KeyFile: keyFile}
 	if _, err := kp.Get(); err != nil {
 		return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
 	}
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return kp.Get() }}
-	if clientCA != "" {
-		pool, err := LoadCertPool(clientCA)
-		if err != nil {
-			return nil, fmt.Errorf("--client-ca: %w", err)
-		}
-		// VerifyClientCertIfGiven: pods authenticate with tokens over
-		// server-only TLS; a certificate, when sent, must verify.
-		tc.ClientCAs, tc.ClientAuth = pool, tls.VerifyClientCertIfGiven
+	if members == nil && users == nil {
+		return tc, nil
+	}
+	// VerifyClientCertIfGiven: pods authenticate with tokens over
+	// server-only TLS; a certificate, when sent, must verify against one
+	// of the CAs (auth.Cert tells which).
+	tc.ClientAuth = tls.VerifyClientCertIfGiven
+	tc.ClientCAs = members
+	if users == nil {
+		return tc, nil
+	}
+	tc.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		c := tc.Clone()
+		c.GetConfigForClient = nil
+		c.ClientCAs = users.Combined()
+		return c, nil
 	}
 	return tc, nil
+}
+
+// kubeClientCA reads the cluster's client CA, so that people can call
+// with their kubeconfig's client certificate (kubectl muster), and keeps
+// it fresh; nil when not connected to Kubernetes or the CA cannot be read
+// (said in the log: such people can still use a token).
+func (c *Coordinator) kubeClientCA(ctx context.Context, membersPEM []byte, log *slog.Logger) *auth.KubeClientCA {
+	if c.kube == nil {
+		return nil
+	}
+	k := &auth.KubeClientCA{Client: c.kube, Refresh: 5 * time.Minute, Extra: membersPEM}
+	if err := k.Load(ctx); err != nil {
+		log.Warn("kubectl users with client certificates cannot call the coordinator (users with tokens can): the cluster's client CA is not readable; grant get on it (Role extension-apiserver-authentication-reader in kube-system)", "err", err)
+		return nil
+	}
+	go k.Run(ctx, log)
+	return k
 }
 
 // LoadCertPool reads PEM certificates from file.

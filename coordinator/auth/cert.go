@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"slices"
 	"strings"
 
 	"google.golang.org/grpc/codes"
@@ -30,11 +31,21 @@ func MemberURI(namespace, groupName, member string) string {
 }
 
 // Cert identifies callers by their verified client certificate.
-type Cert struct{}
+type Cert struct {
+	// Members is the CA of member and operator certificates (--client-ca).
+	// With Users nil it may be nil too: the TLS handshake verified the
+	// chain against --client-ca alone.
+	Members *x509.CertPool
+	// Users, when not nil, returns the Kubernetes cluster's client CA (the
+	// apiserver's --client-ca-file): a certificate it signed is a
+	// Kubernetes user, named as the apiserver names it (common name the
+	// user, organizations its groups), who may do what RBAC allows.
+	Users func() *x509.CertPool
+}
 
 // Authenticate returns nil, nil when the call carries no verified client
 // certificate (the next authenticator may know it).
-func (Cert) Authenticate(ctx context.Context) (*Identity, error) {
+func (c *Cert) Authenticate(ctx context.Context) (*Identity, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
 		return nil, nil
@@ -43,7 +54,45 @@ func (Cert) Authenticate(ctx context.Context) (*Identity, error) {
 	if !ok || len(ti.State.VerifiedChains) == 0 || len(ti.State.VerifiedChains[0]) == 0 {
 		return nil, nil
 	}
-	return CertIdentity(ti.State.VerifiedChains[0][0])
+	leaf := ti.State.VerifiedChains[0][0]
+	if c.Users == nil {
+		return CertIdentity(leaf)
+	}
+	// The handshake verified the chain against both CAs: which one
+	// signed it decides what it is.
+	inter := x509.NewCertPool()
+	for _, ic := range ti.State.PeerCertificates[1:] {
+		inter.AddCert(ic)
+	}
+	verifies := func(roots *x509.CertPool) bool {
+		if roots == nil {
+			return false
+		}
+		_, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+		return err == nil
+	}
+	if verifies(c.Members) {
+		return CertIdentity(leaf)
+	}
+	if verifies(c.Users()) {
+		return KubeUserIdentity(leaf)
+	}
+	return nil, status.Errorf(codes.Unauthenticated, "client certificate %s is signed by neither --client-ca nor the cluster's client CA", describeCert(leaf))
+}
+
+// KubeUserIdentity reads a certificate of the cluster's client CA as the
+// apiserver does: the common name is the user, the organizations its
+// groups (and every such user is in system:authenticated).
+func KubeUserIdentity(c *x509.Certificate) (*Identity, error) {
+	name := c.Subject.CommonName
+	if name == "" {
+		return nil, status.Errorf(codes.Unauthenticated, "client certificate %s of the cluster's client CA has no common name (the user name)", describeCert(c))
+	}
+	groups := append([]string(nil), c.Subject.Organization...)
+	if !slices.Contains(groups, "system:authenticated") {
+		groups = append(groups, "system:authenticated")
+	}
+	return &Identity{Name: "user " + name, User: &User{Name: name, Groups: groups}}, nil
 }
 
 // CertIdentity reads the identity a verified certificate carries.

@@ -167,7 +167,7 @@ func TestCertAuthenticateReadsOnlyVerifiedChains(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			id, err := auth.Cert{}.Authenticate(tc.ctx)
+			id, err := (&auth.Cert{}).Authenticate(tc.ctx)
 			switch {
 			case tc.wantErr != codes.OK:
 				if status.Code(err) != tc.wantErr || id != nil {

@@ -127,30 +127,30 @@ func (k *Kube) Identify(ctx context.Context, token string) (*Identity, error) {
 func (k *Kube) review(ctx context.Context, token string) (*Identity, error) {
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	tr, err := k.Client.AuthenticationV1().TokenReviews().Create(rctx, &authnv1.TokenReview{
-		Spec: authnv1.TokenReviewSpec{Token: token, Audiences: []string{k.Audience}},
-	}, metav1.CreateOptions{})
+	tr, err := k.tokenReview(rctx, token, []string{k.Audience})
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "review the caller's token with the apiserver: %v", err)
+		return nil, err
 	}
 	if !tr.Status.Authenticated {
+		// A person's kubectl credentials (kubectl muster): a token for the
+		// apiserver's own audience names a user, never a member, who may
+		// do what RBAC allows, as on the apiserver itself.
+		if api, err := k.tokenReview(rctx, token, nil); err == nil && api.Status.Authenticated {
+			return userIdentity(api.Status.User), nil
+		}
 		msg := tr.Status.Error
 		if msg == "" {
 			msg = "the apiserver did not accept it"
 		}
-		return nil, status.Errorf(codes.Unauthenticated, "bearer token refused for audience %q: %s", k.Audience, msg)
+		return nil, status.Errorf(codes.Unauthenticated, "bearer token refused for audience %q (and for the apiserver's own): %s", k.Audience, msg)
 	}
 	u := tr.Status.User
 	podName, podUID := first(u.Extra[extraPodName]), first(u.Extra[extraPodUID])
 	ns, isSA := serviceAccountNamespace(u.Username)
 	if !isSA || podName == "" {
 		// A person or a controller with a token for muster's audience:
-		// reads only, as RBAC allows (see MayRead).
-		extra := map[string][]string{}
-		for k, v := range u.Extra {
-			extra[k] = v
-		}
-		return &Identity{Name: "user " + u.Username, User: &User{Name: u.Username, UID: u.UID, Groups: u.Groups, Extra: extra}}, nil
+		// what RBAC allows (see May), as no member.
+		return userIdentity(u), nil
 	}
 	pod, err := k.Client.CoreV1().Pods(ns).Get(rctx, podName, metav1.GetOptions{})
 	if err != nil {
@@ -178,6 +178,27 @@ func (k *Kube) review(ctx context.Context, token string) (*Identity, error) {
 	return id, nil
 }
 
+// tokenReview asks the apiserver who token names for audiences (nil: the
+// apiserver's own).
+func (k *Kube) tokenReview(ctx context.Context, token string, audiences []string) (*authnv1.TokenReview, error) {
+	tr, err := k.Client.AuthenticationV1().TokenReviews().Create(ctx, &authnv1.TokenReview{
+		Spec: authnv1.TokenReviewSpec{Token: token, Audiences: audiences},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "review the caller's token with the apiserver: %v", err)
+	}
+	return tr, nil
+}
+
+// userIdentity is a Kubernetes user that is not acting as a member.
+func userIdentity(u authnv1.UserInfo) *Identity {
+	extra := map[string][]string{}
+	for k, v := range u.Extra {
+		extra[k] = v
+	}
+	return &Identity{Name: "user " + u.Username, User: &User{Name: u.Username, UID: u.UID, Groups: u.Groups, Extra: extra}}
+}
+
 func first(v []string) string {
 	if len(v) == 0 {
 		return ""
@@ -194,14 +215,48 @@ func serviceAccountNamespace(user string) (string, bool) {
 	return parts[2], true
 }
 
-// MayRead asks the apiserver whether user may verb (get, list, watch)
-// groups.muster.dev in namespace ns ("" = all namespaces). Answers are
-// cached like token reviews.
+// Attributes is what a Kubernetes user asks to do to groups: a verb
+// (get, list, watch; create on subresource restart) in a namespace ("" =
+// all namespaces), on one group (Name) or all.
+type Attributes struct {
+	Verb, Namespace, Name, Subresource string
+}
+
+func (a Attributes) String() string {
+	what := Resource
+	if a.Subresource != "" {
+		what += "/" + a.Subresource
+	}
+	where := "in namespace " + a.Namespace
+	if a.Namespace == "" {
+		where = "in all namespaces"
+	}
+	if a.Name != "" {
+		return fmt.Sprintf("%s %s.%s %q %s", a.Verb, what, ResourceGroup, a.Name, where)
+	}
+	return fmt.Sprintf("%s %s.%s %s", a.Verb, what, ResourceGroup, where)
+}
+
+// MayRead asks whether user may verb (get, list, watch) groups in
+// namespace ns ("" = all namespaces).
 func (k *Kube) MayRead(ctx context.Context, u *User, verb, ns string) error {
-	key := strings.Join([]string{u.Name, verb, ns}, "\x00")
+	return k.May(ctx, u, Attributes{Verb: verb, Namespace: ns})
+}
+
+// May asks the apiserver (a SubjectAccessReview) whether user may do what
+// a says to groups.muster.dev. Answers are cached like token reviews.
+func (k *Kube) May(ctx context.Context, u *User, a Attributes) error {
+	key := strings.Join([]string{u.Name, a.Verb, a.Namespace, a.Name, a.Subresource}, "\x00")
 	now := time.Now()
 	k.mu.Lock()
 	c, ok := k.sars[key]
+	if len(k.sars) > 10000 {
+		for key, v := range k.sars {
+			if now.After(v.expires) {
+				delete(k.sars, key)
+			}
+		}
+	}
 	k.mu.Unlock()
 	if ok && now.Before(c.expires) {
 		return c.err
@@ -215,19 +270,19 @@ func (k *Kube) MayRead(ctx context.Context, u *User, verb, ns string) error {
 	sar, err := k.Client.AuthorizationV1().SubjectAccessReviews().Create(rctx, &authzv1.SubjectAccessReview{
 		Spec: authzv1.SubjectAccessReviewSpec{
 			User: u.Name, UID: u.UID, Groups: u.Groups, Extra: extra,
-			ResourceAttributes: &authzv1.ResourceAttributes{Namespace: ns, Verb: verb, Group: ResourceGroup, Resource: Resource},
+			ResourceAttributes: &authzv1.ResourceAttributes{Namespace: a.Namespace, Verb: a.Verb, Group: ResourceGroup, Resource: Resource, Name: a.Name, Subresource: a.Subresource},
 		},
 	}, metav1.CreateOptions{})
 	if err != nil {
-		return status.Errorf(codes.Unavailable, "ask the apiserver whether %s may %s groups: %v", u.Name, verb, err)
+		return status.Errorf(codes.Unavailable, "ask the apiserver whether %s may %s: %v", u.Name, a, err)
 	}
 	var res error
 	if !sar.Status.Allowed {
-		where := "in namespace " + ns
-		if ns == "" {
-			where = "in all namespaces"
+		what := Resource
+		if a.Subresource != "" {
+			what += "/" + a.Subresource
 		}
-		res = status.Errorf(codes.PermissionDenied, "user %s may not %s %s.%s %s (RBAC: grant the verb on resource %q of API group %q): %v", u.Name, verb, Resource, ResourceGroup, where, Resource, ResourceGroup, ErrNotAllowed)
+		res = status.Errorf(codes.PermissionDenied, "user %s may not %s (RBAC: grant verb %s on resource %q of API group %q): %v", u.Name, a, a.Verb, what, ResourceGroup, ErrNotAllowed)
 	}
 	k.mu.Lock()
 	k.sars[key] = cachedSAR{err: res, expires: now.Add(k.CacheTTL)}

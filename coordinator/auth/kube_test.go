@@ -243,8 +243,10 @@ func TestKubeCachesReviews(t *testing.T) {
 				t.Fatalf("Identify(refused token) = %v, want Unauthenticated", err)
 			}
 		}
-		if n := f.reviewsOf(tokWrongAud); n != 1 {
-			t.Errorf("3 calls with a refused token made %d TokenReviews, want 1", n)
+		// (one review for muster's audience, one for the apiserver's: a
+		// person's kubectl token)
+		if n := f.reviewsOf(tokWrongAud); n != 2 {
+			t.Errorf("3 calls with a refused token made %d TokenReviews, want 2 (one per audience)", n)
 		}
 		// Another token is reviewed on its own.
 		if _, err := k.Identify(testCtx(t), tokNoGroup); err != nil {

@@ -71,6 +71,7 @@ func Main(args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "serve gRPC with TLS: the certificate (PEM; re-read when the file changes)")
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "the key of --tls-cert")
 	fs.StringVar(&cfg.AgentCA, "agent-ca", "", "CA (PEM file) injected agents verify the gRPC port with (MUSTER_COORDINATOR_CA); default: the webhook's CA when the coordinator makes the gRPC certificate itself (--kubeconfig with --webhook-listen and no --tls-cert), or --webhook-tls-dir's ca.crt")
+	fs.StringVar(&cfg.PublishNamespace, "publish-namespace", "", "with --kubeconfig/--in-cluster: write ConfigMap "+coordinator.PublishConfigMap+" in this namespace (the address agents dial, the CA that verifies it), where kubectl muster finds the coordinator; empty: none")
 	fs.StringVar(&cfg.ClientCA, "client-ca", "", "verify client certificates with this CA (PEM): a member certificate (coordinator certs member) makes its holder that member of that group")
 	fs.StringVar(&cfg.TokenAudience, "token-audience", cfg.TokenAudience, "with --kubeconfig/--in-cluster: the audience of pods' service-account tokens (the webhook projects them)")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "take unauthenticated callers at their word even beyond loopback: anyone who reaches --listen may act as any member of any group")

@@ -207,7 +207,7 @@ func decideRunning(st *State, v *View, now time.Time) (Decision, bool) {
 				reason += ": " + m.Reason
 			}
 			if why, ok := cannotStart[m.ExitCode]; ok {
-				return Fail(st, id, reason+"; "+why), true
+				return FailAt(st, now, id, reason+"; "+why), true
 			}
 			return Restart(st, now, id, reason), true
 		case m.State == StateExited:
@@ -245,7 +245,14 @@ var cannotStart = map[int]string{
 
 // Fail moves the group to Failed because of member's failure.
 func Fail(st *State, member, reason string) Decision {
+	return FailAt(st, time.Now(), member, reason)
+}
+
+// FailAt is Fail at now: the failed generation goes to the history, ended
+// at now.
+func FailAt(st *State, now time.Time, member, reason string) Decision {
 	next := st.clone()
+	next.ended(now, member, reason)
 	next.LastError, next.LastErrorMember = reason, member
 	next.Phase = Failed
 	if next.FirstError == "" {
@@ -258,27 +265,49 @@ func Fail(st *State, member, reason string) Decision {
 // failure, or to Failed once the restart budget is spent. Ranks are kept.
 func Restart(st *State, now time.Time, member, reason string) Decision {
 	if st.Restarts >= st.MaxRestarts {
-		d := Fail(st, member, reason)
+		d := FailAt(st, now, member, reason)
 		d.Reason = fmt.Sprintf("restart budget of %d spent; group failed: %s", st.MaxRestarts, reason)
 		return d
 	}
-	next := st.clone()
-	next.LastError, next.LastErrorMember = reason, member
-	next.Generation++
-	next.Restarts++
-	next.Phase = Waiting
-	next.RestartAfterMs = 0
+	next := nextGeneration(st, now, member, reason)
 	if d := RestartBackoff(next.Restarts); d > 0 {
 		next.RestartAfterMs = now.Add(d).UnixMilli()
 	}
-	next.Assignment = nil
-	next.LeaderAddress, next.MasterPort = "", 0
-	next.StartedMs, next.JoinedMs, next.ReleasedMs, next.ReadyMs = now.UnixMilli(), 0, 0, 0
 	why := fmt.Sprintf("restarting to generation %d: %s", next.Generation, reason)
 	if d := RestartBackoff(next.Restarts); d > 0 {
 		why = fmt.Sprintf("restarting to generation %d after a %s backoff (restart %d): %s", next.Generation, d, next.Restarts, reason)
 	}
 	return Decision{Next: next, Reason: why}
+}
+
+// OperatorRestart moves a running (or waiting) group to its next
+// generation because an operator asked (who: "user alice"): no backoff,
+// and it spends none of the restart budget (the restart count still
+// counts it). Ranks are kept.
+func OperatorRestart(st *State, now time.Time, who, reason string) Decision {
+	why := "restarted by " + who
+	if reason != "" {
+		why += ": " + reason
+	}
+	next := nextGeneration(st, now, "", why)
+	next.MaxRestarts++
+	return Decision{Next: next, Reason: fmt.Sprintf("restarting to generation %d: %s", next.Generation, why)}
+}
+
+// nextGeneration is st moved to its next generation, the current one
+// ended at now for reason.
+func nextGeneration(st *State, now time.Time, member, reason string) State {
+	next := st.clone()
+	next.ended(now, member, reason)
+	next.LastError, next.LastErrorMember = reason, member
+	next.Generation++
+	next.Restarts++
+	next.Phase = Waiting
+	next.RestartAfterMs = 0
+	next.Assignment = nil
+	next.LeaderAddress, next.MasterPort = "", 0
+	next.StartedMs, next.JoinedMs, next.ReleasedMs, next.ReadyMs = now.UnixMilli(), 0, 0, 0
+	return next
 }
 
 func (s *State) clone() State {
@@ -290,6 +319,7 @@ func (s *State) clone() State {
 		}
 	}
 	c.Assignment = append([]string(nil), s.Assignment...)
+	c.History = append([]Generation(nil), s.History...)
 	return c
 }
 

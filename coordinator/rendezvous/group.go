@@ -4,6 +4,8 @@
 package rendezvous
 
 import (
+	"time"
+
 	"github.com/muster-dev/muster/podapi"
 )
 
@@ -73,6 +75,41 @@ type State struct {
 	JoinedMs   int64 `json:"joined_ms,omitempty"`
 	ReleasedMs int64 `json:"released_ms,omitempty"`
 	ReadyMs    int64 `json:"ready_ms,omitempty"`
+	// CreatedMs is when the group was created (Unix milliseconds).
+	CreatedMs int64 `json:"created_ms,omitempty"`
+	// History is the generations before the current one, oldest first,
+	// at most MaxHistory of them, and the generation a Failed group ended
+	// in.
+	History []Generation `json:"history,omitempty"`
+}
+
+// MaxHistory bounds State.History: the state is one etcd value read on
+// every change of the group.
+const MaxHistory = 20
+
+// Generation is one past generation: its way to ready (the State's
+// *Ms fields when it ended) and why it ended.
+type Generation struct {
+	Generation int64  `json:"generation"`
+	StartedMs  int64  `json:"started_ms,omitempty"`
+	JoinedMs   int64  `json:"joined_ms,omitempty"`
+	ReleasedMs int64  `json:"released_ms,omitempty"`
+	ReadyMs    int64  `json:"ready_ms,omitempty"`
+	EndedMs    int64  `json:"ended_ms,omitempty"`
+	Reason     string `json:"reason,omitempty"`
+	Member     string `json:"member,omitempty"`
+}
+
+// ended appends the current generation to the history, ended at now by
+// member's failure (or an operator's restart, member "") for reason.
+func (s *State) ended(now time.Time, member, reason string) {
+	s.History = append(s.History, Generation{
+		Generation: s.Generation, StartedMs: s.StartedMs, JoinedMs: s.JoinedMs, ReleasedMs: s.ReleasedMs, ReadyMs: s.ReadyMs,
+		EndedMs: now.UnixMilli(), Reason: reason, Member: member,
+	})
+	if n := len(s.History) - MaxHistory; n > 0 {
+		s.History = append([]Generation(nil), s.History[n:]...)
+	}
 }
 
 // NewState is the state of a group created by its first member.

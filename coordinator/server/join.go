@@ -336,6 +336,7 @@ func (j *joining) newState(size int) rendezvous.State {
 	ns := rendezvous.NewState(size, j.runtime, j.s.opts.MaxRestarts)
 	ns.RankOrder = rankOrder(j.req)
 	ns.StartedMs = time.Now().UnixMilli()
+	ns.CreatedMs = ns.StartedMs
 	return ns
 }
 
@@ -343,6 +344,7 @@ func (j *joining) newState(size int) rendezvous.State {
 // generation began.
 func sameBut(a, b rendezvous.State) bool {
 	a.StartedMs, b.StartedMs = 0, 0
+	a.CreatedMs, b.CreatedMs = 0, 0
 	return reflect.DeepEqual(a, b)
 }
 

@@ -89,8 +89,8 @@ func (s *Server) ListGroups(ctx context.Context, req *musterv1.ListGroupsRequest
 			out.Groups = append(out.Groups, toProto(v))
 		}
 		return out, nil
-	case id.User != nil && s.opts.Readers != nil:
-		if err := s.opts.Readers.MayRead(ctx, id.User, "list", ns); err != nil {
+	case id.User != nil && s.opts.Access != nil:
+		if err := s.opts.Access.May(ctx, id.User, auth.Attributes{Verb: "list", Namespace: ns}); err != nil {
 			return nil, err
 		}
 	default:
@@ -125,8 +125,8 @@ func (s *Server) mayRead(ctx context.Context, k podapi.Key) error {
 			return nil
 		}
 		return status.Errorf(codes.PermissionDenied, "read group %q: %s may read only its own group, %s: %v", k.String(), id.Name, id.GroupName(), auth.ErrNotAllowed)
-	case id.User != nil && s.opts.Readers != nil:
-		return s.opts.Readers.MayRead(ctx, id.User, "get", k.Namespace)
+	case id.User != nil && s.opts.Access != nil:
+		return s.opts.Access.May(ctx, id.User, auth.Attributes{Verb: "get", Namespace: k.Namespace, Name: k.Name})
 	}
 	return status.Errorf(codes.PermissionDenied, "read group %q: %s may read no groups: %v", k.String(), id.Name, auth.ErrNotAllowed)
 }
@@ -139,7 +139,17 @@ func toProto(v *rendezvous.View) *musterv1.Group {
 		Phase: phaseProto(st.Phase), Ready: v.Ready(), Restarts: int32(st.Restarts),
 		LeaderAddress: st.LeaderAddress, MasterPort: int32(st.MasterPort),
 		FirstError: st.FirstError, FailedMember: st.FailedMember,
-		RankOrder: rankOrderName(st.RankOrder),
+		RankOrder: rankOrderName(st.RankOrder), CreatedMs: st.CreatedMs,
+		Current: generationProto(rendezvous.Generation{Generation: st.Generation, StartedMs: st.StartedMs, JoinedMs: st.JoinedMs,
+			ReleasedMs: st.ReleasedMs, ReadyMs: st.ReadyMs}),
+	}
+	for _, h := range st.History {
+		g.History = append(g.History, generationProto(h))
+	}
+	if st.Phase == rendezvous.Failed && len(st.History) > 0 && st.History[len(st.History)-1].Generation == st.Generation {
+		// A failed group's last generation is in its history with the
+		// reason it ended.
+		g.Current = g.History[len(g.History)-1]
 	}
 	if st.Phase != rendezvous.Failed {
 		g.FirstError, g.FailedMember = st.LastError, st.LastErrorMember

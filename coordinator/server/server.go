@@ -40,15 +40,15 @@ type Options struct {
 	// GossipSecret, when set, derives each group's gossip key per
 	// generation (GossipKey); every replica must share it.
 	GossipSecret []byte
-	// Readers decides what Kubernetes users (not pods) may read; nil
-	// lets no such user read anything.
-	Readers Readers
+	// Access decides what Kubernetes users (not pods) may do to groups
+	// (read, restart); nil lets no such user do anything.
+	Access Access
 }
 
-// Readers answers whether a Kubernetes user may verb (get, list) groups in
-// a namespace ("" = all); auth.Kube does, with a SubjectAccessReview.
-type Readers interface {
-	MayRead(ctx context.Context, u *auth.User, verb, namespace string) error
+// Access answers whether a Kubernetes user may do what attrs say to
+// groups; auth.Kube does, with a SubjectAccessReview.
+type Access interface {
+	May(ctx context.Context, u *auth.User, attrs auth.Attributes) error
 }
 
 // DefaultOptions are the defaults for one machine or a LAN.

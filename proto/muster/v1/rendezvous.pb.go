@@ -1390,6 +1390,60 @@ func (x *GetGroupRequest) GetGroup() *GroupRef {
 	return nil
 }
 
+type RestartGroupRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group *GroupRef              `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// reason is why, in the operator's words (at most 256 bytes); the
+	// group's history records it with who asked.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestartGroupRequest) Reset() {
+	*x = RestartGroupRequest{}
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestartGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestartGroupRequest) ProtoMessage() {}
+
+func (x *RestartGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestartGroupRequest.ProtoReflect.Descriptor instead.
+func (*RestartGroupRequest) Descriptor() ([]byte, []int) {
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RestartGroupRequest) GetGroup() *GroupRef {
+	if x != nil {
+		return x.Group
+	}
+	return nil
+}
+
+func (x *RestartGroupRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type ListGroupsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// namespace limits the list; empty lists all namespaces.
@@ -1406,7 +1460,7 @@ type ListGroupsRequest struct {
 
 func (x *ListGroupsRequest) Reset() {
 	*x = ListGroupsRequest{}
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[18]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1418,7 +1472,7 @@ func (x *ListGroupsRequest) String() string {
 func (*ListGroupsRequest) ProtoMessage() {}
 
 func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[18]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1431,7 +1485,7 @@ func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{18}
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListGroupsRequest) GetNamespace() string {
@@ -1466,7 +1520,7 @@ type ListGroupsResponse struct {
 
 func (x *ListGroupsResponse) Reset() {
 	*x = ListGroupsResponse{}
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[19]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1478,7 +1532,7 @@ func (x *ListGroupsResponse) String() string {
 func (*ListGroupsResponse) ProtoMessage() {}
 
 func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[19]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1491,7 +1545,7 @@ func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
 func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{19}
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListGroupsResponse) GetGroups() []*Group {
@@ -1527,14 +1581,21 @@ type Group struct {
 	FailedMember string    `protobuf:"bytes,11,opt,name=failed_member,json=failedMember,proto3" json:"failed_member,omitempty"`
 	Members      []*Member `protobuf:"bytes,12,rep,name=members,proto3" json:"members,omitempty"`
 	// rank_order is how ranks were chosen: "ordinal" or "topology".
-	RankOrder     string `protobuf:"bytes,13,opt,name=rank_order,json=rankOrder,proto3" json:"rank_order,omitempty"`
+	RankOrder string `protobuf:"bytes,13,opt,name=rank_order,json=rankOrder,proto3" json:"rank_order,omitempty"`
+	// created_ms is when the group was created (Unix milliseconds).
+	CreatedMs int64 `protobuf:"varint,14,opt,name=created_ms,json=createdMs,proto3" json:"created_ms,omitempty"`
+	// current is the current generation's way to ready.
+	Current *GenerationRecord `protobuf:"bytes,15,opt,name=current,proto3" json:"current,omitempty"`
+	// history holds the generations before the current one, oldest first
+	// (the last 20), each with the reason it ended.
+	History       []*GenerationRecord `protobuf:"bytes,16,rep,name=history,proto3" json:"history,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Group) Reset() {
 	*x = Group{}
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[20]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +1607,7 @@ func (x *Group) String() string {
 func (*Group) ProtoMessage() {}
 
 func (x *Group) ProtoReflect() protoreflect.Message {
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[20]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +1620,7 @@ func (x *Group) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Group.ProtoReflect.Descriptor instead.
 func (*Group) Descriptor() ([]byte, []int) {
-	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{20}
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Group) GetRef() *GroupRef {
@@ -1653,6 +1714,140 @@ func (x *Group) GetRankOrder() string {
 	return ""
 }
 
+func (x *Group) GetCreatedMs() int64 {
+	if x != nil {
+		return x.CreatedMs
+	}
+	return 0
+}
+
+func (x *Group) GetCurrent() *GenerationRecord {
+	if x != nil {
+		return x.Current
+	}
+	return nil
+}
+
+func (x *Group) GetHistory() []*GenerationRecord {
+	if x != nil {
+		return x.History
+	}
+	return nil
+}
+
+// GenerationRecord is one generation of a group: when each phase of its
+// way to ready was reached (Unix milliseconds; 0 when not reached, or not
+// recorded) and, once it ended, why.
+type GenerationRecord struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Generation int64                  `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	// started_ms: the generation began (the group was created, or
+	// restarted).
+	StartedMs int64 `protobuf:"varint,2,opt,name=started_ms,json=startedMs,proto3" json:"started_ms,omitempty"`
+	// joined_ms: its last member joined.
+	JoinedMs int64 `protobuf:"varint,3,opt,name=joined_ms,json=joinedMs,proto3" json:"joined_ms,omitempty"`
+	// released_ms: its barrier released (ranks assigned).
+	ReleasedMs int64 `protobuf:"varint,4,opt,name=released_ms,json=releasedMs,proto3" json:"released_ms,omitempty"`
+	// ready_ms: every rank first reported its runtime ready.
+	ReadyMs int64 `protobuf:"varint,5,opt,name=ready_ms,json=readyMs,proto3" json:"ready_ms,omitempty"`
+	// ended_ms: the next generation began, or the group failed.
+	EndedMs int64 `protobuf:"varint,6,opt,name=ended_ms,json=endedMs,proto3" json:"ended_ms,omitempty"`
+	// end_reason is why it ended ("member x (rank 2) exited with code 1",
+	// "restarted by user alice: ...").
+	EndReason string `protobuf:"bytes,7,opt,name=end_reason,json=endReason,proto3" json:"end_reason,omitempty"`
+	// end_member is the member whose failure ended it ("" for an
+	// operator's restart).
+	EndMember     string `protobuf:"bytes,8,opt,name=end_member,json=endMember,proto3" json:"end_member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerationRecord) Reset() {
+	*x = GenerationRecord{}
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerationRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerationRecord) ProtoMessage() {}
+
+func (x *GenerationRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerationRecord.ProtoReflect.Descriptor instead.
+func (*GenerationRecord) Descriptor() ([]byte, []int) {
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *GenerationRecord) GetGeneration() int64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *GenerationRecord) GetStartedMs() int64 {
+	if x != nil {
+		return x.StartedMs
+	}
+	return 0
+}
+
+func (x *GenerationRecord) GetJoinedMs() int64 {
+	if x != nil {
+		return x.JoinedMs
+	}
+	return 0
+}
+
+func (x *GenerationRecord) GetReleasedMs() int64 {
+	if x != nil {
+		return x.ReleasedMs
+	}
+	return 0
+}
+
+func (x *GenerationRecord) GetReadyMs() int64 {
+	if x != nil {
+		return x.ReadyMs
+	}
+	return 0
+}
+
+func (x *GenerationRecord) GetEndedMs() int64 {
+	if x != nil {
+		return x.EndedMs
+	}
+	return 0
+}
+
+func (x *GenerationRecord) GetEndReason() string {
+	if x != nil {
+		return x.EndReason
+	}
+	return ""
+}
+
+func (x *GenerationRecord) GetEndMember() string {
+	if x != nil {
+		return x.EndMember
+	}
+	return ""
+}
+
 type Member struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1676,7 +1871,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[21]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1688,7 +1883,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_muster_v1_rendezvous_proto_msgTypes[21]
+	mi := &file_muster_v1_rendezvous_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1701,7 +1896,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{21}
+	return file_muster_v1_rendezvous_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Member) GetId() string {
@@ -1904,7 +2099,10 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	"\tmember_id\x18\x02 \x01(\tR\bmemberId\"\x0f\n" +
 	"\rLeaveResponse\"<\n" +
 	"\x0fGetGroupRequest\x12)\n" +
-	"\x05group\x18\x01 \x01(\v2\x13.muster.v1.GroupRefR\x05group\"m\n" +
+	"\x05group\x18\x01 \x01(\v2\x13.muster.v1.GroupRefR\x05group\"X\n" +
+	"\x13RestartGroupRequest\x12)\n" +
+	"\x05group\x18\x01 \x01(\v2\x13.muster.v1.GroupRefR\x05group\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"m\n" +
 	"\x11ListGroupsRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -1912,7 +2110,7 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	"page_token\x18\x03 \x01(\tR\tpageToken\"f\n" +
 	"\x12ListGroupsResponse\x12(\n" +
 	"\x06groups\x18\x01 \x03(\v2\x10.muster.v1.GroupR\x06groups\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xb0\x03\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xbd\x04\n" +
 	"\x05Group\x12%\n" +
 	"\x03ref\x18\x01 \x01(\v2\x13.muster.v1.GroupRefR\x03ref\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x05R\x04size\x12\x18\n" +
@@ -1932,7 +2130,26 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	"\rfailed_member\x18\v \x01(\tR\ffailedMember\x12+\n" +
 	"\amembers\x18\f \x03(\v2\x11.muster.v1.MemberR\amembers\x12\x1d\n" +
 	"\n" +
-	"rank_order\x18\r \x01(\tR\trankOrder\"\xd3\x02\n" +
+	"rank_order\x18\r \x01(\tR\trankOrder\x12\x1d\n" +
+	"\n" +
+	"created_ms\x18\x0e \x01(\x03R\tcreatedMs\x125\n" +
+	"\acurrent\x18\x0f \x01(\v2\x1b.muster.v1.GenerationRecordR\acurrent\x125\n" +
+	"\ahistory\x18\x10 \x03(\v2\x1b.muster.v1.GenerationRecordR\ahistory\"\x83\x02\n" +
+	"\x10GenerationRecord\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x03R\n" +
+	"generation\x12\x1d\n" +
+	"\n" +
+	"started_ms\x18\x02 \x01(\x03R\tstartedMs\x12\x1b\n" +
+	"\tjoined_ms\x18\x03 \x01(\x03R\bjoinedMs\x12\x1f\n" +
+	"\vreleased_ms\x18\x04 \x01(\x03R\n" +
+	"releasedMs\x12\x19\n" +
+	"\bready_ms\x18\x05 \x01(\x03R\areadyMs\x12\x19\n" +
+	"\bended_ms\x18\x06 \x01(\x03R\aendedMs\x12\x1d\n" +
+	"\n" +
+	"end_reason\x18\a \x01(\tR\tendReason\x12\x1d\n" +
+	"\n" +
+	"end_member\x18\b \x01(\tR\tendMember\"\xd3\x02\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1d\n" +
@@ -1961,7 +2178,7 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	"\rPHASE_WAITING\x10\x01\x12\x11\n" +
 	"\rPHASE_RUNNING\x10\x02\x12\x13\n" +
 	"\x0fPHASE_COMPLETED\x10\x03\x12\x10\n" +
-	"\fPHASE_FAILED\x10\x042\xe9\x03\n" +
+	"\fPHASE_FAILED\x10\x042\xab\x04\n" +
 	"\n" +
 	"Rendezvous\x127\n" +
 	"\x04Join\x12\x16.muster.v1.JoinRequest\x1a\x17.muster.v1.JoinResponse\x129\n" +
@@ -1971,7 +2188,8 @@ const file_muster_v1_rendezvous_proto_rawDesc = "" +
 	"\x0eReportPeerLost\x12 .muster.v1.ReportPeerLostRequest\x1a!.muster.v1.ReportPeerLostResponse\x128\n" +
 	"\bGetGroup\x12\x1a.muster.v1.GetGroupRequest\x1a\x10.muster.v1.Group\x12I\n" +
 	"\n" +
-	"ListGroups\x12\x1c.muster.v1.ListGroupsRequest\x1a\x1d.muster.v1.ListGroupsResponseB7Z5github.com/muster-dev/muster/proto/muster/v1;musterv1b\x06proto3"
+	"ListGroups\x12\x1c.muster.v1.ListGroupsRequest\x1a\x1d.muster.v1.ListGroupsResponse\x12@\n" +
+	"\fRestartGroup\x12\x1e.muster.v1.RestartGroupRequest\x1a\x10.muster.v1.GroupB7Z5github.com/muster-dev/muster/proto/muster/v1;musterv1b\x06proto3"
 
 var (
 	file_muster_v1_rendezvous_proto_rawDescOnce sync.Once
@@ -1986,7 +2204,7 @@ func file_muster_v1_rendezvous_proto_rawDescGZIP() []byte {
 }
 
 var file_muster_v1_rendezvous_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_muster_v1_rendezvous_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_muster_v1_rendezvous_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_muster_v1_rendezvous_proto_goTypes = []any{
 	(RuntimeState)(0),              // 0: muster.v1.RuntimeState
 	(Phase)(0),                     // 1: muster.v1.Phase
@@ -2008,10 +2226,12 @@ var file_muster_v1_rendezvous_proto_goTypes = []any{
 	(*LeaveRequest)(nil),           // 17: muster.v1.LeaveRequest
 	(*LeaveResponse)(nil),          // 18: muster.v1.LeaveResponse
 	(*GetGroupRequest)(nil),        // 19: muster.v1.GetGroupRequest
-	(*ListGroupsRequest)(nil),      // 20: muster.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),     // 21: muster.v1.ListGroupsResponse
-	(*Group)(nil),                  // 22: muster.v1.Group
-	(*Member)(nil),                 // 23: muster.v1.Member
+	(*RestartGroupRequest)(nil),    // 20: muster.v1.RestartGroupRequest
+	(*ListGroupsRequest)(nil),      // 21: muster.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),     // 22: muster.v1.ListGroupsResponse
+	(*Group)(nil),                  // 23: muster.v1.Group
+	(*GenerationRecord)(nil),       // 24: muster.v1.GenerationRecord
+	(*Member)(nil),                 // 25: muster.v1.Member
 }
 var file_muster_v1_rendezvous_proto_depIdxs = []int32{
 	2,  // 0: muster.v1.JoinRequest.group:type_name -> muster.v1.GroupRef
@@ -2027,30 +2247,35 @@ var file_muster_v1_rendezvous_proto_depIdxs = []int32{
 	2,  // 10: muster.v1.ReportPeerLostRequest.group:type_name -> muster.v1.GroupRef
 	2,  // 11: muster.v1.LeaveRequest.group:type_name -> muster.v1.GroupRef
 	2,  // 12: muster.v1.GetGroupRequest.group:type_name -> muster.v1.GroupRef
-	22, // 13: muster.v1.ListGroupsResponse.groups:type_name -> muster.v1.Group
-	2,  // 14: muster.v1.Group.ref:type_name -> muster.v1.GroupRef
-	1,  // 15: muster.v1.Group.phase:type_name -> muster.v1.Phase
-	23, // 16: muster.v1.Group.members:type_name -> muster.v1.Member
-	0,  // 17: muster.v1.Member.state:type_name -> muster.v1.RuntimeState
-	3,  // 18: muster.v1.Rendezvous.Join:input_type -> muster.v1.JoinRequest
-	5,  // 19: muster.v1.Rendezvous.Watch:input_type -> muster.v1.WatchRequest
-	13, // 20: muster.v1.Rendezvous.ReportStatus:input_type -> muster.v1.ReportStatusRequest
-	17, // 21: muster.v1.Rendezvous.Leave:input_type -> muster.v1.LeaveRequest
-	15, // 22: muster.v1.Rendezvous.ReportPeerLost:input_type -> muster.v1.ReportPeerLostRequest
-	19, // 23: muster.v1.Rendezvous.GetGroup:input_type -> muster.v1.GetGroupRequest
-	20, // 24: muster.v1.Rendezvous.ListGroups:input_type -> muster.v1.ListGroupsRequest
-	4,  // 25: muster.v1.Rendezvous.Join:output_type -> muster.v1.JoinResponse
-	6,  // 26: muster.v1.Rendezvous.Watch:output_type -> muster.v1.GroupEvent
-	14, // 27: muster.v1.Rendezvous.ReportStatus:output_type -> muster.v1.ReportStatusResponse
-	18, // 28: muster.v1.Rendezvous.Leave:output_type -> muster.v1.LeaveResponse
-	16, // 29: muster.v1.Rendezvous.ReportPeerLost:output_type -> muster.v1.ReportPeerLostResponse
-	22, // 30: muster.v1.Rendezvous.GetGroup:output_type -> muster.v1.Group
-	21, // 31: muster.v1.Rendezvous.ListGroups:output_type -> muster.v1.ListGroupsResponse
-	25, // [25:32] is the sub-list for method output_type
-	18, // [18:25] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	2,  // 13: muster.v1.RestartGroupRequest.group:type_name -> muster.v1.GroupRef
+	23, // 14: muster.v1.ListGroupsResponse.groups:type_name -> muster.v1.Group
+	2,  // 15: muster.v1.Group.ref:type_name -> muster.v1.GroupRef
+	1,  // 16: muster.v1.Group.phase:type_name -> muster.v1.Phase
+	25, // 17: muster.v1.Group.members:type_name -> muster.v1.Member
+	24, // 18: muster.v1.Group.current:type_name -> muster.v1.GenerationRecord
+	24, // 19: muster.v1.Group.history:type_name -> muster.v1.GenerationRecord
+	0,  // 20: muster.v1.Member.state:type_name -> muster.v1.RuntimeState
+	3,  // 21: muster.v1.Rendezvous.Join:input_type -> muster.v1.JoinRequest
+	5,  // 22: muster.v1.Rendezvous.Watch:input_type -> muster.v1.WatchRequest
+	13, // 23: muster.v1.Rendezvous.ReportStatus:input_type -> muster.v1.ReportStatusRequest
+	17, // 24: muster.v1.Rendezvous.Leave:input_type -> muster.v1.LeaveRequest
+	15, // 25: muster.v1.Rendezvous.ReportPeerLost:input_type -> muster.v1.ReportPeerLostRequest
+	19, // 26: muster.v1.Rendezvous.GetGroup:input_type -> muster.v1.GetGroupRequest
+	21, // 27: muster.v1.Rendezvous.ListGroups:input_type -> muster.v1.ListGroupsRequest
+	20, // 28: muster.v1.Rendezvous.RestartGroup:input_type -> muster.v1.RestartGroupRequest
+	4,  // 29: muster.v1.Rendezvous.Join:output_type -> muster.v1.JoinResponse
+	6,  // 30: muster.v1.Rendezvous.Watch:output_type -> muster.v1.GroupEvent
+	14, // 31: muster.v1.Rendezvous.ReportStatus:output_type -> muster.v1.ReportStatusResponse
+	18, // 32: muster.v1.Rendezvous.Leave:output_type -> muster.v1.LeaveResponse
+	16, // 33: muster.v1.Rendezvous.ReportPeerLost:output_type -> muster.v1.ReportPeerLostResponse
+	23, // 34: muster.v1.Rendezvous.GetGroup:output_type -> muster.v1.Group
+	22, // 35: muster.v1.Rendezvous.ListGroups:output_type -> muster.v1.ListGroupsResponse
+	23, // 36: muster.v1.Rendezvous.RestartGroup:output_type -> muster.v1.Group
+	29, // [29:37] is the sub-list for method output_type
+	21, // [21:29] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_muster_v1_rendezvous_proto_init() }
@@ -2067,14 +2292,14 @@ func file_muster_v1_rendezvous_proto_init() {
 		(*GroupEvent_Completed)(nil),
 		(*GroupEvent_Readiness)(nil),
 	}
-	file_muster_v1_rendezvous_proto_msgTypes[21].OneofWrappers = []any{}
+	file_muster_v1_rendezvous_proto_msgTypes[23].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_muster_v1_rendezvous_proto_rawDesc), len(file_muster_v1_rendezvous_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

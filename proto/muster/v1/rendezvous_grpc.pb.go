@@ -29,6 +29,7 @@ const (
 	Rendezvous_ReportPeerLost_FullMethodName = "/muster.v1.Rendezvous/ReportPeerLost"
 	Rendezvous_GetGroup_FullMethodName       = "/muster.v1.Rendezvous/GetGroup"
 	Rendezvous_ListGroups_FullMethodName     = "/muster.v1.Rendezvous/ListGroups"
+	Rendezvous_RestartGroup_FullMethodName   = "/muster.v1.Rendezvous/RestartGroup"
 )
 
 // RendezvousClient is the client API for Rendezvous service.
@@ -59,6 +60,13 @@ type RendezvousClient interface {
 	GetGroup(ctx context.Context, in *GetGroupRequest, opts ...grpc.CallOption) (*Group, error)
 	// ListGroups returns every group, optionally of one namespace (read-only).
 	ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error)
+	// RestartGroup restarts a running group in place: every member's
+	// runtime is stopped and the group moves to its next generation, as
+	// after a member's failure but with no backoff and outside the restart
+	// budget. For operators (an operator certificate, or a Kubernetes user
+	// RBAC allows verb create on groups/restart of API group muster.dev in
+	// the group's namespace); a member may not restart its own group.
+	RestartGroup(ctx context.Context, in *RestartGroupRequest, opts ...grpc.CallOption) (*Group, error)
 }
 
 type rendezvousClient struct {
@@ -148,6 +156,16 @@ func (c *rendezvousClient) ListGroups(ctx context.Context, in *ListGroupsRequest
 	return out, nil
 }
 
+func (c *rendezvousClient) RestartGroup(ctx context.Context, in *RestartGroupRequest, opts ...grpc.CallOption) (*Group, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Group)
+	err := c.cc.Invoke(ctx, Rendezvous_RestartGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RendezvousServer is the server API for Rendezvous service.
 // All implementations must embed UnimplementedRendezvousServer
 // for forward compatibility.
@@ -176,6 +194,13 @@ type RendezvousServer interface {
 	GetGroup(context.Context, *GetGroupRequest) (*Group, error)
 	// ListGroups returns every group, optionally of one namespace (read-only).
 	ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error)
+	// RestartGroup restarts a running group in place: every member's
+	// runtime is stopped and the group moves to its next generation, as
+	// after a member's failure but with no backoff and outside the restart
+	// budget. For operators (an operator certificate, or a Kubernetes user
+	// RBAC allows verb create on groups/restart of API group muster.dev in
+	// the group's namespace); a member may not restart its own group.
+	RestartGroup(context.Context, *RestartGroupRequest) (*Group, error)
 	mustEmbedUnimplementedRendezvousServer()
 }
 
@@ -206,6 +231,9 @@ func (UnimplementedRendezvousServer) GetGroup(context.Context, *GetGroupRequest)
 }
 func (UnimplementedRendezvousServer) ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListGroups not implemented")
+}
+func (UnimplementedRendezvousServer) RestartGroup(context.Context, *RestartGroupRequest) (*Group, error) {
+	return nil, status.Error(codes.Unimplemented, "method RestartGroup not implemented")
 }
 func (UnimplementedRendezvousServer) mustEmbedUnimplementedRendezvousServer() {}
 func (UnimplementedRendezvousServer) testEmbeddedByValue()                    {}
@@ -347,6 +375,24 @@ func _Rendezvous_ListGroups_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Rendezvous_RestartGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RestartGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RendezvousServer).RestartGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Rendezvous_RestartGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RendezvousServer).RestartGroup(ctx, req.(*RestartGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Rendezvous_ServiceDesc is the grpc.ServiceDesc for Rendezvous service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -377,6 +423,10 @@ var Rendezvous_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListGroups",
 			Handler:    _Rendezvous_ListGroups_Handler,
+		},
+		{
+			MethodName: "RestartGroup",
+			Handler:    _Rendezvous_RestartGroup_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -10,21 +10,15 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/muster-dev/muster/podapi"
 )
 
 // PublishConfigMap is the ConfigMap (in --publish-namespace) that says
-// where the coordinator is: kubectl muster reads it with the user's own
-// credentials (the chart lets every authenticated user read it, as
-// kube-public's cluster-info).
-const (
-	PublishConfigMap = "muster-coordinator"
-	// PublishAddressKey is the address agents dial (host:port; the first
-	// of --advertise).
-	PublishAddressKey = "address"
-	// PublishCAKey is the PEM CA the address's certificate is verified
-	// with ("" when the coordinator serves no TLS).
-	PublishCAKey = "ca.crt"
-)
+// where the coordinator is (podapi.Coordinator*): kubectl muster reads it
+// with the user's own credentials (the chart lets every authenticated user
+// read it, as kube-public's cluster-info).
+const PublishConfigMap = podapi.CoordinatorConfigMap
 
 // publish writes PublishConfigMap with --publish-namespace. A failure is
 // logged, not fatal: only kubectl muster's discovery needs it (it also
@@ -41,7 +35,7 @@ func (c *Coordinator) publish(ctx context.Context, log *slog.Logger) error {
 	addr, _, _ = strings.Cut(addr, ",")
 	want := &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{Name: PublishConfigMap, Namespace: ns, Labels: map[string]string{"app.kubernetes.io/name": "muster", "app.kubernetes.io/component": "coordinator"}},
-		Data:       map[string]string{PublishAddressKey: addr, PublishCAKey: string(c.agentCA)},
+		Data:       map[string]string{podapi.CoordinatorAddressKey: addr, podapi.CoordinatorCAKey: string(c.agentCA)},
 	}
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()

@@ -35,8 +35,8 @@ const DefaultAudience = "muster"
 // Resource is what a SubjectAccessReview asks about when a Kubernetes user
 // (not a pod) reads groups: verbs get, list and watch on groups.muster.dev.
 const (
-	ResourceGroup = "muster.dev"
-	Resource      = "groups"
+	ResourceGroup = podapi.RBACGroup
+	Resource      = podapi.RBACResource
 )
 
 // Kube identifies callers by a Kubernetes token: the apiserver reviews it

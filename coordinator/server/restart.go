@@ -81,4 +81,3 @@ func generationProto(g rendezvous.Generation) *musterv1.GenerationRecord {
 	return &musterv1.GenerationRecord{Generation: g.Generation, StartedMs: g.StartedMs, JoinedMs: g.JoinedMs, ReleasedMs: g.ReleasedMs,
 		ReadyMs: g.ReadyMs, EndedMs: g.EndedMs, EndReason: g.Reason, EndMember: g.Member}
 }
-

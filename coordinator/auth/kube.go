@@ -135,7 +135,11 @@ func (k *Kube) review(ctx context.Context, token string) (*Identity, error) {
 		// A person's kubectl credentials (kubectl muster): a token for the
 		// apiserver's own audience names a user, never a member, who may
 		// do what RBAC allows, as on the apiserver itself.
-		if api, err := k.tokenReview(rctx, token, nil); err == nil && api.Status.Authenticated {
+		api, err := k.tokenReview(rctx, token, nil)
+		if err != nil {
+			return nil, err // Unavailable: not cached, asked again next time
+		}
+		if api.Status.Authenticated {
 			return userIdentity(api.Status.User), nil
 		}
 		msg := tr.Status.Error

@@ -35,6 +35,11 @@ const (
 	tokWrongAud   = "tok-wrong-aud"   // refused by the apiserver
 	tokReviewDown = "tok-review-down" // the review itself fails
 	tokNoIP       = "tok-no-ip"       // bound to pod ns1/g-1, whose IP is not in its status yet
+	// Tokens the apiserver accepts for its own audience only (nil
+	// Audiences in the review), refused for muster's: kubectl's.
+	tokKubectl   = "tok-kubectl"    // a person's
+	tokPodAPI    = "tok-pod-api"    // the default token of pod ns1/g-0 (bound to it, for the apiserver)
+	tokAPIReview = "tok-api-review" // refused for muster; its review for the apiserver's audience fails
 )
 
 // fakeKube is a fake apiserver answering TokenReviews and
@@ -49,6 +54,8 @@ type fakeKube struct {
 	allowed func(authzv1.SubjectAccessReviewSpec) bool
 	// reviewErr, while set, fails TokenReviews (the apiserver is down).
 	reviewErr error
+	// audiences records the audiences of every TokenReview, by token.
+	audiences map[string][][]string
 }
 
 func podBound(ns, name, uid string) authnv1.UserInfo {
@@ -88,17 +95,34 @@ func newFakeKube(t *testing.T) *fakeKube {
 		tokAlice: {Username: "alice", UID: "alice-uid", Groups: []string{"devs", "system:authenticated"},
 			Extra: map[string]authnv1.ExtraValue{"scopes": {"read"}}},
 	}
-	f := &fakeKube{cs: fake.NewClientset(pods...), reviews: map[string]int{}}
+	// What the apiserver says of tokens for its own audience.
+	apiUsers := map[string]authnv1.UserInfo{
+		tokKubectl: {Username: "bob", UID: "bob-uid", Groups: []string{"ops", "system:authenticated"}},
+		tokPodAPI:  podBound("ns1", "g-0", "uid-0"),
+	}
+	f := &fakeKube{cs: fake.NewClientset(pods...), reviews: map[string]int{}, audiences: map[string][][]string{}}
 	f.cs.PrependReactor("create", "tokenreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		tr := a.(k8stesting.CreateAction).GetObject().(*authnv1.TokenReview).DeepCopy()
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		f.reviews[tr.Spec.Token]++
+		f.audiences[tr.Spec.Token] = append(f.audiences[tr.Spec.Token], tr.Spec.Audiences)
 		if f.reviewErr != nil {
 			return true, nil, f.reviewErr
 		}
-		if !slices.Equal(tr.Spec.Audiences, []string{auth.DefaultAudience}) {
-			return true, nil, fmt.Errorf("TokenReview audiences %v, want [%s]", tr.Spec.Audiences, auth.DefaultAudience)
+		switch {
+		case len(tr.Spec.Audiences) == 0 && tr.Spec.Token == tokAPIReview:
+			return true, nil, errors.New("etcdserver: request timed out")
+		case len(tr.Spec.Audiences) == 0:
+			// The apiserver's own audience.
+			if u, ok := apiUsers[tr.Spec.Token]; ok {
+				tr.Status = authnv1.TokenReviewStatus{Authenticated: true, User: u, Audiences: []string{"https://kubernetes.default.svc"}}
+			} else {
+				tr.Status = authnv1.TokenReviewStatus{Error: "[invalid bearer token, square/go-jose: error in cryptographic primitive]"}
+			}
+			return true, tr, nil
+		case !slices.Equal(tr.Spec.Audiences, []string{auth.DefaultAudience}):
+			return true, nil, fmt.Errorf("TokenReview audiences %v, want [%s] or none", tr.Spec.Audiences, auth.DefaultAudience)
 		}
 		if u, ok := users[tr.Spec.Token]; ok {
 			tr.Status = authnv1.TokenReviewStatus{Authenticated: true, User: u, Audiences: tr.Spec.Audiences}
@@ -167,7 +191,17 @@ func TestKubeIdentify(t *testing.T) {
 		},
 		{
 			name: "refused by the apiserver", token: tokWrongAud,
-			wantErr: []string{`audience "muster"`, "invalid bearer token"},
+			wantErr: []string{`audience "muster"`, "and for the apiserver's own", "invalid bearer token"},
+		},
+		{
+			name: "kubectl's token for the apiserver's audience is a user", token: tokKubectl,
+			want: &auth.Identity{Name: "user bob", User: &auth.User{}},
+		},
+		{
+			// A pod's default token is no member credential: only the
+			// projected token for muster's audience makes a member.
+			name: "a pod's token for the apiserver's audience is a user, never the member", token: tokPodAPI,
+			want: &auth.Identity{Name: "user system:serviceaccount:ns1:default", User: &auth.User{}},
 		},
 		{
 			name: "service account not bound to a pod is a user", token: tokUnboundSA,
@@ -360,5 +394,149 @@ func TestKubePodWithoutIPYetIsRetried(t *testing.T) {
 	id, err := k.Identify(context.Background(), tokNoIP)
 	if err != nil || !slices.Equal(id.Addresses, []string{"10.0.0.6"}) {
 		t.Fatalf("after the IP is reported: %+v, %v; want addresses [10.0.0.6]", id, err)
+	}
+}
+
+// A token muster's audience refuses is reviewed for the apiserver's own
+// (kubectl's credentials): accepted there, it is a user, never a member,
+// even when it is bound to a pod; a token muster's audience accepts is
+// reviewed once.
+func TestKubeApiserverAudience(t *testing.T) {
+	tests := []struct {
+		name      string
+		token     string
+		wantUser  string // "": no user
+		wantCode  codes.Code
+		wantMsg   []string
+		wantAsked [][]string // the audiences of the reviews, in order
+	}{
+		{name: "a pod's token for muster", token: tokPod, wantAsked: [][]string{{"muster"}}},
+		{name: "a person's kubectl token", token: tokKubectl, wantUser: "bob", wantAsked: [][]string{{"muster"}, nil}},
+		{name: "a pod's default token", token: tokPodAPI, wantUser: "system:serviceaccount:ns1:default", wantAsked: [][]string{{"muster"}, nil}},
+		{
+			name: "refused by both", token: tokWrongAud, wantCode: codes.Unauthenticated,
+			wantMsg: []string{`audience "muster"`, "apiserver's own"}, wantAsked: [][]string{{"muster"}, nil},
+		},
+		{
+			// The apiserver did not answer: say so, and ask again next time.
+			name: "the second review fails", token: tokAPIReview, wantCode: codes.Unavailable,
+			wantMsg: []string{"review the caller's token", "timed out"}, wantAsked: [][]string{{"muster"}, nil},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeKube(t)
+			k := auth.NewKube(f.cs, "")
+			k.CacheTTL = time.Hour
+			id, err := k.Identify(testCtx(t), tc.token)
+			f.mu.Lock()
+			asked := f.audiences[tc.token]
+			f.mu.Unlock()
+			if len(asked) != len(tc.wantAsked) {
+				t.Fatalf("reviewed for audiences %q, want %q", asked, tc.wantAsked)
+			}
+			for i := range asked {
+				if !slices.Equal(asked[i], tc.wantAsked[i]) {
+					t.Fatalf("reviewed for audiences %q, want %q", asked, tc.wantAsked)
+				}
+			}
+			if tc.wantCode != codes.OK {
+				if status.Code(err) != tc.wantCode || id != nil {
+					t.Fatalf("Identify = %+v, %v; want %v", id, err, tc.wantCode)
+				}
+				for _, w := range tc.wantMsg {
+					if msg := status.Convert(err).Message(); !strings.Contains(msg, w) {
+						t.Errorf("message %q does not name %q", msg, w)
+					}
+				}
+				// A refusal is cached; an outage is not.
+				_, _ = k.Identify(testCtx(t), tc.token)
+				want := 2
+				if tc.wantCode == codes.Unavailable {
+					want = 4
+				}
+				if n := f.reviewsOf(tc.token); n != want {
+					t.Errorf("two calls made %d TokenReviews, want %d", n, want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Identify: %v", err)
+			}
+			if tc.wantUser == "" {
+				if id.User != nil || id.Member == "" {
+					t.Fatalf("identity %+v, want a member", id)
+				}
+				return
+			}
+			if id.User == nil || id.User.Name != tc.wantUser || id.Member != "" || id.Namespace != "" || id.Group != "" || len(id.Addresses) != 0 || id.Operator || id.Anonymous {
+				t.Fatalf("identity %+v (user %+v), want user %s and nothing else", id, id.User, tc.wantUser)
+			}
+			if err := id.ActAs("ns1", "llama", "g-0"); status.Code(err) != codes.PermissionDenied {
+				t.Errorf("ActAs(ns1/llama g-0) = %v, want PermissionDenied", err)
+			}
+		})
+	}
+}
+
+// May asks about one group and a subresource: create on groups/restart is
+// its own question, answered and cached apart from get.
+func TestKubeMay(t *testing.T) {
+	bob := &auth.User{Name: "bob", UID: "bob-uid", Groups: []string{"ops"}}
+	tests := []struct {
+		name string
+		a    auth.Attributes
+		// denied lists what the PermissionDenied message names; nil: allowed.
+		denied []string
+	}{
+		{name: "restart llama", a: auth.Attributes{Verb: "create", Namespace: "team-a", Name: "llama", Subresource: "restart"}},
+		{name: "get llama", a: auth.Attributes{Verb: "get", Namespace: "team-a", Name: "llama"}},
+		{
+			name: "restart another group", a: auth.Attributes{Verb: "create", Namespace: "team-a", Name: "mistral", Subresource: "restart"},
+			denied: []string{"bob", "create", `groups/restart.muster.dev "mistral" in namespace team-a`, `verb create on resource "groups/restart" of API group "muster.dev"`},
+		},
+		{
+			name: "restart in another namespace", a: auth.Attributes{Verb: "create", Namespace: "team-b", Name: "llama", Subresource: "restart"},
+			denied: []string{"bob", "groups/restart", "in namespace team-b"},
+		},
+		{
+			name: "create the group itself", a: auth.Attributes{Verb: "create", Namespace: "team-a", Name: "llama"},
+			denied: []string{"bob", `groups.muster.dev "llama"`, `resource "groups" of`},
+		},
+	}
+	f := newFakeKube(t)
+	f.allowed = func(s authzv1.SubjectAccessReviewSpec) bool {
+		ra := s.ResourceAttributes
+		if s.User != "bob" || ra == nil || ra.Namespace != "team-a" || ra.Group != auth.ResourceGroup || ra.Resource != auth.Resource || ra.Name != "llama" {
+			return false
+		}
+		return ra.Verb == "get" && ra.Subresource == "" || ra.Verb == "create" && ra.Subresource == "restart"
+	}
+	k := auth.NewKube(f.cs, "")
+	k.CacheTTL = time.Hour
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := f.sarCount()
+			for range 2 {
+				err := k.May(testCtx(t), bob, tc.a)
+				if tc.denied == nil {
+					if err != nil {
+						t.Fatalf("May(%v) = %v, want allowed", tc.a, err)
+					}
+					continue
+				}
+				checkDenied(t, "May", err, tc.denied...)
+			}
+			if n := f.sarCount() - before; n != 1 {
+				t.Errorf("2 identical May calls made %d SubjectAccessReviews, want 1 (cached)", n)
+			}
+			f.mu.Lock()
+			ra := f.sars[len(f.sars)-1].ResourceAttributes
+			f.mu.Unlock()
+			if ra == nil || ra.Verb != tc.a.Verb || ra.Namespace != tc.a.Namespace || ra.Name != tc.a.Name || ra.Subresource != tc.a.Subresource ||
+				ra.Group != "muster.dev" || ra.Resource != "groups" {
+				t.Errorf("SubjectAccessReview resource %+v, want %+v on groups.muster.dev", ra, tc.a)
+			}
+		})
 	}
 }

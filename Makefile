@@ -25,7 +25,7 @@ help:
 	@echo "make bench         every comparison of docs/performance.md"
 	@echo "make cluster       a local cluster in the background (cluster-down stops it); see the comment above the target for its knobs"
 	@echo "make proto         regenerate proto/muster/v1/*.pb.go"
-	@echo "make build         bin/coordinator, bin/agent, bin/scheduler"
+	@echo "make build         bin/coordinator, bin/agent, bin/scheduler, bin/kubectl-muster (the kubectl plugin: PATH=$$PWD/bin:$$PATH kubectl muster --help)"
 	@echo "make images        an OCI image per binary for linux/amd64 and linux/arm64 in .local/images/, no container engine (docs/install.md)"
 
 # vet: what CI checks before the tests: every Go file gofmt'd, go vet clean.
@@ -60,6 +60,7 @@ build:
 	$(GO) build -ldflags '$(VERSION_LDFLAGS)' -o $(BIN)/coordinator ./coordinator/cmd/coordinator
 	$(GO) build -ldflags '$(VERSION_LDFLAGS)' -o $(BIN)/agent ./agent/cmd/agent
 	$(GO) build -ldflags '$(KUBE_LDFLAGS) $(VERSION_LDFLAGS)' -o $(BIN)/scheduler ./scheduler-plugin/cmd/scheduler
+	$(GO) build -ldflags '$(VERSION_LDFLAGS)' -o $(BIN)/kubectl-muster ./kubectl-muster/cmd/kubectl-muster
 
 # images: an OCI image per binary (coordinator, agent, scheduler) for
 # IMAGE_PLATFORMS, with no container engine and no base image from a

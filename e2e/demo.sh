@@ -14,6 +14,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 BIN=$ROOT/bin
 KUBECTL="$BIN/kubectl --kubeconfig $ROOT/.local/kubeconfig"
+# kubectl finds plugins on PATH: bin/kubectl-muster is `kubectl muster`.
+MUSTER="env PATH=$BIN:$PATH $KUBECTL muster"
 NS=demo
 WORK=$ROOT/.local/demo-k8s
 mkdir -p "$WORK"
@@ -86,16 +88,13 @@ curl -sS -X POST "http://$addr/v1/predict" -H 'Content-Type: application/json' -
 echo "   /v1/predict: $(cat "$WORK/predict.json" | head -c 160)..."
 echo "   served by generation $(grep -i x-muster-generation "$WORK/headers" | head -1 | tr -d '\r' | awk '{print $2}') of a world of $(grep -o '"world_size": *[0-9]*' "$WORK/predict.json" | grep -o '[0-9]*$')"
 
-step "6. per-phase timings (from the objects' own timestamps)"
-ts() { date -d "$1" +%s.%N; }
-created=$($KUBECTL -n $NS get pods -l app=tp-model -o jsonpath='{range .items[*]}{.metadata.creationTimestamp}{"\n"}{end}' | sort | head -1)
-scheduled=$($KUBECTL -n $NS get pods -l app=tp-model -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="PodScheduled")].lastTransitionTime}{"\n"}{end}' | sort | tail -1)
-joined=$(grep -h "barrier released: 4 members joined generation 0" .local/logs/coordinator.log 2>/dev/null | head -1 | grep -o 'time=[^ ]*' | cut -d= -f2 || true)
-readyat=$($KUBECTL -n $NS get pods -l app=tp-model -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="muster.dev/group-ready")].lastTransitionTime}{"\n"}{end}' | sort | tail -1)
-base=$(ts "$created")
-echo "   all 4 pods scheduled (bound together) +$(printf '%.1f' "$(echo "$(ts "$scheduled") - $base" | bc)")s   (timestamps have 1s resolution)"
-[ -n "$joined" ] && echo "   all 4 agents joined, barrier released +$(printf '%.1f' "$(echo "$(ts "$joined") - $base" | bc)")s"
-echo "   every rank's runtime ready (muster.dev/group-ready) +$(printf '%.1f' "$(echo "$(ts "$readyat") - $base" | bc)")s"
+step "6. the group as muster sees it: kubectl muster (bin/kubectl-muster, a kubectl plugin on PATH)"
 echo "   first answer streamed in $t_answer, $(since "$t_apply") after kubectl apply"
+echo
+echo "   \$ kubectl muster get groups -A"
+$MUSTER get groups -A | sed 's/^/   /'
+echo
+echo "   \$ kubectl muster describe group tp-model -n $NS"
+$MUSTER describe group tp-model -n $NS | sed 's/^/   /'
 
-printf '\n\033[1;32mdemo ok\033[0m: 4 pods, one endpoint. Logs: .local/logs/, answer: %s\n' "$WORK/answer.sse"
+printf '\n\033[1;32mdemo ok\033[0m: 4 pods, one endpoint. Logs: .local/logs/ (or kubectl muster logs group tp-model -n %s), answer: %s\n' "$NS" "$WORK/answer.sse"

@@ -101,6 +101,9 @@ func (o *options) clients() (*clients, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Impersonate.UserName != "" || len(cfg.Impersonate.Groups) > 0 || cfg.Impersonate.UID != "" {
+		return nil, fmt.Errorf("--as/--as-group/--as-uid: the coordinator takes no impersonation; use the identity's own kubeconfig or --context")
+	}
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, err

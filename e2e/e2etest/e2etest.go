@@ -31,7 +31,7 @@ var (
 	buildErr  error
 )
 
-// MusterBins builds bin/agent and bin/coordinator from this tree into
+// MusterBins builds bin/agent, bin/coordinator and bin/kubectl-muster from this tree into
 // root/.local/e2e-bin (once per test process), so a test never runs a stale
 // one, and returns that directory.
 func MusterBins(t testing.TB, root string) string {
@@ -44,7 +44,7 @@ func MusterBins(t testing.TB, root string) string {
 	}
 	dir := filepath.Join(root, ".local", "e2e-bin")
 	buildOnce.Do(func() {
-		for _, c := range []string{"agent", "coordinator"} {
+		for _, c := range []string{"agent", "coordinator", "kubectl-muster"} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, c), "./"+c+"/cmd/"+c)
 			cmd.Dir = root
 			if out, err := cmd.CombinedOutput(); err != nil {

@@ -25,6 +25,7 @@ import (
 	jsonpatch "gopkg.in/evanphx/json-patch.v4"
 	admissionv1 "k8s.io/api/admission/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
+	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -55,8 +56,9 @@ import (
 // webhook injected, for the advertised name), and makes the coordinator
 // use each permission the chart grants it: a PodGroup read by the
 // webhook, a pod's token reviewed and the pod read when it joins, a pod's
-// group-ready condition patched by podready, and a person's read of
-// groups asked of RBAC.
+// group-ready condition patched by podready, a person's read and restart
+// of groups asked of RBAC, the cluster's client CA read (kube-system), and
+// ConfigMap muster-coordinator written for kubectl muster.
 func coordinatorRunsChartArgs(t *testing.T, c *cluster.Cluster, a *applier) {
 	objs := render(t, nil)
 	kubeconfig := asComponent(t, c, a, objs, "coordinator")
@@ -168,6 +170,8 @@ func coordinatorRunsChartArgs(t *testing.T, c *cluster.Cluster, a *applier) {
 	conn := dialAsAgent(t, injected, advertise, grpcAddr)
 	podJoins(t, c, conn)
 	readersNeedRBAC(t, c, conn)
+	operatorsNeedRBAC(t, c, conn)
+	publishedForKubectl(t, c, advertise, injected)
 	// The chart owns the webhook configuration: the coordinator must not
 	// have registered one of its own.
 	if _, err := c.Clientset().AdmissionregistrationV1().MutatingWebhookConfigurations().Get(t.Context(), "muster", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
@@ -462,5 +466,95 @@ func readersNeedRBAC(t *testing.T, c *cluster.Cluster, conn *grpc.ClientConn) {
 	}
 	if _, err := list(viewer, ""); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("ListGroups in all namespaces by a viewer of %s only: %v, want PermissionDenied", release.Namespace, err)
+	}
+}
+
+// operatorsNeedRBAC restarts a group as people would: a ServiceAccount
+// bound to view may not (RBAC create on groups/restart, which the chart's
+// group-operator ClusterRole grants to edit and admin); one bound to edit
+// may, with its token for the apiserver's own audience (kubectl's
+// credentials), once the controller-manager aggregated the ClusterRole.
+func operatorsNeedRBAC(t *testing.T, c *cluster.Cluster, conn *grpc.ClientConn) {
+	t.Helper()
+	ctx := t.Context()
+	rc := musterv1.NewRendezvousClient(conn)
+	g := &musterv1.GroupRef{Namespace: release.Namespace, Name: "solo"}
+	restart := func(tok bearer) (*musterv1.Group, error) {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		return rc.RestartGroup(ctx, &musterv1.RestartGroupRequest{Group: g, Reason: "chart test"}, grpc.PerRPCCredentials(tok))
+	}
+	viewer := token(t, c, "viewer", nil) // bound to view by readersNeedRBAC
+	if _, err := restart(viewer); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "groups/restart") {
+		t.Fatalf("RestartGroup by a viewer: %v, want PermissionDenied naming groups/restart", err)
+	}
+	serviceAccount(t, c, "editor")
+	rb := &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "editor-edit", Namespace: release.Namespace},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "edit"},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: "editor", Namespace: release.Namespace}},
+	}
+	if _, err := c.Clientset().RbacV1().RoleBindings(release.Namespace).Create(ctx, rb, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	// No audience: the apiserver's own, as kubectl's token.
+	tr, err := c.Clientset().CoreV1().ServiceAccounts(release.Namespace).CreateToken(ctx, "editor", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	editor := bearer(tr.Status.Token)
+	deadline := time.Now().Add(45 * time.Second)
+	for {
+		got, err := restart(editor)
+		if err == nil {
+			h := got.GetHistory()
+			want := "restarted by user system:serviceaccount:" + release.Namespace + ":editor: chart test"
+			if len(h) == 0 || h[len(h)-1].GetEndReason() != want {
+				t.Fatalf("restarted group's history %v, want the last generation ended %q", h, want)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			edit, eerr := c.Clientset().RbacV1().ClusterRoles().Get(ctx, "edit", metav1.GetOptions{})
+			t.Fatalf("RestartGroup by a ServiceAccount bound to edit, with a token for the apiserver: %v 45s on\n(the chart's ClusterRole for create groups/restart must carry rbac.authorization.k8s.io/aggregate-to-edit: \"true\"; edit's rules: %v %v)", err, edit.Rules, eerr)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// publishedForKubectl: the coordinator, as the chart's ServiceAccount, wrote
+// ConfigMap muster-coordinator in its namespace with the address and CA
+// injected agents get, and every authenticated user may read it.
+func publishedForKubectl(t *testing.T, c *cluster.Cluster, advertise string, injected *corev1.Pod) {
+	t.Helper()
+	ctx := t.Context()
+	var cm *corev1.ConfigMap
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var err error
+		cm, err = c.Clientset().CoreV1().ConfigMaps(release.Namespace).Get(ctx, podapi.CoordinatorConfigMap, metav1.GetOptions{})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ConfigMap %s/%s: %v\n(the coordinator's --publish-namespace, and the chart's Role letting it create configmaps)", release.Namespace, podapi.CoordinatorConfigMap, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	env := agentEnv(t, injected)
+	if cm.Data[podapi.CoordinatorAddressKey] != advertise || cm.Data[podapi.CoordinatorCAKey] != env["MUSTER_COORDINATOR_CA"] {
+		t.Errorf("published %v, want address %q and the CA injected agents get", cm.Data, advertise)
+	}
+	stranger := token(t, c, "stranger", nil)
+	review := &authenticationv1.TokenReview{Spec: authenticationv1.TokenReviewSpec{Token: string(stranger), Audiences: []string{auth.DefaultAudience}}}
+	tr, err := c.Clientset().AuthenticationV1().TokenReviews().Create(ctx, review, metav1.CreateOptions{})
+	if err != nil || !tr.Status.Authenticated {
+		t.Fatalf("review the stranger's token: %v %+v", err, tr.Status)
+	}
+	sar := &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{User: tr.Status.User.Username, Groups: tr.Status.User.Groups,
+		ResourceAttributes: &authzv1.ResourceAttributes{Namespace: release.Namespace, Verb: "get", Resource: "configmaps", Name: podapi.CoordinatorConfigMap}}}
+	got, err := c.Clientset().AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
+	if err != nil || !got.Status.Allowed {
+		t.Errorf("a ServiceAccount RBAC grants nothing may not get ConfigMap %s: %v %+v (the chart's discovery Role for system:authenticated)", podapi.CoordinatorConfigMap, err, got.Status)
 	}
 }

@@ -237,6 +237,8 @@ func (c *Cluster) start(ctx context.Context) error {
 		c.startControllerManager,
 		c.startScheduler,
 		c.startNodes,
+		// muster's namespace and its RBAC for people, as the chart's.
+		c.installMusterRBAC,
 		// After the nodes: pods in a network of their own reach the
 		// coordinator at that network's gateway, which exists once the
 		// nodes started.

@@ -94,9 +94,9 @@ func TestKubectlMuster(t *testing.T) {
 	t.Run("DescribeGroup", func(t *testing.T) {
 		out := admin.ok(t, "describe", "group", "tp-model", "-n", ns)
 		t.Logf("kubectl muster describe group tp-model\n%s", out)
-		for _, w := range []string{"Phase:       Running, 4/4 ranks ready", "Generation:  0", "Leader:      tp-model-0 (", "History:\t<none>"} {
-			if !strings.Contains(out, w) {
-				t.Errorf("describe lacks %q", w)
+		for _, w := range []string{`Phase:\s+Running, 4/4 ranks ready`, `Generation:\s+0\n`, `Leader:\s+tp-model-0 \(`, `History:\s+<none>`} {
+			if !regexp.MustCompile(w).MatchString(out) {
+				t.Errorf("describe lacks %s", w)
 			}
 		}
 		for i := range 4 {
@@ -192,7 +192,7 @@ func TestKubectlMuster(t *testing.T) {
 		desc := admin.ok(t, "describe", "group", "tp-model", "-n", ns)
 		t.Logf("after restart:\n%s", desc)
 		if !regexp.MustCompile(`(?m)^  0\s+\d\d:\d\d:\d\d\s+.*restarted by user kubernetes-admin: e2e restart$`).MatchString(desc) ||
-			!strings.Contains(desc, "Generation:  1") || !strings.Contains(desc, "Restarts:    1") {
+			!regexp.MustCompile(`Generation:\s+1\n`).MatchString(desc) || !regexp.MustCompile(`Restarts:\s+1\n`).MatchString(desc) {
 			t.Errorf("describe after restart lacks the generation, restart count or the history row with its reason")
 		}
 	})

@@ -7,20 +7,29 @@ group comes up from the environment alone (RANK, WORLD_SIZE, MASTER_ADDR,
 MASTER_PORT, as muster's agent sets them); run without them it is a group
 of one.
 
-Model (weights generated from --seed on every rank; each rank keeps only
-its shard, so any world size gives the same answers up to float rounding):
+Model: a character-level transformer trained on corpus.txt, so that it
+answers readable text (greedy decoding recites the corpus: "muster " ->
+"makes a model too big for one machine serve like one pod."). The weights
+come from --weights, by default <repo>/.local/model/weights-<fingerprint>.pt
+(train.py says how they are made and where); a missing file is trained
+first (10 to 20 s on one core; when several ranks start at once on one
+machine, one trains and the others wait for its file). Every rank loads the
+whole weights, takes rank 0's copy (a broadcast, so that ranks on different
+machines cannot disagree) and keeps only its shard:
   vocabulary   96 characters: "\\n" (id 0) and printable ASCII 32..126 (ids 1..95)
   embedding    96 x 64, vocab-parallel (rows split across ranks, all_reduce)
-  positions    256 x 64, replicated (context window 256)
-  2 blocks of  pre-LayerNorm causal self-attention, 4 heads x 16,
+  2 blocks of  pre-LayerNorm causal self-attention, 4 heads x 16 with ALiBi
+               position biases (no position table; context window 256),
                heads split across ranks (QKV column-parallel, output
                projection row-parallel + all_reduce), then pre-LayerNorm
-               MLP 64 -> 256 -> 64 with GELU (first layer column-parallel,
+               MLP 64 -> 128 -> 64 with GELU (first layer column-parallel,
                second row-parallel + all_reduce, Megatron-style)
   output       final LayerNorm, 64 x 96 projection vocab-parallel
                (column-parallel), shards gathered on the leader
 Shards follow torch.tensor_split, so uneven world sizes work too (a rank
-beyond the 4th holds no heads and computes zeros for them).
+beyond the 4th holds no heads and computes zeros for them). The forward
+pass runs in float64, so the different summation orders of 1, 2 or 4 ranks
+change logits by about 1e-15 and every world size picks the same tokens.
 
 HTTP on the leader (stdlib http.server), at MUSTER_ADDRESS (else 127.0.0.1)
 and --port / MUSTER_PORT / 8000; the port is bound only once the process
@@ -59,7 +68,7 @@ and exits 0. A rank whose peers vanish errors out of a collective and exits
 1, which is what makes muster restart the group.
 
 --selftest: no HTTP; the leader prints one JSON line with fixed predictions
-and a greedy completion, every rank exits 0.
+and a greedy completion of "muster ", every rank exits 0.
 """
 import argparse
 import datetime
@@ -83,10 +92,13 @@ import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
 
-VOCAB = "\n" + "".join(chr(c) for c in range(32, 127))
-CHAR_ID = {c: i for i, c in enumerate(VOCAB)}
-UNKNOWN_ID = CHAR_ID["?"]
-V, D, HEADS, DH, FF, LAYERS, CTX = len(VOCAB), 64, 4, 16, 256, 2, 256
+# train.py, next to this file (the script's directory is on sys.path):
+# the architecture, the tokenizer and the weights file. No __pycache__ in
+# the repository.
+sys.dont_write_bytecode = True
+from train import CTX, D, DH, FF, HEADS, LAYERS, SLOPES, V, VOCAB, alibi, default_path, encode, load_or_train  # noqa: E402
+
+DTYPE = torch.float64  # inference: identical argmax whatever the summation order
 
 MAX_BATCH = 64
 MAX_TOKENS = 256
@@ -100,10 +112,6 @@ def log(msg):
     print(f"tp_server: {msg}", flush=True)
 
 
-def encode(text):
-    return [CHAR_ID.get(c, UNKNOWN_ID) for c in text]
-
-
 def bounds(n, rank, world):
     """This rank's [lo, hi) of n items, as torch.tensor_split splits them."""
     q, r = divmod(n, world)
@@ -114,37 +122,34 @@ def bounds(n, rank, world):
 class Shard:
     """One rank's slice of the model and its part of the forward pass."""
 
-    def __init__(self, rank, world, seed):
+    def __init__(self, rank, world, weights):
+        """weights: the whole model (train.py's names and shapes) on every
+        rank; keep a slice, in float64."""
         self.rank, self.world = rank, world
-        g = torch.Generator().manual_seed(seed)
 
-        def randn(*shape, scale):
-            return torch.randn(*shape, generator=g) * scale
+        def part(name, *index):
+            t = weights[name]
+            return (t[index] if index else t).to(DTYPE).clone()
 
-        # The full matrices, in a fixed order, on every rank; keep a slice.
         self.vlo, self.vhi = bounds(V, rank, world)
         self.vmax = -(-V // world)  # largest vocab shard: the gather size
         hlo, hhi = bounds(HEADS, rank, world)
         flo, fhi = bounds(FF, rank, world)
-        tok = randn(V, D, scale=1.0)
-        self.tok = tok[self.vlo:self.vhi].clone()
-        self.pos = randn(CTX, D, scale=1.0)
+        self.slopes = SLOPES[hlo:hhi]  # ALiBi slopes of my heads
+        all_ = slice(None)
+        self.tok = part("tok", slice(self.vlo, self.vhi))  # vocab-parallel
         self.layers = []
-        for _ in range(LAYERS):
-            wqkv = randn(D, 3, HEADS, DH, scale=D ** -0.5)
-            wo = randn(HEADS, DH, D, scale=(HEADS * DH) ** -0.5)
-            w1, b1 = randn(D, FF, scale=D ** -0.5), randn(FF, scale=0.1)
-            w2, b2 = randn(FF, D, scale=FF ** -0.5), randn(D, scale=0.1)
+        for i in range(LAYERS):
             self.layers.append({
-                "wqkv": wqkv[:, :, hlo:hhi].clone(),  # column-parallel: my heads
-                "wo": wo[hlo:hhi].clone(),  # row-parallel
-                "w1": w1[:, flo:fhi].clone(), "b1": b1[flo:fhi].clone(),  # column-parallel
-                "w2": w2[flo:fhi].clone(),  # row-parallel
-                "b2": b2,  # added once, after the all_reduce
+                "wqkv": part(f"{i}.wqkv", all_, all_, slice(hlo, hhi)),  # column-parallel: my heads
+                "wo": part(f"{i}.wo", slice(hlo, hhi)),  # row-parallel
+                "w1": part(f"{i}.w1", all_, slice(flo, fhi)),  # column-parallel
+                "b1": part(f"{i}.b1", slice(flo, fhi)),
+                "w2": part(f"{i}.w2", slice(flo, fhi)),  # row-parallel
+                "b2": part(f"{i}.b2"),  # added once, after the all_reduce
             })
-        wout = randn(D, V, scale=D ** -0.5 * 4)
-        self.wout = wout[:, self.vlo:self.vhi].clone()  # vocab-parallel
-        self.params = sum(t.numel() for t in [self.tok, self.pos, self.wout]) + sum(
+        self.wout = part("wout", all_, slice(self.vlo, self.vhi))  # vocab-parallel
+        self.params = sum(t.numel() for t in [self.tok, self.wout]) + sum(
             t.numel() for layer in self.layers for t in layer.values())
 
     @torch.no_grad()
@@ -156,16 +161,14 @@ class Shard:
         if self.vhi > self.vlo:
             x = self.tok[torch.where(mine, ids - self.vlo, 0)] * mine.unsqueeze(-1)
         else:
-            x = torch.zeros(B, T, D)
+            x = torch.zeros(B, T, D, dtype=DTYPE)
         x = x.contiguous()
         dist.all_reduce(x)
-        x = x + self.pos[:T]
-        future = torch.ones(T, T, dtype=torch.bool).triu(1)
+        bias = alibi(T, self.slopes, DTYPE)  # [my heads, T, T], causal
         for p in self.layers:
             h = F.layer_norm(x, (D,))
             q, k, v = torch.einsum("btd,dshk->sbhtk", h, p["wqkv"]).unbind(0)
-            att = (q @ k.transpose(-1, -2)) * DH ** -0.5
-            att = att.masked_fill(future, float("-inf")).softmax(-1)
+            att = ((q @ k.transpose(-1, -2)) * DH ** -0.5 + bias).softmax(-1)
             o = torch.einsum("bhtk,hkd->btd", att @ v, p["wo"]).contiguous()
             dist.all_reduce(o)
             x = x + o
@@ -180,7 +183,7 @@ class Shard:
         # Gather the vocab shards on the leader, padded to one size, with a
         # last slot that each rank sets to 1: the leader counts the ranks
         # whose shard it received.
-        padded = torch.zeros(*part.shape[:2], self.vmax + 1)
+        padded = torch.zeros(*part.shape[:2], self.vmax + 1, dtype=DTYPE)
         padded[..., : part.shape[-1]] = part
         padded[..., -1] = 1.0
         if self.rank == 0:
@@ -493,7 +496,11 @@ def main():
     ap.add_argument("--port", type=int, default=int(os.environ.get("MUSTER_PORT") or 8000))
     ap.add_argument("--host", default=os.environ.get("MUSTER_ADDRESS") or os.environ.get("POD_IP") or "127.0.0.1",
                     help="address the leader serves on (default MUSTER_ADDRESS, else POD_IP, else 127.0.0.1)")
-    ap.add_argument("--seed", type=int, default=0, help="weight seed; must be the same on every rank")
+    ap.add_argument("--weights", help="weights file, trained there first when missing "
+                    "(default <repo>/.local/model/weights-<fingerprint of corpus.txt, train.py, seed>.pt)")
+    ap.add_argument("--seed", type=int, default=0, help="training seed, when the weights are trained")
+    ap.add_argument("--train-timeout", type=float, default=600.0,
+                    help="seconds to wait for another process training the same weights file")
     ap.add_argument("--step-delay-ms", type=float, default=30.0,
                     help="simulated decode latency slept before each generated token")
     ap.add_argument("--collective-timeout", type=float, default=60.0, help="seconds")
@@ -506,6 +513,17 @@ def main():
         os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(free_port("127.0.0.1")))
     torch.set_num_threads(1)  # ranks share the machine's cores
+    # Before the process group: training (when the file is missing) may
+    # take longer than the group's timeouts allow a rank to be late. A
+    # signal meanwhile ends the process at once.
+    path = args.weights or default_path(args.seed)
+    try:
+        weights = load_or_train(path, args.seed, args.train_timeout, log)
+    except Exception as e:
+        log(f"no weights from {path}: {e}")
+        sys.exit(1)
+    log(f"weights ready {time.monotonic() - T0:.1f}s after start")
+
     stop = threading.Event()
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, lambda *_: stop.set())
@@ -514,7 +532,8 @@ def main():
                             timeout=datetime.timedelta(seconds=args.collective_timeout))
     rank, world = dist.get_rank(), dist.get_world_size()
     gen = os.environ.get("MUSTER_GENERATION", "-")
-    shard = Shard(rank, world, args.seed)
+    weights = leaders_weights(weights, rank, world)
+    shard = Shard(rank, world, weights)
     # Warm-up: the same forward pass on every rank, no command needed.
     shard.forward(torch.tensor([encode("warm up")]), last_only=False)
 
@@ -528,6 +547,25 @@ def main():
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def leaders_weights(weights, rank, world):
+    """Rank 0's weights on every rank: ranks on different machines may have
+    trained their own files, which a different CPU could round differently."""
+    if world == 1:
+        return weights
+    names = sorted(weights)
+    flat = torch.cat([weights[k].reshape(-1).float() for k in names])
+    mine = flat.clone()
+    dist.broadcast(flat, src=0)
+    if not torch.equal(flat, mine):
+        log(f"rank {rank}: my weights differ from rank 0's; using rank 0's")
+    out, at = {}, 0
+    for k in names:
+        n = weights[k].numel()
+        out[k] = flat[at:at + n].view_as(weights[k])
+        at += n
+    return out
 
 
 def run_worker(shard, stop, rank, world, gen):
@@ -562,7 +600,7 @@ def run_leader(shard, stop, args, world, gen):
     if args.selftest:
         with leader.lock:
             outputs, n = predict(leader, [encode("hello muster"), [1, 2, 3, 4, 5], [0]], 3)
-            text = "".join(VOCAB[t] for t, _ in leader.generate(encode("hello"), 16, delay=False))
+            text = "".join(VOCAB[t] for t, _ in leader.generate(encode("muster "), 16, delay=False))
             leader.exit_workers()
         print(json.dumps({"selftest": True, "world_size": world, "ranks_participated": n,
                           "predict": outputs, "completion": text}), flush=True)

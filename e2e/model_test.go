@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -28,6 +30,28 @@ func modelScript(t *testing.T) string {
 	t.Helper()
 	_, file, _, _ := runtime.Caller(0)
 	return filepath.Join(filepath.Dir(file), "model", "tp_server.py")
+}
+
+// modelCorpus trains the model's weights when they are missing (the first
+// run: 10 to 20 s on one core), so that no group's time to ready includes
+// training, and returns the text the model was trained on: greedy decoding
+// recites it.
+func modelCorpus(t *testing.T, py string) string {
+	t.Helper()
+	dir := filepath.Dir(modelScript(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	t0 := time.Now()
+	out, err := exec.CommandContext(ctx, py, filepath.Join(dir, "train.py")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("train.py: %v\n%s", err, out)
+	}
+	t.Logf("train.py (%.1fs): %s", time.Since(t0).Seconds(), strings.TrimSpace(string(out)))
+	b, err := os.ReadFile(filepath.Join(dir, "corpus.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 // modelPort is 8000 when 127.0.0.2:8000 is free, else a free port there
@@ -214,10 +238,18 @@ func TestTensorParallelModelServes(t *testing.T) {
 		predictTokens += len(in)
 	}
 	predictBody, _ := json.Marshal(map[string]any{"inputs": inputs, "top_k": 5})
-	const prompt, maxTokens = "muster serves ", 16
+	// The model recites corpus.txt: a prompt from it continues as it does
+	// there (random weights answer noise). The first is also streamed; the
+	// second is the demo's (e2e/demo.sh).
+	corpus := modelCorpus(t, py)
+	prompts := []struct {
+		prompt    string
+		maxTokens int
+	}{{"muster ", 16}, {"muster makes a model too big for one machine", 20}}
+	prompt, maxTokens := prompts[0].prompt, prompts[0].maxTokens
 
 	var refPredict *predictResp
-	var refText string
+	refText := map[string]string{}
 	var report []string
 	for _, n := range []int{1, 2, 4} {
 		ok := t.Run(fmt.Sprintf("world%d", n), func(t *testing.T) {
@@ -249,23 +281,33 @@ func TestTensorParallelModelServes(t *testing.T) {
 				comparePredictions(t, refPredict, &pr)
 			}
 
-			// Completion, whole and streamed: the same greedy text.
-			code, b := postModel(t, base+"/v1/completions", fmt.Sprintf(`{"prompt": %q, "max_tokens": %d}`, prompt, maxTokens))
-			var cr completionResp
-			if code != http.StatusOK || json.Unmarshal(b, &cr) != nil || len(cr.TokenIDs) != maxTokens || cr.RanksParticipated != n {
-				t.Fatalf("/v1/completions: %d %s", code, b)
-			}
-			if refText == "" {
-				refText = cr.Text
-			} else if cr.Text != refText {
-				t.Errorf("completion with %d ranks %q, with 1 rank %q", n, cr.Text, refText)
+			// Completions: the corpus's text, the same whatever the
+			// world size; streamed, the same greedy text.
+			var whole string // the completion of prompts[0], not streamed
+			for i, p := range prompts {
+				code, b := postModel(t, base+"/v1/completions", fmt.Sprintf(`{"prompt": %q, "max_tokens": %d}`, p.prompt, p.maxTokens))
+				var cr completionResp
+				if code != http.StatusOK || json.Unmarshal(b, &cr) != nil || len(cr.TokenIDs) != p.maxTokens || cr.RanksParticipated != n {
+					t.Fatalf("/v1/completions: %d %s", code, b)
+				}
+				if !strings.Contains(corpus, p.prompt+cr.Text) {
+					t.Errorf("completion of %q with %d ranks is %q: not how model/corpus.txt continues", p.prompt, n, cr.Text)
+				}
+				if ref, ok := refText[p.prompt]; !ok {
+					refText[p.prompt] = cr.Text
+				} else if cr.Text != ref {
+					t.Errorf("completion of %q with %d ranks %q, with 1 rank %q", p.prompt, n, cr.Text, ref)
+				}
+				if i == 0 {
+					whole = cr.Text
+				}
 			}
 			toks, at, done := streamCompletion(t, base, prompt, maxTokens)
 			if !done {
 				t.Fatalf("stream ended without [DONE] after %d tokens", len(toks))
 			}
-			if len(toks) != maxTokens || strings.Join(toks, "") != cr.Text {
-				t.Fatalf("streamed %d tokens %q, want %d tokens %q", len(toks), strings.Join(toks, ""), maxTokens, cr.Text)
+			if len(toks) != maxTokens || strings.Join(toks, "") != whole {
+				t.Fatalf("streamed %d tokens %q, want %d tokens %q", len(toks), strings.Join(toks, ""), maxTokens, whole)
 			}
 			first, last := at[0], at[len(at)-1]
 			// Each token is a step of at least 30 ms (simulated decode
@@ -337,7 +379,11 @@ func TestTensorParallelModelServes(t *testing.T) {
 			break
 		}
 	}
-	t.Logf("%s (%s):\n%s", filepath.Base(script), "completion "+strconv.Quote(refText), strings.Join(report, "\n"))
+	var texts []string
+	for _, p := range prompts {
+		texts = append(texts, strconv.Quote(p.prompt)+" -> "+strconv.Quote(refText[p.prompt]))
+	}
+	t.Logf("%s (completions %s):\n%s", filepath.Base(script), strings.Join(texts, ", "), strings.Join(report, "\n"))
 }
 
 // childPIDs lists the children of pid (Linux).

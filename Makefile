@@ -89,6 +89,13 @@ ACTIONLINT_VERSION := v1.7.12
 lint-workflows:
 	$(GO) run github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
 
+# model: the demo model's weights (e2e/model/train.py on e2e/model/corpus.txt,
+# about 15 s on one core; nothing to do when they are current). The model
+# trains them itself when missing; this keeps that out of first-answer times.
+.PHONY: model
+model: deps
+	$(TORCH_PYTHON) e2e/model/train.py
+
 # deps installs what the tests need on a Debian machine (root): torch for the
 # real distributed program, protoc for `make proto`.
 deps:
@@ -97,7 +104,7 @@ deps:
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-torch protobuf-compiler; \
 	fi
 
-test: lint-workflows deps build lws-bin kserve-bin
+test: lint-workflows deps build model lws-bin kserve-bin
 	# -p 1: one package at a time. Several start a Kubernetes control plane
 	# and torch processes; on 2 cores running them side by side only makes
 	# each slower and their timings noisier.
@@ -156,16 +163,16 @@ proto: $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc
 
 # demo: the model on the local Kubernetes cluster (see e2e/demo.sh); with
 # KSERVE=1, through KServe (demo-kserve).
-demo: deps build kube-bins $(if $(KSERVE),kserve-bin)
+demo: deps build model kube-bins $(if $(KSERVE),kserve-bin)
 	$(if $(KSERVE),./e2e/demo-kserve.sh,./e2e/demo.sh)
 
 # demo-kserve: the same model as a multi-node KServe InferenceService, with
 # KServe's own controller (see e2e/demo-kserve.sh).
-demo-kserve: deps build kube-bins kserve-bin
+demo-kserve: deps build model kube-bins kserve-bin
 	./e2e/demo-kserve.sh
 
 # demo-bare: the same rendezvous on bare hosts, no Kubernetes.
-demo-bare: deps build
+demo-bare: deps build model
 	./e2e/demo-bare.sh
 
 clean:

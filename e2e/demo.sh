@@ -81,7 +81,7 @@ addr=$(echo "$pick" | awk '{print $1}'):$port
 echo "   POST http://$addr/v1/completions  ($(echo "$pick" | awk '{print $2}'): its agent forwards to the leader's)"
 t_req=$(now)
 curl -sS -N -X POST "http://$addr/v1/completions" -H 'Content-Type: application/json' \
-  -d '{"prompt": "muster makes a model too big for one machine", "max_tokens": 24, "stream": true}' > "$WORK/answer.sse"
+  -d '{"prompt": "muster makes a model too big for one machine", "max_tokens": 20, "stream": true}' > "$WORK/answer.sse"
 t_answer=$(since "$t_req")
 printf '   streamed answer: "%s"\n' "$(grep -o '"token": *"[^"]*"' "$WORK/answer.sse" | sed -E 's/"token": *"(.*)"/\1/' | tr -d '\n')"
 curl -sS -X POST "http://$addr/v1/predict" -H 'Content-Type: application/json' -d '{"input": [10, 20, 30]}' -D "$WORK/headers" > "$WORK/predict.json"

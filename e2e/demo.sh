@@ -15,7 +15,7 @@ ROOT=$PWD
 BIN=$ROOT/bin
 KUBECTL="$BIN/kubectl --kubeconfig $ROOT/.local/kubeconfig"
 # kubectl finds plugins on PATH: bin/kubectl-muster is `kubectl muster`.
-MUSTER="env PATH=$BIN:$PATH $KUBECTL muster"
+MUSTER="env PATH=$BIN:$PATH KUBECONFIG=$ROOT/.local/kubeconfig $BIN/kubectl muster"
 NS=demo
 WORK=$ROOT/.local/demo-k8s
 mkdir -p "$WORK"

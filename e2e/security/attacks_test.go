@@ -94,6 +94,10 @@ func runAttacks(t *testing.T, callers []caller, victim *musterv1.GroupRef, ids [
 			_, err := c.GetGroup(context.Background(), &musterv1.GetGroupRequest{Group: victim})
 			return err
 		}, codes.OK},
+		{"restart the victim group", func(c musterv1.RendezvousClient) error {
+			_, err := c.RestartGroup(context.Background(), &musterv1.RestartGroupRequest{Group: victim, Reason: "taken over"})
+			return err
+		}, codes.OK},
 		{"watch as a member", func(c musterv1.RendezvousClient) error {
 			s, err := c.Watch(context.Background(), &musterv1.WatchRequest{Group: victim, MemberId: ids[0]})
 			if err != nil {

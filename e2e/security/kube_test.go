@@ -196,7 +196,10 @@ http.server.HTTPServer((os.environ["MUSTER_ADDRESS"], 9000), H).serve_forever()`
 	defer plain.Close()
 	callers := []caller{
 		{"no credentials", dialToken(t, addr, caPEM, ""), codes.Unauthenticated},
-		{"a token for the apiserver, not muster", dialToken(t, addr, caPEM, podToken(t, cs, neighbour, "https://kubernetes.default.svc.cluster.local")), codes.Unauthenticated},
+		// A pod's token for the apiserver names its service account as a
+		// user (as kubectl's token would), never a member: what RBAC
+		// grants it, here nothing.
+		{"a pod's token for the apiserver: a user, not a member", dialToken(t, addr, caPEM, podToken(t, cs, neighbour, "https://kubernetes.default.svc.cluster.local")), codes.PermissionDenied},
 		{"a pod of another namespace", dialToken(t, addr, caPEM, podToken(t, cs, intruder, "muster")), codes.PermissionDenied},
 		{"a pod of the namespace outside the group", dialToken(t, addr, caPEM, podToken(t, cs, neighbour, "muster")), codes.PermissionDenied},
 	}

@@ -50,7 +50,7 @@ with view), and restart those it lets you restart (verb create on
 groups/restart; granted with edit).
 
 The coordinator is found through ConfigMap muster-coordinator in
---coordinator-namespace (muster-system): its address and CA.`,
+--coordinator-namespace (muster): its address and CA.`,
 		Example: `  kubectl muster get groups -A
   kubectl muster describe group tp-model -n demo
   kubectl muster logs group tp-model -n demo -f

@@ -8,7 +8,7 @@ const (
 	CoordinatorConfigMap = "muster-coordinator"
 	// CoordinatorNamespace is where muster's chart is installed by default
 	// and where kubectl muster looks first.
-	CoordinatorNamespace = "muster-system"
+	CoordinatorNamespace = "muster"
 	// CoordinatorAddressKey holds the address agents dial (host:port).
 	CoordinatorAddressKey = "address"
 	// CoordinatorCAKey holds the PEM CA that verifies the address's

@@ -20,7 +20,7 @@ import (
 
 // A cluster with a coordinator has what the chart installs for people:
 // the coordinator publishes where it is in ConfigMap muster-coordinator of
-// muster-system (an address whose TLS its ca.crt verifies), every
+// muster (an address whose TLS its ca.crt verifies), every
 // authenticated user may read it, and RBAC's edit lets restart groups
 // (group-operator) and view read them (group-reader).
 func TestCoordinatorPublishes(t *testing.T) {
@@ -71,7 +71,7 @@ func TestCoordinatorPublishes(t *testing.T) {
 	other := published
 	other.Name = "something-else"
 	if may("nobody", anyone, other) {
-		t.Error("an authenticated user may get any ConfigMap of muster-system")
+		t.Error("an authenticated user may get any ConfigMap of muster")
 	}
 
 	// The controller-manager aggregates the ClusterRoles into view and

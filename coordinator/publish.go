@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strings"
 	"time"
 
@@ -37,15 +38,37 @@ func (c *Coordinator) publish(ctx context.Context, log *slog.Logger) error {
 		ObjectMeta: metav1.ObjectMeta{Name: PublishConfigMap, Namespace: ns, Labels: map[string]string{"app.kubernetes.io/name": "muster", "app.kubernetes.io/component": "coordinator"}},
 		Data:       map[string]string{podapi.CoordinatorAddressKey: addr, podapi.CoordinatorCAKey: string(c.agentCA)},
 	}
-	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := c.putConfigMap(pctx, want); err != nil {
-		log.Warn("could not publish where the coordinator is; kubectl muster then needs --coordinator", "configmap", ns+"/"+PublishConfigMap, "err", err)
-		return nil
+	put := func() error {
+		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		return c.putConfigMap(pctx, want)
 	}
-	log.Info("published where the coordinator is, for kubectl muster", "configmap", ns+"/"+PublishConfigMap, "address", addr)
+	if err := put(); err != nil {
+		log.Warn("could not publish where the coordinator is (retried every "+republish.String()+"); kubectl muster needs --coordinator until then", "configmap", ns+"/"+PublishConfigMap, "err", err)
+	} else {
+		log.Info("published where the coordinator is, for kubectl muster", "configmap", ns+"/"+PublishConfigMap, "address", addr)
+	}
+	// Kept true: made again when deleted, set back when changed, written
+	// at all only then.
+	go func() {
+		t := time.NewTicker(republish)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := put(); err != nil && ctx.Err() == nil {
+					log.Warn("could not publish where the coordinator is", "configmap", ns+"/"+PublishConfigMap, "err", err)
+				}
+			}
+		}
+	}()
 	return nil
 }
+
+// republish is how often the published ConfigMap is checked.
+var republish = 5 * time.Minute
 
 func (c *Coordinator) putConfigMap(ctx context.Context, want *corev1.ConfigMap) error {
 	cms := c.kube.CoreV1().ConfigMaps(want.Namespace)
@@ -54,6 +77,8 @@ func (c *Coordinator) putConfigMap(ctx context.Context, want *corev1.ConfigMap) 
 		switch {
 		case apierrors.IsNotFound(err):
 			_, err = cms.Create(ctx, want, metav1.CreateOptions{})
+		case err == nil && maps.Equal(cur.Data, want.Data) && maps.Equal(cur.Labels, want.Labels):
+			return nil
 		case err == nil:
 			cur.Data, cur.Labels = want.Data, want.Labels
 			_, err = cms.Update(ctx, cur, metav1.UpdateOptions{})

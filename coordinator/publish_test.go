@@ -143,3 +143,58 @@ func TestPublishWithoutKubernetes(t *testing.T) {
 		t.Fatalf("publish = %v", err)
 	}
 }
+
+// The published ConfigMap is kept true: made again when deleted, set back
+// when edited, and not written at all while it is right.
+func TestPublishKeepsItTrue(t *testing.T) {
+	old := republish
+	republish = 20 * time.Millisecond
+	defer func() { republish = old }()
+	cs := fake.NewClientset()
+	var writes atomic.Int32
+	for _, verb := range []string{"create", "update"} {
+		cs.PrependReactor(verb, "configmaps", func(k8stesting.Action) (bool, runtime.Object, error) {
+			writes.Add(1)
+			return false, nil, nil
+		})
+	}
+	c := &Coordinator{cfg: Config{PublishNamespace: "muster", Advertise: "c.muster.svc:7070"}, kube: cs, agentCA: []byte("ca")}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := c.publish(ctx, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		t.Fatal(err)
+	}
+	cms := cs.CoreV1().ConfigMaps("muster")
+	waitFor := func(what string, ok func(*corev1.ConfigMap) bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			cm, err := cms.Get(ctx, PublishConfigMap, metav1.GetOptions{})
+			if err == nil && ok(cm) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 10s (last %v, %v)", what, cm, err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	right := func(cm *corev1.ConfigMap) bool { return cm.Data[podapi.CoordinatorAddressKey] == "c.muster.svc:7070" }
+	waitFor("published", right)
+	// Right for many periods: no write.
+	before := writes.Load()
+	time.Sleep(10 * republish)
+	if n := writes.Load() - before; n != 0 {
+		t.Errorf("%d writes of a ConfigMap that was right, want 0", n)
+	}
+	if err := cms.Delete(ctx, PublishConfigMap, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("made again after its deletion", right)
+	cm, _ := cms.Get(ctx, PublishConfigMap, metav1.GetOptions{})
+	cm.Data[podapi.CoordinatorAddressKey] = "evil:1"
+	if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("set back after an edit", right)
+}

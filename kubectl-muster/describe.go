@@ -40,11 +40,7 @@ func (o *options) describeGroup() *cobra.Command {
 
 // fetch reads one group from the coordinator and its pods from Kubernetes.
 func (o *options) fetch(ctx context.Context, name string) (Group, error) {
-	c, err := o.clients()
-	if err != nil {
-		return Group{}, err
-	}
-	co, err := o.connect(ctx, c)
+	c, co, err := o.open(ctx)
 	if err != nil {
 		return Group{}, err
 	}

@@ -36,11 +36,7 @@ func (o *options) getGroups() *cobra.Command {
 }
 
 func (o *options) runGet(ctx context.Context, args []string) error {
-	c, err := o.clients()
-	if err != nil {
-		return err
-	}
-	co, err := o.connect(ctx, c)
+	c, co, err := o.open(ctx)
 	if err != nil {
 		return err
 	}

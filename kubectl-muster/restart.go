@@ -40,11 +40,7 @@ func (o *options) runRestart(ctx context.Context, name, reason string, wait time
 	if wait < 0 {
 		return fmt.Errorf("--wait %s is negative", wait)
 	}
-	c, err := o.clients()
-	if err != nil {
-		return err
-	}
-	co, err := o.connect(ctx, c)
+	c, co, err := o.open(ctx)
 	if err != nil {
 		return err
 	}

@@ -119,6 +119,20 @@ func (o *options) connect(ctx context.Context, c *clients) (*coordinator, error)
 	return connect(ctx, c.cfg, c.cs, o.coord)
 }
 
+// open is the user's Kubernetes client and a connection to the
+// coordinator (the caller closes it).
+func (o *options) open(ctx context.Context) (*clients, *coordinator, error) {
+	c, err := o.clients()
+	if err != nil {
+		return nil, nil, err
+	}
+	co, err := o.connect(ctx, c)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, co, nil
+}
+
 func (o *options) callCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, o.coord.timeout)
 }

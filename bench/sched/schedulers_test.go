@@ -95,8 +95,13 @@ func (s scheduler) start(b *testing.B, c *cluster.Cluster, run string) (stop fun
 	if err != nil {
 		b.Fatal(err)
 	}
-	// No serving port: nothing here reads the scheduler's endpoints.
+	// No serving port unless profiling (profile_test.go): nothing else
+	// here reads the scheduler's endpoints.
+	prof := newProfiler(b, s, run)
 	args := []string{"--config=" + conf, "--secure-port=0"}
+	if prof != nil {
+		args = append(args[:1], prof.args()...)
+	}
 	if s.gates {
 		args = append(args, "--feature-gates="+gangGates)
 	}
@@ -104,12 +109,18 @@ func (s scheduler) start(b *testing.B, c *cluster.Cluster, run string) (stop fun
 	if err != nil {
 		b.Fatal(err)
 	}
+	if prof != nil {
+		prof.start(b)
+	}
 	var (
 		once sync.Once
 		cpu  time.Duration
 	)
 	stop = func() time.Duration {
 		once.Do(func() {
+			if prof != nil {
+				prof.finish(b)
+			}
 			cpu = cpuTime(p.PID())
 			p.Stop(5 * time.Second)
 		})

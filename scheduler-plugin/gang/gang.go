@@ -90,9 +90,6 @@ type Gang struct {
 	// upstream plugin, fed muster.dev/topology-key when the PodGroup names
 	// no topology of its own.
 	topology fwk.PlacementGeneratePlugin
-
-	// plans holds each group's whole-group plan for its members' cycles.
-	plans planCache
 }
 
 var (
@@ -308,7 +305,7 @@ func (g *Gang) PreFilter(ctx context.Context, state fwk.CycleState, pod *v1.Pod,
 		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable,
 			fmt.Sprintf("group %s: %d of %d members exist", key.Name, len(m.active), m.size))
 	}
-	placed, unplaced, placedOn, domain := g.split(m)
+	placed, unplaced, domain := g.split(m)
 	need := m.size - len(placed)
 	if need < len(unplaced) {
 		unplaced = unplaced[:max(need, 0)]
@@ -317,17 +314,11 @@ func (g *Gang) PreFilter(ctx context.Context, state fwk.CycleState, pod *v1.Pod,
 		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable,
 			fmt.Sprintf("group %s already has %d members placed (%s=%d); pod %s is beyond the group's size", key.Name, len(placed), podapi.AnnotationSize, m.size, pod.Name))
 	}
-	// The group's plan is made once per gang cycle (by its first member's
-	// PreFilter) and reused by the others while the snapshot shows no
-	// change but the group's own reservations (plancache.go).
-	plan, reused := g.plans.plan(key, m, domain, unplaced, placedOn, nodes, func() fit.Result {
-		members := make([]fit.Member, 0, len(unplaced))
-		for _, p := range unplaced {
-			members = append(members, fit.Member{Pod: p, Requests: fit.Requests(p)})
-		}
-		return fit.Plan(members, snapshotNodes(nodes), m.topologyKey, domain)
-	})
-	groupPlans.WithLabelValues(planLabel(reused)).Inc()
+	var members []fit.Member
+	for _, p := range unplaced {
+		members = append(members, fit.Member{Pod: p, Requests: fit.Requests(p)})
+	}
+	plan := fit.Plan(members, snapshotNodes(nodes), m.topologyKey, domain)
 	admissionAttempts.WithLabelValues(resultLabel(plan.OK)).Inc()
 	if !plan.OK {
 		msg := fmt.Sprintf("group %s: %d of %d members fit; waiting for capacity", key.Name, len(placed)+plan.Fit, m.size)
@@ -455,7 +446,6 @@ func (g *Gang) PostBind(ctx context.Context, state fwk.CycleState, pod *v1.Pod, 
 		delete(g.firstSeen, key)
 		g.mu.Unlock()
 		g.markWaiting(key, false)
-		g.plans.drop(key)
 		g.log.V(2).Info("group bound", "group", key.String(), "members", m.size, "seconds", time.Since(first).Seconds())
 	}
 }
@@ -492,7 +482,6 @@ func (g *Gang) markWaiting(k podapi.Key, waiting bool) {
 
 // rejectWaiting releases every member of group k waiting at Permit.
 func (g *Gang) rejectWaiting(k podapi.Key, msg string) {
-	g.plans.drop(k)
 	g.handle.IterateOverWaitingPods(func(wp fwk.WaitingPod) {
 		if wk, ok := g.groupOf(wp.GetPod()); ok && wk == k {
 			wp.Reject(Name, msg)
@@ -541,25 +530,20 @@ func snapshotNodes(nodes []fwk.NodeInfo) []fit.Node {
 		if n == nil {
 			continue
 		}
-		out = append(out, fit.Node{Node: n, Free: freeOf(ni)})
+		alloc, req := ni.GetAllocatable(), ni.GetRequested()
+		free := fit.Resources{
+			v1.ResourceCPU:              alloc.GetMilliCPU() - req.GetMilliCPU(),
+			v1.ResourceMemory:           alloc.GetMemory() - req.GetMemory(),
+			v1.ResourceEphemeralStorage: alloc.GetEphemeralStorage() - req.GetEphemeralStorage(),
+			v1.ResourcePods:             int64(alloc.GetAllowedPodNumber() - len(ni.GetPods())),
+		}
+		used := req.GetScalarResources()
+		for name, v := range alloc.GetScalarResources() {
+			free[name] = v - used[name]
+		}
+		out = append(out, fit.Node{Node: n, Free: free})
 	}
 	return out
-}
-
-// freeOf is what a node has left.
-func freeOf(ni fwk.NodeInfo) fit.Resources {
-	alloc, req := ni.GetAllocatable(), ni.GetRequested()
-	free := fit.Resources{
-		v1.ResourceCPU:              alloc.GetMilliCPU() - req.GetMilliCPU(),
-		v1.ResourceMemory:           alloc.GetMemory() - req.GetMemory(),
-		v1.ResourceEphemeralStorage: alloc.GetEphemeralStorage() - req.GetEphemeralStorage(),
-		v1.ResourcePods:             int64(alloc.GetAllowedPodNumber() - len(ni.GetPods())),
-	}
-	used := req.GetScalarResources()
-	for name, v := range alloc.GetScalarResources() {
-		free[name] = v - used[name]
-	}
-	return free
 }
 
 // groupMembers is a group as the scheduler sees it now.
@@ -625,10 +609,10 @@ func (g *Gang) members(k podapi.Key, pod *v1.Pod) (groupMembers, error) {
 }
 
 // split separates members already placed (bound, or reserved and waiting
-// at Permit; nodeOf says where, by pod name) from those still to place,
-// and finds the topology domain the placed ones fixed.
-func (g *Gang) split(m groupMembers) (placed, unplaced []*v1.Pod, nodeOf map[string]string, domain string) {
-	nodeOf = map[string]string{}
+// at Permit) from those still to place, and finds the topology domain the
+// placed ones fixed.
+func (g *Gang) split(m groupMembers) (placed, unplaced []*v1.Pod, domain string) {
+	nodeOf := map[string]string{}
 	for _, p := range m.active {
 		node := p.Spec.NodeName
 		if node == "" {
@@ -647,15 +631,15 @@ func (g *Gang) split(m groupMembers) (placed, unplaced []*v1.Pod, nodeOf map[str
 		nodeOf[p.Name] = node
 	}
 	if m.topologyKey == "" {
-		return placed, unplaced, nodeOf, ""
+		return placed, unplaced, ""
 	}
 	lister := g.handle.SnapshotSharedLister().NodeInfos()
 	for _, n := range nodeOf {
 		if ni, err := lister.Get(n); err == nil && ni.Node() != nil {
 			if v, ok := ni.Node().Labels[m.topologyKey]; ok {
-				return placed, unplaced, nodeOf, v
+				return placed, unplaced, v
 			}
 		}
 	}
-	return placed, unplaced, nodeOf, ""
+	return placed, unplaced, ""
 }

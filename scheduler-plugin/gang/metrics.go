@@ -34,12 +34,6 @@ var (
 		Help:           "Whole-group fit checks, by result (fits, waiting).",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"result"})
-	groupPlans = metrics.NewCounterVec(&metrics.CounterOpts{
-		Subsystem:      "muster",
-		Name:           "group_plans_total",
-		Help:           "Whole-group plans a member's PreFilter used, by source: computed (fit.Plan over every node) or reused (the group's plan from an earlier member's cycle, still valid).",
-		StabilityLevel: metrics.ALPHA,
-	}, []string{"source"})
 	metricsOnce sync.Once
 )
 
@@ -52,16 +46,8 @@ func registerMetrics() {
 // its own) and starts each result of muster_group_admission_attempts_total
 // at zero, so that its rate has a series from the first scrape.
 func RegisterMetrics(register func(...metrics.Registerable)) {
-	register(groupBindDuration, groupsWaiting, invalidMembers, admissionAttempts, groupPlans)
+	register(groupBindDuration, groupsWaiting, invalidMembers, admissionAttempts)
 	for _, fits := range []bool{true, false} {
 		admissionAttempts.WithLabelValues(resultLabel(fits))
-		groupPlans.WithLabelValues(planLabel(fits))
 	}
-}
-
-func planLabel(reused bool) string {
-	if reused {
-		return "reused"
-	}
-	return "computed"
 }

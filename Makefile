@@ -115,7 +115,14 @@ test: lint-workflows deps build model lws-bin kserve-bin
 # the rest): what reaches a process from the network or a pod spec, and
 # what reaches a runtime's argv.
 FUZZTIME ?= 10s
-FUZZ_TARGETS := FuzzBuild:./agent/preset FuzzRender:./agent/preset FuzzCheckJoin:./coordinator/server FuzzAdmit:./coordinator/webhook
+# FuzzAdmit (coordinator/webhook) is not fuzzed here, only its 72 seeds run
+# with go test: with coverage guidance over the Kubernetes API packages it
+# links, the engine makes about 80 executions and then none (0/s, seen on
+# every run since at least c1b8ad9; without instrumentation it runs 28k/s),
+# and a worker stuck at the end of FUZZTIME fails the run with "context
+# deadline exceeded" (clean-clone CI, 2026-12-02). Run it by hand for longer:
+#   go test -run '^$$' -fuzz '^FuzzAdmit$$' -fuzztime 5m ./coordinator/webhook
+FUZZ_TARGETS := FuzzBuild:./agent/preset FuzzRender:./agent/preset FuzzCheckJoin:./coordinator/server
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t%%:*} in $${t#*:} for $(FUZZTIME)"; \

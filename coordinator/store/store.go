@@ -69,15 +69,16 @@ func (s *Store) Apply(v *rendezvous.View, key string, value []byte, createRev, m
 	case strings.HasPrefix(rest, "members/"):
 		id := strings.TrimPrefix(rest, "members/")
 		if deleted {
-			delete(v.Members, id)
+			v.DeleteMember(id)
 			return nil
 		}
 		var m rendezvous.Member
 		if err := json.Unmarshal(value, &m); err != nil {
 			return fmt.Errorf("decode %s: %w", key, err)
 		}
+		m.ID = id // the key names the member
 		m.CreateRev, m.ModRev, m.Lease = createRev, modRev, lease
-		v.Members[id] = m
+		v.SetMember(m)
 	}
 	return nil
 }

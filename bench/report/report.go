@@ -45,6 +45,9 @@ type Row struct {
 	OursSpread   string `json:"ours_spread,omitempty"`
 	AnchorSpread string `json:"anchor_spread,omitempty"`
 	Note         string `json:"note,omitempty"`
+	// Target is the row's goal and whether this run met it (see goals);
+	// nil for a row that is only reported.
+	Target *Target `json:"target,omitempty"`
 }
 
 // WithRatio fills Ratio from Ours, AnchorValue and Better.
@@ -73,9 +76,13 @@ func Add(tb testing.TB, r Row) {
 	if r.Name == "" || r.Unit == "" || r.Anchor == "" || (r.Better != Lower && r.Better != Higher) {
 		tb.Fatalf("report.Add: row %+v needs Name, Unit, Anchor and Better (lower|higher)", r)
 	}
-	r = r.WithRatio()
-	tb.Logf("%s: ours %s %s, %s %s %s, ratio %.2f (%s is better) [%s]",
-		r.Name, Fmt(r.Ours), r.Unit, r.Anchor, Fmt(r.AnchorValue), r.Unit, r.Ratio, r.Better, r.Params)
+	r = r.WithRatio().WithTarget()
+	target := ""
+	if t := r.TargetText(); t != "" {
+		target = ", target " + t
+	}
+	tb.Logf("%s: ours %s %s, %s %s %s, ratio %.2f (%s is better%s) [%s]",
+		r.Name, Fmt(r.Ours), r.Unit, r.Anchor, Fmt(r.AnchorValue), r.Unit, r.Ratio, r.Better, target, r.Params)
 	path := os.Getenv("MUSTER_BENCH_OUT")
 	if path == "" {
 		return

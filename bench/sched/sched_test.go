@@ -58,13 +58,22 @@ type env struct {
 // every scheduler in turn, each scheduler alone (started for its runs and
 // stopped after).
 func BenchmarkGangScheduling(b *testing.B) {
+	e := newEnv(b, nodeCount)
+	b.Run("throughput", e.benchThroughput)
+	b.Run("contention", e.benchContention)
+	b.Run("topology", e.benchTopology)
+}
+
+// newEnv starts a cluster of count kwok nodes of nodeGPUs GPUs in racks of
+// rackSize nodes, with no scheduler: each run starts its own.
+func newEnv(b *testing.B, count int) *env {
 	c := clustertest.New(b, func(cfg *cluster.Config) {
-		cfg.Binaries.Scheduler = "" // each run starts its own
+		cfg.Binaries.Scheduler = ""
 		nodes, ok := cfg.Nodes.(*cluster.KwokNodes)
 		if !ok {
 			b.Fatalf("cluster nodes: want kwok, got %T", cfg.Nodes)
 		}
-		nodes.Shape.Count, nodes.Shape.GPUs, nodes.Shape.RackSize = nodeCount, nodeGPUs, rackSize
+		nodes.Shape.Count, nodes.Shape.GPUs, nodes.Shape.RackSize = count, nodeGPUs, rackSize
 	})
 	cl, err := newClients(c.RESTConfig())
 	if err != nil {
@@ -75,12 +84,13 @@ func BenchmarkGangScheduling(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	if len(nodes.Items) != count {
+		b.Fatalf("cluster has %d nodes, want %d", len(nodes.Items), count)
+	}
 	for _, n := range nodes.Items {
 		e.racks[n.Name] = n.Labels[cluster.RackLabel]
 	}
-	b.Run("throughput", e.benchThroughput)
-	b.Run("contention", e.benchContention)
-	b.Run("topology", e.benchTopology)
+	return e
 }
 
 // runSpec is one run: a workload for one scheduler.
@@ -102,8 +112,9 @@ type runResult struct {
 	// deadline when the run did not finish.
 	done     time.Duration
 	finished bool
-	// cpu is the CPU time the scheduler used, its start included.
-	cpu time.Duration
+	// usage is what the scheduler used, its start included: CPU time and
+	// peak memory.
+	usage
 }
 
 // run creates the workload in a fresh namespace, then starts s and follows
@@ -164,7 +175,7 @@ func (e *env) run(b *testing.B, s scheduler, name string, spec runSpec) runResul
 		res.finished = tr.waitWhole(wctx, w.gangs) >= w.gangs
 	}
 	end := time.Now()
-	res.cpu = stop()
+	res.usage = stop()
 	cancel()
 	sampling.Wait()
 	lastDel, err := del.stop()

@@ -84,8 +84,8 @@ var binaryHint = map[string]string{
 
 // start runs the scheduler against c until the returned stop is called (or
 // the benchmark ends). run names its log (<cluster dir>/logs) and config.
-// stop returns the CPU time the scheduler used (0 if unknown).
-func (s scheduler) start(b *testing.B, c *cluster.Cluster, run string) (stop func() time.Duration) {
+// stop returns what the scheduler used (zero what is unknown).
+func (s scheduler) start(b *testing.B, c *cluster.Cluster, run string) (stop func() usage) {
 	b.Helper()
 	bin := filepath.Join(clustertest.Bins(b), s.bin)
 	if _, err := os.Stat(bin); err != nil {
@@ -114,20 +114,46 @@ func (s scheduler) start(b *testing.B, c *cluster.Cluster, run string) (stop fun
 	}
 	var (
 		once sync.Once
-		cpu  time.Duration
+		u    usage
 	)
-	stop = func() time.Duration {
+	stop = func() usage {
 		once.Do(func() {
 			if prof != nil {
 				prof.finish(b)
 			}
-			cpu = cpuTime(p.PID())
+			u = usage{cpu: cpuTime(p.PID()), peakRSS: peakRSS(p.PID())}
 			p.Stop(5 * time.Second)
 		})
-		return cpu
+		return u
 	}
 	b.Cleanup(func() { stop() })
 	return stop
+}
+
+// usage is what a scheduler process used in its life.
+type usage struct {
+	cpu time.Duration
+	// peakRSS is the most resident memory it ever had, in bytes (VmHWM).
+	peakRSS int64
+}
+
+// peakRSS is a live process's peak resident set size in bytes, from
+// /proc/PID/status (VmHWM, in kB); 0 if it cannot be read.
+func peakRSS(pid int) int64 {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				return 0
+			}
+			return kb << 10
+		}
+	}
+	return 0
 }
 
 // cpuTime is the user+system CPU time of a live process, from

@@ -71,7 +71,8 @@ func read(path string) ([]report.Row, error) {
 		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
 			return nil, fmt.Errorf("%s:%d: %w", path, line, err)
 		}
-		rows = append(rows, r)
+		// Targets are the current goals, whichever run wrote the line.
+		rows = append(rows, r.WithRatio().WithTarget())
 	}
 	return rows, sc.Err()
 }
@@ -91,19 +92,39 @@ func verdict(r report.Row) string {
 
 func writeText(w io.Writer, rows []report.Row) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "benchmark\tunit\tmuster\tanchor\tanchor value\tratio\tverdict\tparameters")
+	fmt.Fprintln(tw, "benchmark\tunit\tmuster\tanchor\tanchor value\tratio\tverdict\ttarget\tparameters")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.2f\t%s\t%s\n", r.Name, r.Unit, report.Fmt(r.Ours), r.Anchor, report.Fmt(r.AnchorValue), r.Ratio, verdict(r), r.Params)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.2f\t%s\t%s\t%s\n", r.Name, r.Unit, report.Fmt(r.Ours), r.Anchor, report.Fmt(r.AnchorValue), r.Ratio, verdict(r), r.TargetText(), r.Params)
 	}
 	tw.Flush()
+	fmt.Fprintln(w, summary(rows))
 }
 
 func writeMarkdown(w io.Writer, rows []report.Row) {
 	fmt.Fprintf(w, "Measured %s on %d cores (`make bench`). ratio = how many times better muster is (above 1: muster wins).\n\n",
 		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU())
-	fmt.Fprintln(w, "| benchmark | unit | muster | anchor | anchor value | ratio | verdict | parameters |")
+	fmt.Fprintln(w, "| benchmark | unit | muster | anchor | anchor value | ratio | verdict | target |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %.2f | %s | %s |\n", r.Name, r.Unit, report.Fmt(r.Ours), r.Anchor, report.Fmt(r.AnchorValue), r.Ratio, verdict(r), r.Params)
+		t := r.TargetText()
+		if r.Target != nil && !r.Target.Met {
+			t = "**" + t + "**"
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %.2f | %s | %s |\n", r.Name, r.Unit, report.Fmt(r.Ours), r.Anchor, report.Fmt(r.AnchorValue), r.Ratio, verdict(r), t)
 	}
+	fmt.Fprintf(w, "\n%s\n", summary(rows))
+}
+
+// summary counts the targets met: "targets: 9 of 24 rows met; 15 not met".
+func summary(rows []report.Row) string {
+	n, met := 0, 0
+	for _, r := range rows {
+		if r.Target != nil {
+			n++
+			if r.Target.Met {
+				met++
+			}
+		}
+	}
+	return fmt.Sprintf("targets: %d of %d rows with a target met; %d not met", met, n, n-met)
 }

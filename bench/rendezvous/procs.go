@@ -340,3 +340,24 @@ func AgentsEach(tb testing.TB, coord, group string, n int, agentArgs func(i int)
 func Loopback(i int) string {
 	return fmt.Sprintf("127.0.%d.%d", (i+2)/250, (i+2)%250)
 }
+
+// Memory is the process's resident memory now (VmRSS) and at its peak
+// (VmHWM), in bytes, from /proc/PID/status; 0 for what cannot be read.
+func (p *Proc) Memory() (rss, peak int64) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(p.Cmd.Process.Pid) + "/status")
+	if err != nil {
+		return 0, 0
+	}
+	kb := func(v string) int64 {
+		n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+		return n << 10
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			rss = kb(v)
+		} else if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			peak = kb(v)
+		}
+	}
+	return rss, peak
+}

@@ -312,10 +312,18 @@ func (c *Coordinator) connectEtcd(ctx context.Context, log *slog.Logger) error {
 	return nil
 }
 
-// startStore opens the store, starts the reaper of finished groups and
-// the registry of the groups' hubs.
-func (c *Coordinator) startStore(_ context.Context, log *slog.Logger) error {
+// startStore opens the store (bringing its group index up to date: a
+// store written by a coordinator before the index lacks it), starts the
+// reaper of finished groups and the registry of the groups' hubs.
+func (c *Coordinator) startStore(ctx context.Context, log *slog.Logger) error {
 	c.Store = store.New(c.cli, c.cfg.Prefix)
+	added, removed, err := c.Store.IndexGroups(ctx)
+	if err != nil {
+		return err
+	}
+	if added+removed > 0 {
+		log.Info("group index repaired", "added", added, "removed", removed)
+	}
 	rctx, stopReaper := context.WithCancel(context.Background())
 	c.stopReaper = stopReaper
 	c.reaperDone.Add(1)

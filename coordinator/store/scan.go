@@ -117,21 +117,85 @@ func (s *Store) ScanGroups(ctx context.Context, ns string, fn func(Summary) erro
 }
 
 // CountGroups returns how many groups namespace ns holds (every namespace
-// when ns is empty). It reads key names only, no values; its cost grows
-// with the namespace's groups and member records.
+// when ns is empty): one count-only read of the group index, whatever the
+// number of groups and members. Groups written before the index existed
+// are counted once IndexGroups has run (the coordinator runs it at start).
 func (s *Store) CountGroups(ctx context.Context, ns string) (int, error) {
-	n := 0
-	start, end := s.rangeOf(ns)
-	err := s.scan(ctx, start, end, scanBatch, func(g Summary) error {
+	p := s.indexPrefix(ns)
+	resp, err := s.cli.Get(ctx, p, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, fmt.Errorf("count groups of namespace %q: %w", ns, err)
+	}
+	return int(resp.Count), nil
+}
+
+// IndexGroups makes the group index agree with the groups: an index key
+// for every group with a state, none for a group without one. It repairs
+// what a store written before the index existed lacks, and returns how
+// many keys it added and removed. Each change is a transaction conditional
+// on the group's state, so a group created or deleted meanwhile keeps the
+// index its own transaction gave it.
+func (s *Store) IndexGroups(ctx context.Context) (added, removed int, err error) {
+	groups := map[podapi.Key]bool{}
+	err = s.ScanGroups(ctx, "", func(g Summary) error {
 		if g.StateRev != 0 {
-			n++
+			groups[g.Key] = true
 		}
 		return nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("count groups of namespace %q: %w", ns, err)
+		return 0, 0, fmt.Errorf("index groups: %w", err)
 	}
-	return n, nil
+	start, end := s.indexPrefix(""), clientv3.GetPrefixRangeEnd(s.indexPrefix(""))
+	indexed := map[podapi.Key]bool{}
+	for {
+		resp, err := s.cli.Get(ctx, start, clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(scanBatch))
+		if err != nil {
+			return added, removed, fmt.Errorf("index groups: list the index: %w", err)
+		}
+		for _, kv := range resp.Kvs {
+			ns, name, ok := strings.Cut(strings.TrimPrefix(string(kv.Key), s.indexPrefix("")), "/")
+			k := podapi.Key{Namespace: ns, Name: name}
+			if ok && groups[k] {
+				indexed[k] = true
+				continue
+			}
+			// No such group (or a malformed key): drop the entry, unless
+			// the group's state appeared since the scan.
+			s.Writes.Add(1)
+			r, err := s.cli.Txn(ctx).
+				If(clientv3.Compare(clientv3.CreateRevision(s.stateKey(k)), "=", 0)).
+				Then(clientv3.OpDelete(string(kv.Key))).
+				Commit()
+			if err != nil {
+				return added, removed, fmt.Errorf("index groups: remove %q: %w", kv.Key, err)
+			}
+			if r.Succeeded {
+				removed++
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	for k := range groups {
+		if indexed[k] {
+			continue
+		}
+		s.Writes.Add(1)
+		r, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(s.stateKey(k)), "!=", 0)).
+			Then(clientv3.OpPut(s.indexKey(k), "")).
+			Commit()
+		if err != nil {
+			return added, removed, fmt.Errorf("index groups: add %s: %w", k, err)
+		}
+		if r.Succeeded {
+			added++
+		}
+	}
+	return added, removed, nil
 }
 
 // ListKeysPage returns up to limit group keys (of namespace ns, or of all

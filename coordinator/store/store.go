@@ -47,6 +47,23 @@ func (s *Store) GroupPrefix(k podapi.Key) string {
 
 func (s *Store) stateKey(k podapi.Key) string { return s.GroupPrefix(k) + "state" }
 
+// indexPrefix is where the group index of namespace ns lies (of every
+// namespace when ns is empty): beside the groups' prefix, not under it, so
+// that scans of the groups never meet it.
+func (s *Store) indexPrefix(ns string) string {
+	p := strings.TrimSuffix(s.prefix, "/") + "-index/"
+	if ns != "" {
+		p += ns + "/"
+	}
+	return p
+}
+
+// indexKey marks that group k exists. It is written and deleted in the same
+// transactions as the group's state, so a namespace's groups are counted by
+// one count-only read of its index instead of a read of every key of every
+// group (creating G groups read O(G^2) keys that way).
+func (s *Store) indexKey(k podapi.Key) string { return s.indexPrefix(k.Namespace) + k.Name }
+
 func (s *Store) memberKey(k podapi.Key, id string) string {
 	return s.GroupPrefix(k) + "members/" + id
 }
@@ -128,7 +145,7 @@ func (s *Store) CreateState(ctx context.Context, k podapi.Key, st rendezvous.Sta
 	s.Writes.Add(1)
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(b))).
+		Then(clientv3.OpPut(key, string(b)), clientv3.OpPut(s.indexKey(k), "")).
 		Else(clientv3.OpGet(key)).
 		Commit()
 	if err != nil {
@@ -216,7 +233,7 @@ func (s *Store) DeleteGroup(ctx context.Context, k podapi.Key, stateRev int64) (
 			// revision 0 over the prefix means no member record exists.
 			clientv3.Compare(clientv3.CreateRevision(members), "=", 0).WithPrefix(),
 		).
-		Then(clientv3.OpDelete(s.GroupPrefix(k), clientv3.WithPrefix())).
+		Then(clientv3.OpDelete(s.GroupPrefix(k), clientv3.WithPrefix()), clientv3.OpDelete(s.indexKey(k))).
 		Commit()
 	if err != nil {
 		return false, fmt.Errorf("delete group %s at state revision %d: %w", k, stateRev, err)

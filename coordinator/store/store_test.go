@@ -155,11 +155,47 @@ func TestCountGroups(t *testing.T) {
 	create(t, ctx, s, podapi.Key{Namespace: "b", Name: "g"}, rendezvous.Running, "m0")
 	// A namespace whose name extends another's is not counted with it.
 	create(t, ctx, s, podapi.Key{Namespace: "a-2", Name: "g"}, rendezvous.Running)
-	for ns, want := range map[string]int{"a": 5, "b": 1, "a-2": 1, "c": 0, "": 7} {
-		if n, err := s.CountGroups(ctx, ns); err != nil || n != want {
-			t.Errorf("CountGroups(%q) = %d, %v; want %d", ns, n, err, want)
+	counts := func(step string, want map[string]int) {
+		t.Helper()
+		for ns, w := range want {
+			if n, err := s.CountGroups(ctx, ns); err != nil || n != w {
+				t.Errorf("%s: CountGroups(%q) = %d, %v; want %d", step, ns, n, err, w)
+			}
 		}
 	}
+	counts("created", map[string]int{"a": 5, "b": 1, "a-2": 1, "c": 0, "": 7})
+
+	// Deleting a group takes it out of the count; a reset keeps it.
+	k := podapi.Key{Namespace: "a-2", Name: "g"}
+	v, err := s.Load(ctx, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.DeleteGroup(ctx, k, v.StateRev); err != nil || !ok {
+		t.Fatalf("delete a-2/g: %v %v", ok, err)
+	}
+	k = podapi.Key{Namespace: "b", Name: "g"}
+	if v, err = s.Load(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.ResetState(ctx, k, v.StateRev, rendezvous.NewState(1, "env", 1), false); err != nil || !ok {
+		t.Fatalf("reset b/g: %v %v", ok, err)
+	}
+	counts("a-2/g deleted, b/g reset", map[string]int{"a": 5, "b": 1, "a-2": 0, "": 6})
+
+	// The index agrees with the groups: nothing to repair. A stray entry
+	// (its group deleted by a coordinator without the index) is removed.
+	if added, removed, err := s.IndexGroups(ctx); err != nil || added+removed != 0 {
+		t.Fatalf("IndexGroups on an agreeing index: %d added, %d removed, %v", added, removed, err)
+	}
+	if _, err := s.Client().Put(ctx, "/test/"+t.Name()+"-index/b/gone", ""); err != nil {
+		t.Fatal(err)
+	}
+	counts("stray entry", map[string]int{"b": 2})
+	if added, removed, err := s.IndexGroups(ctx); err != nil || added != 0 || removed != 1 {
+		t.Fatalf("IndexGroups with a stray entry: %d added, %d removed, %v; want 0, 1", added, removed, err)
+	}
+	counts("repaired", map[string]int{"a": 5, "b": 1, "a-2": 0, "": 6})
 }
 
 // TestCountGroupsManyBatches counts past one read batch, with groups whose
@@ -183,6 +219,14 @@ func TestCountGroupsManyBatches(t *testing.T) {
 			}
 			ops = nil
 		}
+	}
+	// Written as a coordinator before the group index would have: no
+	// index yet, until IndexGroups repairs it.
+	if got, err := s.CountGroups(ctx, "ns"); err != nil || got != 0 {
+		t.Fatalf("CountGroups before the index = %d, %v; want 0", got, err)
+	}
+	if added, removed, err := s.IndexGroups(ctx); err != nil || added != n || removed != 0 {
+		t.Fatalf("IndexGroups = %d added, %d removed, %v; want %d, 0", added, removed, err, n)
 	}
 	if got, err := s.CountGroups(ctx, "ns"); err != nil || got != n {
 		t.Fatalf("CountGroups = %d, %v; want %d", got, err, n)

@@ -9,9 +9,14 @@
 //
 //	MUSTER_BIN=$PWD/bin go test -run '^$' -bench . -benchtime 1x ./bench/sched
 //
+// MUSTER_BENCH_ANCHORS=default-scheduler (a comma-separated list) runs
+// muster's scheduler against those anchors only, e.g. to profile one
+// comparison (MUSTER_BENCH_SCHED_PROFILE, profile_test.go).
+//
 // They need bin/scheduler, bin/kube-scheduler (make kube-bins) and
 // bin/coscheduling-scheduler (make coscheduling-bin), and take about four
-// minutes on 2 cores. Each run creates its pods first, then starts the
+// minutes on 2 cores, plus about nine for BenchmarkGangSchedulingAtScale
+// (1000 nodes, 1000 gangs). Each run creates its pods first, then starts the
 // scheduler under test and stops it after: no two schedulers ever run at
 // once.
 package sched

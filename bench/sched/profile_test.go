@@ -20,8 +20,8 @@ import (
 // serves its secure port on 127.0.0.1 (pprof and /metrics open to
 // anonymous requests, nothing else), a CPU profile of its first
 // MUSTER_BENCH_SCHED_PROFILE_SECONDS seconds (20 unless set) is written to
-// DIR/<run>.cpu.pprof, and its /metrics just before it stops to
-// DIR/<run>.metrics. MUSTER_BENCH_SCHED_PROFILE_ONLY=NAME profiles only
+// DIR/<run>.cpu.pprof, and its /metrics and heap profile just before it
+// stops to DIR/<run>.metrics and DIR/<run>.heap.pprof. MUSTER_BENCH_SCHED_PROFILE_ONLY=NAME profiles only
 // that scheduler (e.g. muster-scheduler). A profiled scheduler is stopped
 // only once its profile is written; the run's times end before that wait.
 // Unset, schedulers run with no serving port, as before.
@@ -115,13 +115,16 @@ func (p *profiler) start(b *testing.B) {
 	}()
 }
 
-// finish waits for the profile, then saves the metrics.
+// finish waits for the profile, then saves the metrics and a heap profile.
 func (p *profiler) finish(b *testing.B) {
 	<-p.done
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := p.get(ctx, "/metrics", ".metrics"); err != nil {
 		b.Logf("%s: metrics: %v", p.run, err)
+	}
+	if err := p.get(ctx, "/debug/pprof/heap", ".heap.pprof"); err != nil {
+		b.Logf("%s: heap profile: %v", p.run, err)
 	}
 	b.Logf("%s: profile and metrics in %s", p.run, p.dir)
 }

@@ -25,7 +25,7 @@ func BenchmarkGangSchedulingAtScale(b *testing.B) {
 	w := scaleWork
 	lastGang, rate, mem, cpu := results{}, results{}, results{}, results{}
 	notes := map[string][]string{}
-	for _, s := range schedulers {
+	for _, s := range selected(b) {
 		res := e.run(b, s, s.name+"-scale", runSpec{w: w, deadline: scaleDeadline})
 		lastGang[s.name] = append(lastGang[s.name], res.done.Seconds())
 		rate[s.name] = append(rate[s.name], res.bindRate)
@@ -41,7 +41,7 @@ func BenchmarkGangSchedulingAtScale(b *testing.B) {
 	}
 	params := fmt.Sprintf("%d kwok nodes x %d GPUs; %s; %s; one run each", scaleNodes, nodeGPUs, w, qpsParam)
 	name := fmt.Sprintf("gang scheduling at %d nodes: ", scaleNodes)
-	for _, a := range schedulers[1:] {
+	for _, a := range selected(b)[1:] {
 		for _, r := range []report.Row{
 			rate.row(name+"pods bound per second", "pods/s", a.name, report.Higher, params+"; from the first bind to the last"),
 			lastGang.row(fmt.Sprintf("%stime until the last of %d gangs of %d is bound", name, w.gangs, w.members), "s", a.name, report.Lower, params+"; "+fromStart),

@@ -288,7 +288,7 @@ func (e *env) benchThroughput(b *testing.B) {
 	w := throughputWork
 	lastGang, rate, cpu := results{}, results{}, results{}
 	notes := map[string][]string{}
-	for _, s := range schedulers {
+	for _, s := range selected(b) {
 		for i := range throughputRuns {
 			res := e.run(b, s, fmt.Sprintf("%s-tp%d", s.name, i), runSpec{w: w, deadline: throughputDeadline})
 			lastGang[s.name] = append(lastGang[s.name], res.done.Seconds())
@@ -301,7 +301,7 @@ func (e *env) benchThroughput(b *testing.B) {
 		}
 	}
 	params := fmt.Sprintf("%d kwok nodes x %d GPUs; %s; %s; median of %d runs", nodeCount, nodeGPUs, w, qpsParam, throughputRuns)
-	for _, a := range schedulers[1:] {
+	for _, a := range selected(b)[1:] {
 		for _, r := range []report.Row{
 			rate.row("gang scheduling: pods bound per second", "pods/s", a.name, report.Higher, params+"; from the first bind to the last"),
 			lastGang.row(fmt.Sprintf("gang scheduling: time until the last of %d gangs of %d is bound", w.gangs, w.members), "s", a.name, report.Lower, params+"; "+fromStart),
@@ -318,7 +318,7 @@ func (e *env) benchContention(b *testing.B) {
 	w := contentionWork
 	allRun, maxHeld, gpuSeconds, longest := results{}, results{}, results{}, results{}
 	notes := map[string][]string{}
-	for _, s := range schedulers {
+	for _, s := range selected(b) {
 		res := e.run(b, s, s.name+"-contention", runSpec{w: w, hold: contentionHold, deadline: contentionDeadline})
 		allRun[s.name] = append(allRun[s.name], res.done.Seconds())
 		maxHeld[s.name] = append(maxHeld[s.name], float64(res.held.max))
@@ -336,7 +336,7 @@ func (e *env) benchContention(b *testing.B) {
 	}
 	params := fmt.Sprintf("%d kwok nodes x %d GPUs; %s (twice what fits at once), each deleted %s after it is whole; %s; sampled every %s; one run",
 		nodeCount, nodeGPUs, w, contentionHold, qpsParam, sampleEvery)
-	for _, a := range schedulers[1:] {
+	for _, a := range selected(b)[1:] {
 		for _, r := range []report.Row{
 			allRun.row(fmt.Sprintf("contention: time until all %d gangs have run", w.gangs), "s", a.name, report.Lower, params+"; "+fromStart+", to the last gang's deletion"),
 			maxHeld.row("contention: max GPUs held by incomplete gangs", "GPUs", a.name, report.Lower, params),
@@ -354,7 +354,7 @@ func (e *env) benchTopology(b *testing.B) {
 	place, split := results{}, results{}
 	notes := map[string][]string{}
 	var compared []scheduler
-	for _, s := range schedulers {
+	for _, s := range selected(b) {
 		if !s.topology {
 			continue
 		}

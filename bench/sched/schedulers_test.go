@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -70,6 +71,30 @@ var schedulers = []scheduler{
 	{name: "default-scheduler", bin: "kube-scheduler", profile: "default-scheduler", groups: noGroups},
 	{name: "coscheduling", bin: "coscheduling-scheduler", config: "tools/coscheduling/config.yaml", profile: "coscheduling", groups: coschedulingGroups},
 	{name: "upstream-gang", bin: "kube-scheduler", profile: "default-scheduler", gates: true, groups: upstreamGroups, topology: true},
+}
+
+// selected are the schedulers this run compares: all of them, or with
+// MUSTER_BENCH_ANCHORS=a,b (anchor names, for profiling one comparison)
+// muster's and those anchors only; rows against the others are left out.
+func selected(tb testing.TB) []scheduler {
+	v := os.Getenv("MUSTER_BENCH_ANCHORS")
+	if v == "" {
+		return schedulers
+	}
+	out := schedulers[:1:1]
+	for name := range strings.SplitSeq(v, ",") {
+		name = strings.TrimSpace(name)
+		i := slices.IndexFunc(schedulers[1:], func(s scheduler) bool { return s.name == name })
+		if i < 0 {
+			names := []string{}
+			for _, s := range schedulers[1:] {
+				names = append(names, s.name)
+			}
+			tb.Fatalf("MUSTER_BENCH_ANCHORS=%q: no anchor %q (anchors: %s)", v, name, strings.Join(names, ", "))
+		}
+		out = append(out, schedulers[1+i])
+	}
+	return out
 }
 
 // gangGates are the gates of Kubernetes 1.37's gang scheduling (GenericWorkload, beta, off by default).

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/muster-dev/muster/bench/procstat"
 	"github.com/muster-dev/muster/coordinator/testcoord"
 	"github.com/muster-dev/muster/e2e/e2etest"
 )
@@ -113,30 +114,8 @@ func (p *Proc) Kill() {
 }
 
 // CPU is the user+system CPU time the process (not its children) used so
-// far, from /proc/PID/stat (clock ticks of 1/100 s on Linux); 0 when it
-// cannot be read.
-func (p *Proc) CPU() time.Duration {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(p.Cmd.Process.Pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	// The command name (field 2) may hold spaces; the fields after it are
-	// numbers.
-	rest := string(data)
-	if i := strings.LastIndexByte(rest, ')'); i >= 0 {
-		rest = rest[i+1:]
-	}
-	f := strings.Fields(rest) // f[0] is field 3
-	if len(f) < 13 {
-		return 0
-	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0
-	}
-	return time.Duration(utime+stime) * 10 * time.Millisecond
-}
+// far; 0 when it cannot be read.
+func (p *Proc) CPU() time.Duration { return procstat.CPU(p.Cmd.Process.Pid) }
 
 // Output is everything the process printed so far.
 func (p *Proc) Output() string {
@@ -342,22 +321,5 @@ func Loopback(i int) string {
 }
 
 // Memory is the process's resident memory now (VmRSS) and at its peak
-// (VmHWM), in bytes, from /proc/PID/status; 0 for what cannot be read.
-func (p *Proc) Memory() (rss, peak int64) {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(p.Cmd.Process.Pid) + "/status")
-	if err != nil {
-		return 0, 0
-	}
-	kb := func(v string) int64 {
-		n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-		return n << 10
-	}
-	for line := range strings.SplitSeq(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			rss = kb(v)
-		} else if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			peak = kb(v)
-		}
-	}
-	return rss, peak
-}
+// (VmHWM), in bytes; 0 for what cannot be read.
+func (p *Proc) Memory() (rss, peak int64) { return procstat.Memory(p.Cmd.Process.Pid) }

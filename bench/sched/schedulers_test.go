@@ -13,6 +13,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/muster-dev/muster/bench/procstat"
 	"github.com/muster-dev/muster/e2e/cluster"
 	"github.com/muster-dev/muster/test/clustertest"
 )
@@ -146,7 +147,8 @@ func (s scheduler) start(b *testing.B, c *cluster.Cluster, run string) (stop fun
 			if prof != nil {
 				prof.finish(b)
 			}
-			u = usage{cpu: cpuTime(p.PID()), peakRSS: peakRSS(p.PID())}
+			_, peak := procstat.Memory(p.PID())
+			u = usage{cpu: procstat.CPU(p.PID()), peakRSS: peak}
 			p.Stop(5 * time.Second)
 		})
 		return u
@@ -160,51 +162,6 @@ type usage struct {
 	cpu time.Duration
 	// peakRSS is the most resident memory it ever had, in bytes (VmHWM).
 	peakRSS int64
-}
-
-// peakRSS is a live process's peak resident set size in bytes, from
-// /proc/PID/status (VmHWM, in kB); 0 if it cannot be read.
-func peakRSS(pid int) int64 {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0
-	}
-	for line := range strings.SplitSeq(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			if err != nil {
-				return 0
-			}
-			return kb << 10
-		}
-	}
-	return 0
-}
-
-// cpuTime is the user+system CPU time of a live process, from
-// /proc/PID/stat (fields 14 and 15, in clock ticks of 1/100 s on Linux);
-// 0 if it cannot be read.
-func cpuTime(pid int) time.Duration {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	// The command name (field 2) may contain spaces; fields after it are
-	// plain numbers.
-	rest := string(data)
-	if i := strings.LastIndexByte(rest, ')'); i >= 0 {
-		rest = rest[i+1:]
-	}
-	f := strings.Fields(rest) // f[0] is field 3
-	if len(f) < 13 {
-		return 0
-	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0
-	}
-	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
 // writeConfig writes the scheduler's configuration for this cluster: its

@@ -452,3 +452,78 @@ func TestStreamOutlivesBodyTimeout(t *testing.T) {
 		})
 	}
 }
+
+// A small request body is read whole before the request goes on, so the
+// runtime gets headers and body in one write; a body still arriving streams
+// through as before (TestRequestBodyFlowsWhileResponseStreams), and one
+// that ends before any of it arrived is answered 400 without reaching the
+// runtime.
+func TestSmallBodyForwardedInOneWrite(t *testing.T) {
+	const n = 20
+	var seen atomic.Int64
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.Add(1)
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			return
+		}
+		fmt.Fprintf(w, "got %q", b)
+	}))
+	defer up.Close()
+	p := New(quiet())
+	p.Set(Target{Ready: true, Upstream: strings.TrimPrefix(up.URL, "http://")})
+	var writes atomic.Int64
+	tr := p.h1.Transport.(*http.Transport)
+	dial := tr.DialContext
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return countedConn{c, &writes}, nil
+	}
+	s, err := ListenWith("127.0.0.1:0", p, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(context.Background())
+	for i := range n {
+		body := fmt.Sprintf(`{"prompt":"hello %d"}`, i)
+		resp, err := http.Post("http://"+s.Addr()+"/v1/completions", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := fmt.Sprintf("got %q", body); resp.StatusCode != http.StatusOK || string(b) != want {
+			t.Fatalf("status %d %q, want 200 %q", resp.StatusCode, b, want)
+		}
+	}
+	if got := writes.Load(); got != n {
+		t.Errorf("%d writes to the runtime for %d small requests; want one each (headers and body together)", got, n)
+	}
+
+	// A body that ends before its first byte. (One that ends after a
+	// first part has already gone on to the runtime, as a streamed body
+	// does, and is answered 502.)
+	c, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprint(c, "POST /v1/completions HTTP/1.1\r\nHost: endpoint\r\nContent-Length: 100\r\n\r\n")
+	c.(*net.TCPConn).CloseWrite()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer to a body that ended short: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), "Content-Length of 100") {
+		t.Errorf("status %d %q; want 400 naming the Content-Length of 100", resp.StatusCode, b)
+	}
+	if got := seen.Load(); got != n {
+		t.Errorf("the runtime saw %d requests, want %d: the one cut short must not reach it", got, n)
+	}
+}

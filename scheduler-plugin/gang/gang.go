@@ -16,8 +16,11 @@
 //     is told why ("group g: 2 of 3 members fit; waiting for capacity").
 //     If so, the pod is pinned to the node the plan gave it.
 //  4. Permit holds members until the last one is reserved, then lets them
-//     all bind together. A timeout, or any member failing, releases every
-//     reservation of the group at once (Unreserve, PostFilter).
+//     all bind together, one group binding at a time (bindgate.go): a
+//     group let in binds its members side by side and is whole within one
+//     round of API calls, so at most one group is ever partly on nodes. A timeout, or any member
+//     failing, releases every reservation of the group at once
+//     (Unreserve, PostFilter).
 package gang
 
 import (
@@ -29,6 +32,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/sets"
 	utilfeature "k8s.io/apiserver/pkg/util/feature"
 	"k8s.io/client-go/tools/cache"
@@ -75,6 +79,8 @@ type Gang struct {
 	firstSeen map[podapi.Key]time.Time
 	// waiting holds the groups seen and not yet fully bound.
 	waiting map[podapi.Key]bool
+	// gate lets released groups into binding a few at a time.
+	gate *bindGate
 	// reported remembers the last warning sent per pod, so that a pod
 	// retried in a loop does not flood the event stream.
 	reported map[string]string
@@ -113,6 +119,7 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 		firstSeen:    map[podapi.Key]time.Time{},
 		reported:     map[string]string{},
 		waiting:      map[podapi.Key]bool{},
+		gate:         newBindGate(maxBindingGroups),
 		stop:         ctx.Done(),
 		upstreamGang: utilfeature.DefaultFeatureGate.Enabled(features.GenericWorkload),
 	}
@@ -402,7 +409,21 @@ func (g *Gang) Permit(ctx context.Context, state fwk.CycleState, pod *v1.Pod, no
 			}
 		}
 	}
+	timeout, err := podapi.Timeout(pod, DefaultPermitTimeout)
+	if err != nil {
+		g.warn(pod, "InvalidGroup", err.Error())
+	}
 	if bound+len(waiting)+1 >= m.size {
+		pods := make([]types.UID, 0, len(waiting)+1)
+		for _, wp := range waiting {
+			pods = append(pods, wp.GetPod().UID)
+		}
+		now, release := g.gate.admit(key, append(pods, pod.UID), bound > 0)
+		g.release(release)
+		if !now {
+			binding, queued := g.gate.sizes()
+			return fwk.NewStatus(fwk.Wait, fmt.Sprintf("group %s: all %d members reserved; waiting for its turn to bind (%d groups binding, %d waiting)", key.Name, m.size, binding, queued)), timeout
+		}
 		for _, wp := range waiting {
 			wp.Allow(Name)
 		}
@@ -413,10 +434,6 @@ func (g *Gang) Permit(ctx context.Context, state fwk.CycleState, pod *v1.Pod, no
 	if len(unscheduled) > 0 {
 		g.handle.Activate(g.log, unscheduled)
 	}
-	timeout, err := podapi.Timeout(pod, DefaultPermitTimeout)
-	if err != nil {
-		g.warn(pod, "InvalidGroup", err.Error())
-	}
 	return fwk.NewStatus(fwk.Wait, fmt.Sprintf("group %s: %d of %d members reserved; waiting for the rest", key.Name, bound+len(waiting)+1, m.size)), timeout
 }
 
@@ -426,6 +443,7 @@ func (g *Gang) PostBind(ctx context.Context, state fwk.CycleState, pod *v1.Pod, 
 	if !ok {
 		return
 	}
+	g.release(g.gate.bound(key))
 	m, err := g.members(key, pod)
 	if err != nil {
 		return
@@ -487,6 +505,34 @@ func (g *Gang) rejectWaiting(k podapi.Key, msg string) {
 			wp.Reject(Name, msg)
 		}
 	})
+	g.release(g.gate.drop(k))
+}
+
+// release lets through the groups the bind gate took out of its queue.
+func (g *Gang) release(gs []gated) {
+	for _, s := range g.gate.takeStale() {
+		g.log.Info("group still binding; no longer holding other groups back", "group", s.String(), "after", staleBinding)
+	}
+	for _, gr := range gs {
+		g.allow(gr.key, gr.pods)
+	}
+}
+
+// allow lets group k's members waiting at Permit bind. The last member
+// reserved may not be waiting yet (the framework registers it after its
+// Permit returns); it is tried again shortly, while k is still binding.
+func (g *Gang) allow(k podapi.Key, pods []types.UID) {
+	var missing []types.UID
+	for _, uid := range pods {
+		if wp := g.handle.GetWaitingPod(uid); wp != nil {
+			wp.Allow(Name)
+		} else {
+			missing = append(missing, uid)
+		}
+	}
+	if len(missing) > 0 && g.gate.isBinding(k) {
+		time.AfterFunc(5*time.Millisecond, func() { g.allow(k, missing) })
+	}
 }
 
 // warn records a warning event on pod, once per distinct message.

@@ -18,9 +18,9 @@
 //  4. Permit holds members until the last one is reserved, then lets them
 //     all bind together, one group binding at a time (bindgate.go): a
 //     group let in binds its members side by side and is whole within one
-//     round of API calls, so at most one group is ever partly on nodes. A timeout, or any member
-//     failing, releases every reservation of the group at once
-//     (Unreserve, PostFilter).
+//     round of API calls, so at most one group is ever partly on nodes.
+//     A timeout, or any member failing, releases every reservation of the
+//     group at once (Unreserve, PostFilter).
 package gang
 
 import (
@@ -79,7 +79,7 @@ type Gang struct {
 	firstSeen map[podapi.Key]time.Time
 	// waiting holds the groups seen and not yet fully bound.
 	waiting map[podapi.Key]bool
-	// gate lets released groups into binding a few at a time.
+	// gate lets released groups into binding one at a time.
 	gate *bindGate
 	// reported remembers the last warning sent per pod, so that a pod
 	// retried in a loop does not flood the event stream.

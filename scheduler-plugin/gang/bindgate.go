@@ -141,8 +141,9 @@ func (b *bindGate) sizes() (binding, queued int) {
 	return len(b.binding), len(b.queue)
 }
 
-// next moves queued groups into the free slots and returns them.
-// b.mu is held.
+// next moves queued groups into the free slots and returns them, and
+// sets muster_groups_waiting_to_bind to the groups left queued. Every
+// change to the queue ends here. b.mu is held.
 func (b *bindGate) next() []gated {
 	b.dropStale()
 	var out []gated
@@ -152,6 +153,7 @@ func (b *bindGate) next() []gated {
 		b.binding[g.key] = &binding{left: len(g.pods), since: b.now()}
 		out = append(out, g)
 	}
+	groupsWaitingToBind.Set(float64(len(b.queue)))
 	return out
 }
 

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/component-base/metrics/testutil"
 
 	"github.com/muster-dev/muster/podapi"
 )
@@ -31,6 +32,18 @@ func keys(gs []gated) []string {
 // through when a binding group's last member is bound (or the group is
 // dropped), and a group with members already bound is never held back.
 func TestBindGate(t *testing.T) {
+	registerMetrics()
+	// muster_groups_waiting_to_bind follows the queue.
+	waitingToBind := func(want float64) {
+		t.Helper()
+		got, err := testutil.GetGaugeMetricValue(groupsWaitingToBind)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Fatalf("muster_groups_waiting_to_bind = %v; want %v", got, want)
+		}
+	}
 	at := time.Unix(0, 0)
 	b := newBindGate(2)
 	b.now = func() time.Time { return at }
@@ -53,6 +66,7 @@ func TestBindGate(t *testing.T) {
 	if binding, queued := b.sizes(); binding != 2 || queued != 3 {
 		t.Fatalf("sizes %d binding, %d queued; want 2, 3", binding, queued)
 	}
+	waitingToBind(3)
 	// c admitted again (a member re-reserved) keeps its place.
 	if now, _ := admit("c", 2, false); now {
 		t.Fatal("c let through on its second Permit")
@@ -70,6 +84,7 @@ func TestBindGate(t *testing.T) {
 	if rel := keys(b.bound(g("partial"))); !slices.Equal(rel, []string{"c"}) {
 		t.Fatalf("released %v when partial was bound; want [c], the first queued", rel)
 	}
+	waitingToBind(2)
 	if !b.isBinding(g("c")) || b.isBinding(g("a")) {
 		t.Fatal("c should be binding and a done")
 	}
@@ -81,6 +96,7 @@ func TestBindGate(t *testing.T) {
 	if rel := keys(b.drop(g("b"))); !slices.Equal(rel, []string{"e"}) {
 		t.Fatalf("dropping binding b released %v; want [e]", rel)
 	}
+	waitingToBind(0)
 	// A bind of a group the gate does not know (let through before a
 	// restart, or dropped) changes nothing.
 	if rel := b.bound(g("unknown")); rel != nil {

@@ -555,7 +555,7 @@ func TestSchedulerExportsGroupMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatalf("scheduler /metrics has no muster_group_bind_duration_seconds: %v\n%.2000s", err, body)
 	}
-	for _, want := range []string{"muster_group_bind_duration_seconds_count", "muster_groups_waiting", `muster_group_admission_attempts_total{result="fits"}`} {
+	for _, want := range []string{"muster_group_bind_duration_seconds_count", "muster_groups_waiting", "muster_groups_waiting_to_bind", `muster_group_admission_attempts_total{result="fits"}`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("scheduler /metrics lacks %s", want)
 		}

@@ -22,6 +22,12 @@ var (
 		Help:           "Groups seen by the scheduler and not yet fully bound (missing members, or waiting for capacity).",
 		StabilityLevel: metrics.ALPHA,
 	})
+	groupsWaitingToBind = metrics.NewGauge(&metrics.GaugeOpts{
+		Subsystem:      "muster",
+		Name:           "groups_waiting_to_bind",
+		Help:           "Groups with every member reserved, waiting at Permit for another group to finish binding (groups bind one at a time).",
+		StabilityLevel: metrics.ALPHA,
+	})
 	invalidMembers = metrics.NewCounter(&metrics.CounterOpts{
 		Subsystem:      "muster",
 		Name:           "invalid_group_members_total",
@@ -46,7 +52,7 @@ func registerMetrics() {
 // its own) and starts each result of muster_group_admission_attempts_total
 // at zero, so that its rate has a series from the first scrape.
 func RegisterMetrics(register func(...metrics.Registerable)) {
-	register(groupBindDuration, groupsWaiting, invalidMembers, admissionAttempts)
+	register(groupBindDuration, groupsWaiting, groupsWaitingToBind, invalidMembers, admissionAttempts)
 	for _, fits := range []bool{true, false} {
 		admissionAttempts.WithLabelValues(resultLabel(fits))
 	}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/muster-dev/muster/coordinator"
 	"github.com/muster-dev/muster/coordinator/embedetcd"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
+	"github.com/muster-dev/muster/test/freeport"
 )
 
 // Config returns a coordinator configuration on loopback with free ports,
@@ -69,15 +71,15 @@ func Client(tb testing.TB, addr string) musterv1.RendezvousClient {
 	return musterv1.NewRendezvousClient(conn)
 }
 
-// FreeAddr returns a loopback host:port that was free a moment ago.
+// FreeAddr returns a loopback host:port that was free a moment ago, below
+// the kernel's ephemeral range (see freeport.Pick).
 func FreeAddr(tb testing.TB) string {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := freeport.Pick(1)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 }
 
 // Etcd starts an embedded etcd member of its own (a cluster of one) for

@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/muster-dev/muster/coordinator/embedetcd"
+	"github.com/muster-dev/muster/test/freeport"
 )
 
 // The control plane: etcd in-process, kube-apiserver,
@@ -298,25 +299,7 @@ func featureGates(gates map[string]bool) string {
 	return strings.Join(parts, ",")
 }
 
-// freePorts picks n distinct free ports on 127.0.0.1. They are released
-// before the components bind them; another process could take one in
-// between, in which case that component fails to start with "address in
-// use" in its log.
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("pick a free port: %w", err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
-}
+// freePorts picks n distinct free ports on 127.0.0.1 for the
+// components to bind seconds later; freeport.Pick says why they lie below
+// the kernel's ephemeral range.
+func freePorts(n int) ([]int, error) { return freeport.Pick(n) }

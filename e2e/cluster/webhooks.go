@@ -14,7 +14,7 @@ import (
 
 // FreePort picks a free port on 127.0.0.1 for a component a test starts
 // beside the cluster (a controller's webhook server); see freePorts for
-// the race this leaves.
+// why it lies below the ephemeral range.
 func FreePort() (int, error) {
 	ports, err := freePorts(1)
 	if err != nil {

@@ -1,0 +1,84 @@
+// Package freeport picks loopback ports for tests to hand to the servers
+// they start.
+package freeport
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// Pick picks n distinct free ports on 127.0.0.1, below the kernel's
+// ephemeral range (net.ipv4.ip_local_port_range), for a test to hand to a
+// server it starts. The ports are released before the server binds them,
+// often seconds later (a cluster's components). A port the kernel gave
+// for ":0" lies in the ephemeral range, which the kernel also hands out as
+// the local port of every outgoing connection, and this machine makes many
+// meanwhile (kube-apiserver to etcd, every client to the apiserver): one of
+// them took the scheduler's port once, and the cluster failed to start
+// ("bind: address already in use"). Below that range only another explicit
+// bind can take a port, and the search starts at a random place so that
+// clusters started side by side do not try the same ones. Where there is
+// no room below the range, the kernel picks.
+func Pick(n int) ([]int, error) {
+	lo, hi := 10000, ephemeralLow()
+	if hi-lo < 1000 {
+		return kernelPorts(n)
+	}
+	var ports []int
+	start := lo + rand.IntN(hi-lo)
+	for i := 0; i < hi-lo && len(ports) < n; i++ {
+		port := lo + (start-lo+i)%(hi-lo)
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue // in use
+		}
+		l.Close()
+		ports = append(ports, port)
+	}
+	if len(ports) < n {
+		return nil, fmt.Errorf("pick %d free ports on 127.0.0.1 between %d and %d: found %d", n, lo, hi, len(ports))
+	}
+	return ports, nil
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range, or 0
+// when it cannot be read.
+func ephemeralLow() int {
+	data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(data))
+	if len(f) != 2 {
+		return 0
+	}
+	low, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 0
+	}
+	return low
+}
+
+// kernelPorts picks n distinct free ports the kernel's way (":0").
+func kernelPorts(n int) ([]int, error) {
+	var ports []int
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("pick a free port: %w", err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}

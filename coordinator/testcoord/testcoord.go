@@ -19,8 +19,8 @@ import (
 
 	"github.com/muster-dev/muster/coordinator"
 	"github.com/muster-dev/muster/coordinator/embedetcd"
+	"github.com/muster-dev/muster/internal/freeport"
 	musterv1 "github.com/muster-dev/muster/proto/muster/v1"
-	"github.com/muster-dev/muster/test/freeport"
 )
 
 // Config returns a coordinator configuration on loopback with free ports,

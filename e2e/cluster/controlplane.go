@@ -18,7 +18,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/muster-dev/muster/coordinator/embedetcd"
-	"github.com/muster-dev/muster/test/freeport"
+	"github.com/muster-dev/muster/internal/freeport"
 )
 
 // The control plane: etcd in-process, kube-apiserver,

@@ -32,7 +32,7 @@ type controlPlanePorts struct {
 
 // pickPorts picks the control plane's ports; the apiserver's URL follows.
 func (c *Cluster) pickPorts(context.Context) error {
-	ports, err := freePorts(3)
+	ports, err := freeport.Pick(3)
 	if err != nil {
 		return err
 	}
@@ -298,8 +298,3 @@ func featureGates(gates map[string]bool) string {
 	}
 	return strings.Join(parts, ",")
 }
-
-// freePorts picks n distinct free ports on 127.0.0.1 for the
-// components to bind seconds later; freeport.Pick says why they lie below
-// the kernel's ephemeral range.
-func freePorts(n int) ([]int, error) { return freeport.Pick(n) }

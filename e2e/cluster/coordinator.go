@@ -9,6 +9,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/muster-dev/muster/internal/freeport"
 	"github.com/muster-dev/muster/podapi"
 )
 
@@ -24,7 +25,7 @@ func (c *Cluster) startCoordinator(ctx context.Context) error {
 	if c.cfg.Binaries.Coordinator == "" {
 		return nil
 	}
-	ports, err := freePorts(2)
+	ports, err := freeport.Pick(2)
 	if err != nil {
 		return err
 	}

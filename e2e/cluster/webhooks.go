@@ -10,13 +10,15 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/yaml"
+
+	"github.com/muster-dev/muster/internal/freeport"
 )
 
 // FreePort picks a free port on 127.0.0.1 for a component a test starts
-// beside the cluster (a controller's webhook server); see freePorts for
+// beside the cluster (a controller's webhook server); see freeport.Pick for
 // why it lies below the ephemeral range.
 func FreePort() (int, error) {
-	ports, err := freePorts(1)
+	ports, err := freeport.Pick(1)
 	if err != nil {
 		return 0, err
 	}

@@ -36,7 +36,15 @@ func (g *Gang) PreBindPreFlight(ctx context.Context, state fwk.CycleState, pod *
 // the pod is bound, so the kubelet resolves the agent's
 // MUSTER_TOPOLOGY_DOMAIN from it and the coordinator can give members of
 // one domain neighbouring ranks.
+//
+// Any other pod is left alone here too, not only in PreBindPreFlight: with
+// the NominatedNodeNameForExpectation gate off (or a scheduler that does not
+// ask PreBindPreFlight first) PreBind runs for every pod, and the annotation
+// would cost every member of every group one more API write before its bind.
 func (g *Gang) PreBind(ctx context.Context, state fwk.CycleState, pod *v1.Pod, nodeName string) *fwk.Status {
+	if !wantsDomain(pod) {
+		return nil
+	}
 	key := podapi.RankTopologyKey(pod)
 	ni, err := g.handle.SnapshotSharedLister().NodeInfos().Get(nodeName)
 	if err != nil {

@@ -9,10 +9,15 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/muster-dev/muster/e2e/cluster"
 )
 
 // Profiling a scheduler under the benchmark's own load (issue #15): with
@@ -21,7 +26,10 @@ import (
 // anonymous requests, nothing else), a CPU profile of its first
 // MUSTER_BENCH_SCHED_PROFILE_SECONDS seconds (20 unless set) is written to
 // DIR/<run>.cpu.pprof, and its /metrics and heap profile just before it
-// stops to DIR/<run>.metrics and DIR/<run>.heap.pprof. MUSTER_BENCH_SCHED_PROFILE_ONLY=NAME profiles only
+// stops to DIR/<run>.metrics and DIR/<run>.heap.pprof, and the requests
+// the apiserver served while it ran (apiserver_request_total, by verb,
+// resource and subresource; everything that talked to the apiserver, the
+// benchmark's own watch and kwok included) to DIR/<run>.apiserver.txt. MUSTER_BENCH_SCHED_PROFILE_ONLY=NAME profiles only
 // that scheduler (e.g. muster-scheduler). A profiled scheduler is stopped
 // only once its profile is written; the run's times end before that wait.
 // Unset, schedulers run with no serving port, as before.
@@ -31,10 +39,12 @@ type profiler struct {
 	port    int
 	run     string
 	done    chan struct{}
+	api     kubernetes.Interface
+	before  map[string]float64
 }
 
 // newProfiler returns nil unless profiling s was asked for.
-func newProfiler(b *testing.B, s scheduler, run string) *profiler {
+func newProfiler(b *testing.B, c *cluster.Cluster, s scheduler, run string) *profiler {
 	dir := os.Getenv("MUSTER_BENCH_SCHED_PROFILE")
 	if dir == "" {
 		return nil
@@ -59,7 +69,15 @@ func newProfiler(b *testing.B, s scheduler, run string) *profiler {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	return &profiler{dir: dir, seconds: secs, port: port, run: run, done: make(chan struct{})}
+	api, err := kubernetes.NewForConfig(c.RESTConfig())
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := &profiler{dir: dir, seconds: secs, port: port, run: run, done: make(chan struct{}), api: api}
+	if p.before, err = p.apiRequests(b.Context()); err != nil {
+		b.Logf("%s: apiserver requests: %v", run, err)
+	}
+	return p
 }
 
 // args serve the secure port with pprof and metrics open to anonymous
@@ -126,5 +144,50 @@ func (p *profiler) finish(b *testing.B) {
 	if err := p.get(ctx, "/debug/pprof/heap", ".heap.pprof"); err != nil {
 		b.Logf("%s: heap profile: %v", p.run, err)
 	}
+	if after, err := p.apiRequests(ctx); err != nil {
+		b.Logf("%s: apiserver requests: %v", p.run, err)
+	} else if p.before != nil {
+		var lines []string
+		for k, v := range after {
+			if d := v - p.before[k]; d > 0 {
+				lines = append(lines, fmt.Sprintf("%8.0f %s", d, k))
+			}
+		}
+		sort.Strings(lines)
+		if err := os.WriteFile(filepath.Join(p.dir, p.run+".apiserver.txt"), []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+			b.Logf("%s: %v", p.run, err)
+		}
+	}
 	b.Logf("%s: profile and metrics in %s", p.run, p.dir)
+}
+
+// apiRequests reads the apiserver's apiserver_request_total, summed by
+// verb, resource and subresource (watches and gets of leases included).
+func (p *profiler) apiRequests(ctx context.Context) (map[string]float64, error) {
+	data, err := p.api.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(data), "\n") {
+		if !strings.HasPrefix(line, "apiserver_request_total{") {
+			continue
+		}
+		end := strings.LastIndexByte(line, '}')
+		if end < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(line[end+1:]), 64)
+		if err != nil {
+			continue
+		}
+		labels := map[string]string{}
+		for _, kv := range strings.Split(line[len("apiserver_request_total{"):end], ",") {
+			if k, val, ok := strings.Cut(kv, "="); ok {
+				labels[k] = strings.Trim(val, `"`)
+			}
+		}
+		out[fmt.Sprintf("%s %s/%s", labels["verb"], labels["resource"], labels["subresource"])] += v
+	}
+	return out, nil
 }

@@ -123,7 +123,7 @@ func (s scheduler) start(b *testing.B, c *cluster.Cluster, run string) (stop fun
 	}
 	// No serving port unless profiling (profile_test.go): nothing else
 	// here reads the scheduler's endpoints.
-	prof := newProfiler(b, s, run)
+	prof := newProfiler(b, c, s, run)
 	args := []string{"--config=" + conf, "--secure-port=0"}
 	if prof != nil {
 		args = append(args[:1], prof.args()...)

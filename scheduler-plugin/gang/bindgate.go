@@ -19,10 +19,12 @@ import (
 // groups at a time had some members on nodes and some not (make bench,
 // contention: up to 88 GPUs held by incomplete groups, 328 in a full run,
 // where upstream-gang held 64-72). One at a time, a group's binds run side
-// by side and at most one group is ever incomplete on nodes (56 GPUs there),
-// and no slower: binding a group takes less time than scheduling the next
-// one (100 groups of 8: 114-122 -> 135-137 pods/s; 1000 groups of 4 on
-// 1000 nodes: 95 -> 94 pods/s). 2 at a time measured in between.
+// by side and at most one group is ever incomplete on nodes (56 GPUs there).
+// It costs rate: each group's binds wait for the previous group's (make
+// bench, 100 groups of 8, 3 runs each: one at a time 122-128 pods/s and 7
+// GPUs held by incomplete groups at most; 4 at a time 135-166 pods/s, 15
+// GPUs, but 168 GPUs under contention; unbounded 163-193 pods/s, 258 GPUs).
+// Holding no GPUs half-bound is the promise, so one it is.
 const maxBindingGroups = 1
 
 // staleBinding is how long a group may hold the bind gate. A group's binds

@@ -24,7 +24,7 @@ import (
 // bench, 100 groups of 8, 3 runs each: one at a time 122-128 pods/s and 7
 // GPUs held by incomplete groups at most; 4 at a time 135-166 pods/s, 15
 // GPUs, but 168 GPUs under contention; unbounded 163-193 pods/s, 258 GPUs).
-// Holding no GPUs half-bound is the promise, so one it is.
+// At most one group half-bound is the promise, so one it is.
 const maxBindingGroups = 1
 
 // staleBinding is how long a group may hold the bind gate. A group's binds

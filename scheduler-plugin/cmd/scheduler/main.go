@@ -66,9 +66,9 @@ func (f *logFormat) Set(v string) error {
 // tells an autoscaler nothing it could act on, and it costs the apiserver
 // one more write and watch event per pod while the group binds: in make
 // bench (100 gangs of 8 on 200 nodes) 126 pods/s with it on (121-132 in
-// 6 runs), 145 with it off (118-177 in 9 runs). Pods of no group only ever wait at Permit or
-// PreBind under plugins that ask for it (volume binding, DRA), and lose
-// the same early announcement.
+// 6 runs), 145 with it off (118-177 in 9 runs). Pods of no group wait at
+// Permit or PreBind only under plugins that ask for it (volume binding,
+// DRA), and lose the same early announcement.
 func defaultGates() error {
 	return utilfeature.DefaultMutableFeatureGate.SetFromMap(map[string]bool{string(features.NominatedNodeNameForExpectation): false})
 }

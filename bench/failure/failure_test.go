@@ -143,7 +143,7 @@ func told(b *testing.B, ps []*rendezvous.Proc, from []int, victim int, substr st
 		}
 		l, _, err := p.Line(from[i], substr, deadline)
 		if err != nil {
-			b.Fatalf("member %d not told to restart after member %d was killed: %v", i, victim, err)
+			b.Fatalf("member %d not told to restart after the fault to member %d: %v", i, victim, err)
 		}
 		t, err := stamp(l)
 		if err != nil {
@@ -154,7 +154,7 @@ func told(b *testing.B, ps []*rendezvous.Proc, from []int, victim int, substr st
 		}
 		each = append(each, fmt.Sprintf("%d:%s", i, t.Sub(killed).Round(time.Millisecond)))
 	}
-	b.Logf("member %d killed; told after %s (member:delay %s)", victim, last.Sub(killed).Round(time.Millisecond), strings.Join(each, " "))
+	b.Logf("fault to member %d; told after %s (member:delay %s)", victim, last.Sub(killed).Round(time.Millisecond), strings.Join(each, " "))
 	return last.Sub(killed)
 }
 

@@ -277,9 +277,22 @@ func Coordinator(tb testing.TB, extra ...string) string {
 	return addr
 }
 
+// CoordinatorOn is Coordinator listening on host (its etcd stays on
+// loopback): for members in network namespaces of their own, which reach
+// the host by another address.
+func CoordinatorOn(tb testing.TB, host string, extra ...string) (string, *Proc) {
+	tb.Helper()
+	return coordinatorProcOn(tb, host, extra...)
+}
+
 func coordinatorProc(tb testing.TB, extra ...string) (string, *Proc) {
 	tb.Helper()
-	addr, p := startCoordinator(tb, extra...)
+	return coordinatorProcOn(tb, "127.0.0.1", extra...)
+}
+
+func coordinatorProcOn(tb testing.TB, host string, extra ...string) (string, *Proc) {
+	tb.Helper()
+	addr, p := startCoordinatorOn(tb, host, extra...)
 	if err := testcoord.WaitServing(addr, 30*time.Second, p.Done()); err != nil {
 		tb.Fatalf("%v\n%s", err, p.Output())
 	}
@@ -288,7 +301,12 @@ func coordinatorProc(tb testing.TB, extra ...string) (string, *Proc) {
 
 func startCoordinator(tb testing.TB, extra ...string) (string, *Proc) {
 	tb.Helper()
-	addr := FreeAddr(tb, "127.0.0.1")
+	return startCoordinatorOn(tb, "127.0.0.1", extra...)
+}
+
+func startCoordinatorOn(tb testing.TB, host string, extra ...string) (string, *Proc) {
+	tb.Helper()
+	addr := FreeAddr(tb, host)
 	args := append([]string{"--listen", addr, "--data-dir", tb.TempDir(),
 		"--etcd-listen-client", FreeAddr(tb, "127.0.0.1"), "--etcd-listen-peer", FreeAddr(tb, "127.0.0.1")}, extra...)
 	return addr, Start(tb, nil, filepath.Join(Bins(tb), "coordinator"), args...)

@@ -63,6 +63,9 @@ var goals = []goal{
 	// A killed agent's sockets close at once: every survivor told within
 	// 100 ms, whatever torch takes.
 	{"failure/agent-kill", "", Target{MaxOurs: 100}},
+	// A member cut off (no socket closes): every survivor told within
+	// 500 ms in the worst trial.
+	{"failure/cut-off", "", Target{MaxOurs: 500}},
 }
 
 // WithTarget sets r.Target from the goals (nil when none applies) and

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/muster-dev/muster/coordinator/testcoord"
+	"github.com/muster-dev/muster/internal/freeport"
 )
 
 var (
@@ -73,12 +75,18 @@ func torchPython(t *testing.T) string {
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	return freeAddrOn(t, "127.0.0.1")
+}
+
+// freeAddrOn returns a host:port on host that was free a moment ago,
+// below the kernel's ephemeral range (see freeport.Pick).
+func freeAddrOn(t *testing.T, host string) string {
+	t.Helper()
+	ports, err := freeport.PickOn(host, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return net.JoinHostPort(host, strconv.Itoa(ports[0]))
 }
 
 // proc is a started binary with its combined output.
@@ -197,12 +205,7 @@ func startCoordinatorOn(t *testing.T, host string, extra ...string) string {
 // coordinatorProc is startCoordinatorOn returning the process too.
 func coordinatorProc(t *testing.T, host string, extra ...string) (string, *proc) {
 	t.Helper()
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := freeAddrOn(t, host)
 	args := append([]string{"--listen", addr, "--data-dir", t.TempDir(),
 		"--etcd-listen-client", freeAddr(t), "--etcd-listen-peer", freeAddr(t)}, extra...)
 	p := start(t, filepath.Join(bins(t), "coordinator"), args...)

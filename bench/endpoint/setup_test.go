@@ -3,7 +3,6 @@ package endpoint
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/muster-dev/muster/e2e/e2etest"
+	"github.com/muster-dev/muster/internal/freeport"
 )
 
 // proc is a process the benchmark started; its output goes to a file.
@@ -71,12 +71,12 @@ func (p *proc) output() string {
 
 func freePort(b *testing.B) int {
 	b.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	// Below the kernel's ephemeral range: see freeport.Pick.
+	ports, err := freeport.Pick(1)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports[0]
 }
 
 // bins is the directory with bin/coordinator and bin/agent: $MUSTER_BIN

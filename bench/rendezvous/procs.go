@@ -24,6 +24,7 @@ import (
 	"github.com/muster-dev/muster/bench/procstat"
 	"github.com/muster-dev/muster/coordinator/testcoord"
 	"github.com/muster-dev/muster/e2e/e2etest"
+	"github.com/muster-dev/muster/internal/freeport"
 )
 
 // Proc is a process started in a process group of its own, so that it is
@@ -258,15 +259,17 @@ func Testdata(name string) string {
 	return filepath.Join(filepath.Dir(file), "testdata", name)
 }
 
-// FreeAddr returns a host:port on host that was free a moment ago.
+// FreeAddr returns a host:port on host that was free a moment ago, below
+// the kernel's ephemeral range (see freeport.Pick: a port the kernel hands
+// out for ":0" may be taken by any outgoing connection before the server
+// that was given it binds it).
 func FreeAddr(tb testing.TB, host string) string {
 	tb.Helper()
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	ports, err := freeport.PickOn(host, 1)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return net.JoinHostPort(host, strconv.Itoa(ports[0]))
 }
 
 // Coordinator runs bin/coordinator (embedded etcd) on loopback and returns

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -18,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/muster-dev/muster/e2e/cluster"
+	"github.com/muster-dev/muster/internal/freeport"
 )
 
 // Profiling a scheduler under the benchmark's own load (issue #15): with
@@ -63,12 +63,11 @@ func newProfiler(b *testing.B, c *cluster.Cluster, s scheduler, run string) *pro
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		b.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := freeport.Pick(1)
 	if err != nil {
 		b.Fatal(err)
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
+	port := ports[0]
 	api, err := kubernetes.NewForConfig(c.RESTConfig())
 	if err != nil {
 		b.Fatal(err)

@@ -3,12 +3,14 @@
 package freeport
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // Pick picks n distinct free ports on 127.0.0.1, below the kernel's
@@ -23,24 +25,31 @@ import (
 // bind can take a port, and the search starts at a random place so that
 // clusters started side by side do not try the same ones. Where there is
 // no room below the range, the kernel picks.
-func Pick(n int) ([]int, error) {
+func Pick(n int) ([]int, error) { return PickOn("127.0.0.1", n) }
+
+// PickOn is Pick on another local address (127.0.0.2, a test network's
+// bridge).
+func PickOn(host string, n int) ([]int, error) {
 	lo, hi := 10000, ephemeralLow()
 	if hi-lo < 1000 {
-		return kernelPorts(n)
+		return kernelPorts(host, n)
 	}
 	var ports []int
 	start := lo + rand.IntN(hi-lo)
 	for i := 0; i < hi-lo && len(ports) < n; i++ {
 		port := lo + (start-lo+i)%(hi-lo)
-		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+		if errors.Is(err, syscall.EADDRINUSE) {
+			continue
+		}
 		if err != nil {
-			continue // in use
+			return nil, fmt.Errorf("pick a free port on %s: %w", host, err)
 		}
 		l.Close()
 		ports = append(ports, port)
 	}
 	if len(ports) < n {
-		return nil, fmt.Errorf("pick %d free ports on 127.0.0.1 between %d and %d: found %d", n, lo, hi, len(ports))
+		return nil, fmt.Errorf("pick %d free ports on %s between %d and %d: found %d", n, host, lo, hi, len(ports))
 	}
 	return ports, nil
 }
@@ -64,7 +73,7 @@ func ephemeralLow() int {
 }
 
 // kernelPorts picks n distinct free ports the kernel's way (":0").
-func kernelPorts(n int) ([]int, error) {
+func kernelPorts(host string, n int) ([]int, error) {
 	var ports []int
 	var ls []net.Listener
 	defer func() {
@@ -73,7 +82,7 @@ func kernelPorts(n int) ([]int, error) {
 		}
 	}()
 	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 		if err != nil {
 			return nil, fmt.Errorf("pick a free port: %w", err)
 		}

@@ -41,3 +41,23 @@ func TestPickIsOutsideTheEphemeralRange(t *testing.T) {
 		}
 	}
 }
+
+// PickOn picks on the address it is given: the ports bind there, and an
+// address that is not this machine's is an error, not a port.
+func TestPickOnAnotherAddress(t *testing.T) {
+	ports, err := PickOn("127.0.0.2", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, port := range ports {
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.2", strconv.Itoa(port)))
+		if err != nil {
+			t.Fatalf("PickOn(127.0.0.2) = %v: %d cannot be bound there: %v", ports, port, err)
+		}
+		l.Close()
+	}
+	// 192.0.2.1 (TEST-NET-1) is no address of this machine: nothing binds.
+	if ports, err := PickOn("192.0.2.1", 1); err == nil {
+		t.Fatalf("PickOn(192.0.2.1) = %v; want an error", ports)
+	}
+}

@@ -132,17 +132,30 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 	// so a label-selected list would scan every pod of the cluster, for
 	// every member at every extension point.
 	// Each profile makes its own MusterGang on the one shared informer.
-	inf := h.SharedInformerFactory().Core().V1().Pods().Informer()
-	if _, done := inf.GetIndexer().GetIndexers()[groupIndex]; !done {
-		if err := inf.AddIndexers(cache.Indexers{groupIndex: groupIndexFunc}); err != nil {
-			return nil, fmt.Errorf("%s: index pods by group: %w", Name, err)
-		}
+	if err := g.usePods(h.SharedInformerFactory().Core().V1().Pods().Informer()); err != nil {
+		return nil, err
 	}
-	g.byGroup = inf.GetIndexer()
 	if err := g.watchPodGroups(ctx); err != nil {
 		return nil, err
 	}
 	return g, nil
+}
+
+// usePods indexes the scheduler's pod informer by group (once: each
+// profile makes its own MusterGang on the one shared informer), reads
+// groups' members from it, and forgets a group when its last pod is
+// deleted (podDeleted).
+func (g *Gang) usePods(inf cache.SharedIndexInformer) error {
+	if _, done := inf.GetIndexer().GetIndexers()[groupIndex]; !done {
+		if err := inf.AddIndexers(cache.Indexers{groupIndex: groupIndexFunc}); err != nil {
+			return fmt.Errorf("%s: index pods by group: %w", Name, err)
+		}
+	}
+	g.byGroup = inf.GetIndexer()
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{DeleteFunc: g.podDeleted}); err != nil {
+		return fmt.Errorf("%s: watch pod deletions: %w", Name, err)
+	}
+	return nil
 }
 
 // groupIndex indexes pods by their group's key (namespace/name).
@@ -495,6 +508,33 @@ func (g *Gang) markWaiting(k podapi.Key, waiting bool) {
 	} else {
 		delete(g.waiting, k)
 	}
+	groupsWaiting.Set(float64(len(g.waiting)))
+}
+
+// podDeleted forgets a group once its last pod is gone. A group deleted
+// before it was fully bound (a job cancelled while it waited for capacity)
+// would otherwise stay counted in muster_groups_waiting, and its first-seen
+// time kept, for as long as the scheduler runs. The informer removes the
+// pod from its index before it calls this.
+func (g *Gang) podDeleted(obj any) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	pod, ok := obj.(*v1.Pod)
+	if !ok {
+		return
+	}
+	k, ok := podapi.Of(pod)
+	if !ok {
+		return
+	}
+	if left, err := g.byGroup.ByIndex(groupIndex, k.String()); err != nil || len(left) > 0 {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.firstSeen, k)
+	delete(g.waiting, k)
 	groupsWaiting.Set(float64(len(g.waiting)))
 }
 

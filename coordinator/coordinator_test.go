@@ -364,6 +364,42 @@ func TestLostMemberRestartsGroupAndKeepsRankOnReturn(t *testing.T) {
 	}
 }
 
+// While a member's stream is open its lease is renewed: a group whose
+// members watch stays as it is for three times the member TTL, with no
+// restart and nobody lost.
+func TestWatchedMembersOutliveTheirTTL(t *testing.T) {
+	cfg := testcoord.Config(t)
+	co := testcoord.Start(t, cfg)
+	c := testcoord.Client(t, co.Addr())
+	a := newMember(t, c, "kept", "a", "127.0.0.2", 2, ord(0))
+	b := newMember(t, c, "kept", "b", "127.0.0.3", 2, ord(1))
+	for _, m := range []*member{a, b} {
+		m.join(-1)
+		m.watch()
+	}
+	a.assignment()
+	b.assignment()
+	deadline := time.After(3 * cfg.MemberTTL)
+	for _, m := range []*member{a, b} {
+		for done := false; !done; {
+			select {
+			case ev := <-m.events:
+				if ev.GetRestart() != nil || ev.GetFailed() != nil {
+					t.Fatalf("member %s got %v while every member watched", m.id, ev)
+				}
+			case err := <-m.errs:
+				t.Fatalf("member %s's stream ended: %v", m.id, err)
+			case <-deadline:
+				done = true
+				deadline = time.After(0)
+			}
+		}
+	}
+	if g := getGroup(t, c, "kept"); len(g.Members) != 2 || g.Generation != 0 || g.Phase != musterv1.Phase_PHASE_RUNNING {
+		t.Fatalf("group after %s of watching: %v; want both members, generation 0, running", 3*cfg.MemberTTL, g)
+	}
+}
+
 func TestFreshRejoinOfRunningMemberRestartsGroup(t *testing.T) {
 	co := testcoord.Start(t, testcoord.Config(t))
 	c := testcoord.Client(t, co.Addr())

@@ -76,8 +76,12 @@ func (s *Server) Watch(req *musterv1.WatchRequest, stream musterv1.Rendezvous_Wa
 		select {
 		case <-o.Changed:
 		case <-ticker.C:
-		case <-w.leaseLost:
-			w.leaseLost = nil
+		case _, ok := <-w.renewed:
+			if !ok {
+				// The keep-alive ended: the lease is gone (or etcd's
+				// stream broke); the next pass rereads the member.
+				w.renewed = nil
+			}
 		case <-h.Done():
 			return status.Error(codes.Unavailable, "coordinator replica shutting down; reconnect")
 		case <-ctx.Done():
@@ -125,9 +129,13 @@ type watcher struct {
 	// that a new generation's first report always goes out.
 	sentReady int64
 
-	lease     int64
-	stopKA    context.CancelFunc
-	leaseLost chan struct{}
+	lease  int64
+	stopKA context.CancelFunc
+	// renewed carries etcd's answers to the lease's keep-alives and is
+	// closed when they end. Watch's own loop reads it: a goroutine per
+	// member only to drain it was a quarter of the coordinator's
+	// goroutines.
+	renewed <-chan *clientv3.LeaseKeepAliveResponse
 }
 
 // step sends what the observation calls for; done means the stream ends.
@@ -202,23 +210,13 @@ func (w *watcher) keepAlive(ctx context.Context, lease int64) {
 	w.lease = lease
 	kctx, cancel := context.WithCancel(ctx)
 	w.stopKA = cancel
-	lost := make(chan struct{})
-	w.leaseLost = lost
 	ch, err := w.srv.store.Client().KeepAlive(kctx, clientv3.LeaseID(lease))
 	if err != nil {
 		w.srv.log.Warn("keep member lease alive", "group", w.k.String(), "member", w.id, "err", fmt.Errorf("lease %x: %w", lease, err))
-		close(lost)
+		w.renewed = nil
 		return
 	}
-	go func() {
-		for range ch {
-		}
-		// The channel closes when the stream ends or the lease is gone;
-		// the watch loop rereads the member then.
-		if kctx.Err() == nil {
-			close(lost)
-		}
-	}()
+	w.renewed = ch
 }
 
 func (w *watcher) stopKeepAlive() {

@@ -296,14 +296,7 @@ func TestTwoReplicasOnOneEtcdAgreeOnOneAssignment(t *testing.T) {
 func TestFailedRuntimeRestartsGroupWithSameRanks(t *testing.T) {
 	co := testcoord.Start(t, testcoord.Config(t))
 	c := testcoord.Client(t, co.Addr())
-	a := newMember(t, c, "restart", "a", "127.0.0.2", 2, ord(0))
-	b := newMember(t, c, "restart", "b", "127.0.0.3", 2, ord(1))
-	for _, m := range []*member{a, b} {
-		m.join(-1)
-		m.watch()
-	}
-	a.assignment()
-	b.assignment()
+	a, b := runningPair(t, c, "restart")
 	a.report(0, musterv1.RuntimeState_RUNTIME_STATE_READY, 0)
 	b.report(0, musterv1.RuntimeState_RUNTIME_STATE_EXITED, 3)
 	for _, m := range []*member{a, b} {
@@ -364,6 +357,21 @@ func TestLostMemberRestartsGroupAndKeepsRankOnReturn(t *testing.T) {
 	}
 }
 
+// runningPair joins members a and b (ordinals 0 and 1) to a new group of
+// 2, opens their streams and waits until both hold their assignment.
+func runningPair(t *testing.T, c musterv1.RendezvousClient, group string) (a, b *member) {
+	t.Helper()
+	a = newMember(t, c, group, "a", "127.0.0.2", 2, ord(0))
+	b = newMember(t, c, group, "b", "127.0.0.3", 2, ord(1))
+	for _, m := range []*member{a, b} {
+		m.join(-1)
+		m.watch()
+	}
+	a.assignment()
+	b.assignment()
+	return a, b
+}
+
 // While a member's stream is open its lease is renewed: a group whose
 // members watch stays as it is for three times the member TTL, with no
 // restart and nobody lost.
@@ -371,14 +379,7 @@ func TestWatchedMembersOutliveTheirTTL(t *testing.T) {
 	cfg := testcoord.Config(t)
 	co := testcoord.Start(t, cfg)
 	c := testcoord.Client(t, co.Addr())
-	a := newMember(t, c, "kept", "a", "127.0.0.2", 2, ord(0))
-	b := newMember(t, c, "kept", "b", "127.0.0.3", 2, ord(1))
-	for _, m := range []*member{a, b} {
-		m.join(-1)
-		m.watch()
-	}
-	a.assignment()
-	b.assignment()
+	a, b := runningPair(t, c, "kept")
 	deadline := time.After(3 * cfg.MemberTTL)
 	for _, m := range []*member{a, b} {
 		for done := false; !done; {
@@ -403,14 +404,7 @@ func TestWatchedMembersOutliveTheirTTL(t *testing.T) {
 func TestFreshRejoinOfRunningMemberRestartsGroup(t *testing.T) {
 	co := testcoord.Start(t, testcoord.Config(t))
 	c := testcoord.Client(t, co.Addr())
-	a := newMember(t, c, "rejoin", "a", "127.0.0.2", 2, ord(0))
-	b := newMember(t, c, "rejoin", "b", "127.0.0.3", 2, ord(1))
-	for _, m := range []*member{a, b} {
-		m.join(-1)
-		m.watch()
-	}
-	a.assignment()
-	b.assignment()
+	a, b := runningPair(t, c, "rejoin")
 	// b's agent restarted (same member id, fresh process): a must restart
 	// too, since its runtime's peer is gone.
 	if resp := b.join(-1); resp.Generation != 1 {
@@ -582,14 +576,7 @@ func TestReadyHookFollowsGroupReadiness(t *testing.T) {
 	}
 	co := testcoord.Start(t, cfg)
 	c := testcoord.Client(t, co.Addr())
-	a := newMember(t, c, "hooked", "a", "127.0.0.2", 2, ord(0))
-	b := newMember(t, c, "hooked", "b", "127.0.0.3", 2, ord(1))
-	for _, m := range []*member{a, b} {
-		m.join(-1)
-		m.watch()
-	}
-	a.assignment()
-	b.assignment()
+	a, b := runningPair(t, c, "hooked")
 	a.report(0, musterv1.RuntimeState_RUNTIME_STATE_READY, 0)
 	b.report(0, musterv1.RuntimeState_RUNTIME_STATE_READY, 0)
 	want := func(w call) {

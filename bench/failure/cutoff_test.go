@@ -47,9 +47,9 @@ func BenchmarkCutOff(b *testing.B) {
 	agent := filepath.Join(rendezvous.Bins(b), "agent")
 	trials := cutTrials()
 	took := map[string][]float64{}
-	for _, mode := range []string{"gossip", "lease-only"} {
+	for m, mode := range []string{"gossip", "lease-only"} {
 		for trial := range trials {
-			took[mode] = append(took[mode], ms(cutTrial(b, agent, mode, trial)))
+			took[mode] = append(took[mode], ms(cutTrial(b, agent, mode, trial, m*trials+trial)))
 		}
 	}
 	o, t := report.Summarize(took["gossip"]), report.Summarize(took["lease-only"])
@@ -65,12 +65,12 @@ func BenchmarkCutOff(b *testing.B) {
 	})
 }
 
-// cutTrial runs one group of cutSize agents in a network of its own, cuts
-// one member off and returns the time until every other member was told
-// to restart.
-func cutTrial(b *testing.B, agent, mode string, trial int) time.Duration {
+// cutTrial runs one group of cutSize agents in a network of its own (seq
+// tells the networks apart), cuts one member off and returns the time
+// until every other member was told to restart.
+func cutTrial(b *testing.B, agent, mode string, trial, seq int) time.Duration {
 	b.Helper()
-	net := testnet.New(b, cutSize, trial)
+	net := testnet.New(b, cutSize, seq)
 	defer net.Close()
 	// The coordinator serves the benchmark's own network namespaces, not
 	// loopback; nothing else reaches that network, so it takes the agents

@@ -56,6 +56,12 @@ func (s *Server) Watch(req *musterv1.WatchRequest, stream musterv1.Rendezvous_Wa
 	defer ticker.Stop()
 	start := time.Now()
 	seen := false
+	closed := func() error {
+		if seen {
+			s.streamClosed(k, id, h)
+		}
+		return nil
+	}
 	for {
 		o := h.Observe(id)
 		switch {
@@ -78,17 +84,19 @@ func (s *Server) Watch(req *musterv1.WatchRequest, stream musterv1.Rendezvous_Wa
 		case <-ticker.C:
 		case _, ok := <-w.renewed:
 			if !ok {
-				// The keep-alive ended: the lease is gone (or etcd's
-				// stream broke); the next pass rereads the member.
 				w.renewed = nil
+				if ctx.Err() != nil {
+					// The keep-alive ended with the stream, whose
+					// context is its own: the stream closed (below).
+					return closed()
+				}
+				// The lease is gone (or etcd's stream broke): the next
+				// pass rereads the member.
 			}
 		case <-h.Done():
 			return status.Error(codes.Unavailable, "coordinator replica shutting down; reconnect")
 		case <-ctx.Done():
-			if seen {
-				s.streamClosed(k, id, h)
-			}
-			return nil
+			return closed()
 		}
 	}
 }

@@ -124,7 +124,7 @@ func Parse(args []string, stderr io.Writer) (agent.Config, error) {
 	fs.IntVar(&cfg.ReadyPort, "port", envInt(names.EnvPort), "serving port of the runtime: the leader reports ready once it accepts connections there; 0: ready once started [MUSTER_PORT]")
 	fs.IntVar(&cfg.EndpointPort, "endpoint-port", envInt(names.EnvEndpointPort), "serve the group's endpoint here: the leader proxies to --port, other ranks to the leader; 503 until every rank is ready; 0: no endpoint [MUSTER_ENDPOINT_PORT]")
 	fs.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "a runtime alive but not ready this long after launch counts as failed (the group restarts); 0 waits forever")
-	fs.BoolVar(&cfg.NoGossip, "no-gossip", false, "do not gossip with peers (a lost member is then noticed when its lease runs out, --member-ttl on the coordinator)")
+	fs.BoolVar(&cfg.NoGossip, "no-gossip", false, "do not gossip with peers (a lost member is then noticed only when its lease runs out: --member-ttl on the coordinator, counted from when the coordinator loses the member's connection: at once for a killed agent, up to 15s for a host cut off)")
 	fs.DurationVar(&cfg.JoinTimeout, "join-timeout", cfg.JoinTimeout, "give up when the coordinator stays unreachable this long")
 	fs.DurationVar(&cfg.StopGrace, "stop-grace", cfg.StopGrace, "time between SIGTERM and SIGKILL when stopping the runtime")
 	fs.DurationVar(&cfg.EndpointIdleTimeout, "endpoint-idle-timeout", 0, "close an endpoint connection idle this long (0: 90s; negative: never)")

@@ -2,7 +2,6 @@ package failure
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -16,15 +15,6 @@ import (
 // cutSize is the group cut into: 4 members, each in its own network
 // namespace.
 const cutSize = 4
-
-// cutTrials is how many groups to cut a member off, per mode (5: the row
-// is the worst of them); $MUSTER_FAILURE_TRIALS overrides.
-func cutTrials() int {
-	if v, err := strconv.Atoi(os.Getenv("MUSTER_FAILURE_TRIALS")); err == nil && v > 0 {
-		return v
-	}
-	return 5
-}
 
 // BenchmarkCutOff cuts one member of a group of 4 off the network (the
 // link of its network namespace goes down; its agent and runtime keep
@@ -45,7 +35,7 @@ func BenchmarkCutOff(b *testing.B) {
 		b.Skip(err)
 	}
 	agent := filepath.Join(rendezvous.Bins(b), "agent")
-	trials := cutTrials()
+	trials := trials(5) // the row is the worst of them
 	took := map[string][]float64{}
 	for m, mode := range []string{"gossip", "lease-only"} {
 		for trial := range trials {

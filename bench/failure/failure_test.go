@@ -22,14 +22,13 @@ import (
 
 const size = 8
 
-// trials returns how many groups to kill a member of, per kind and system
-// (3: a median that is not the smaller of two); $MUSTER_FAILURE_TRIALS
-// overrides.
-func trials() int {
+// trials returns how many groups to fault, per kind and system: def
+// unless $MUSTER_FAILURE_TRIALS says otherwise.
+func trials(def int) int {
 	if v, err := strconv.Atoi(os.Getenv("MUSTER_FAILURE_TRIALS")); err == nil && v > 0 {
 		return v
 	}
-	return 3
+	return def
 }
 
 // settings are torchrun's elastic agent configurations compared.
@@ -65,7 +64,7 @@ func BenchmarkFailureDetection(b *testing.B) {
 		b.Run(kill, func(b *testing.B) {
 			var ours []float64
 			theirs := make([][]float64, len(settings))
-			trials := trials()
+			trials := trials(3) // a median that is not the smaller of two
 			for trial := range trials {
 				victim := 1 + trial%(size-1) // torchrun's node 0 hosts the rendezvous store
 				ours = append(ours, ms(musterTrial(b, coord, py, kill, victim, fmt.Sprintf("%s-%d", kill, trial))))

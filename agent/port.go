@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+
+	"github.com/muster-dev/muster/internal/freeport"
 )
 
 // masterPort is the port this member offers as MASTER_PORT should it lead:
@@ -21,7 +23,7 @@ func masterPort(cfg Config, span int) (int, error) {
 	}
 	// Every member picks a port on its own address; the leader's becomes
 	// MASTER_PORT. Picking it here also proves the address is this host's.
-	port, err := freePortBlock(cfg.Address, span, listenTCP)
+	port, err := freePortBlock(cfg.Address, span, listenLow)
 	if err != nil {
 		return 0, fmt.Errorf("--address %s: cannot listen there (is it this host's address?): %w", cfg.Address, err)
 	}
@@ -33,11 +35,36 @@ type listenFunc func(addr string) (net.Listener, error)
 
 func listenTCP(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
 
+// listenLow listens on addr's host at a port below the kernel's ephemeral
+// range (freeport.PickOn). The master port is picked when the agent starts
+// and used by every generation's runtime: a port from the ephemeral range
+// could meanwhile become the local port of any outgoing connection on the
+// host, and then every generation's runtime would fail to bind it.
+func listenLow(addr string) (net.Listener, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	for range 8 {
+		ports, err := freeport.PickOn(host, 1)
+		if err != nil {
+			return nil, err
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(ports[0])))
+		if err == nil {
+			return l, nil
+		}
+	}
+	return net.Listen("tcp", addr) // taken each time between pick and listen: the kernel's pick
+}
+
 // freePortBlock returns a port P on host such that P..P+n-1 are all free
-// now: the runtime's leader binds the whole block (SGLang derives its ports
-// from MASTER_PORT, see preset.Preset.PortSpan). Candidates come from the
-// kernel's ephemeral range (listen on port 0); a candidate whose block is
-// partly taken, or runs past 65535, is dropped for the next one.
+// now, on host and on every address (runtimes such as torch's TCPStore
+// bind the port on all of them): the runtime's leader binds the whole
+// block (SGLang derives its ports from MASTER_PORT, see
+// preset.Preset.PortSpan). Candidates come from listen on host port 0
+// (listenLow in the agent); a candidate whose block is partly taken, or
+// runs past 65535, is dropped for the next one.
 func freePortBlock(host string, n int, listen listenFunc) (int, error) {
 	if n < 1 {
 		n = 1
@@ -62,7 +89,7 @@ func freePortBlock(host string, n int, listen listenFunc) (int, error) {
 		for _, h := range held {
 			h.Close()
 		}
-		if ok {
+		if ok && busyInBlock("", p, n) == 0 {
 			return p, nil
 		}
 	}

@@ -2,7 +2,9 @@ package agent
 
 import (
 	"net"
+	"os"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -60,3 +62,29 @@ type fakeListener struct{ port int }
 func (f fakeListener) Accept() (net.Conn, error) { return nil, net.ErrClosed }
 func (f fakeListener) Close() error              { return nil }
 func (f fakeListener) Addr() net.Addr            { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: f.port} }
+
+// The master port the agent picks lies below the kernel's ephemeral range,
+// where no outgoing connection takes it as its local port while the group
+// runs, and is free on every address, as the runtime binds it.
+func TestMasterPortIsBelowTheEphemeralRange(t *testing.T) {
+	data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		t.Skipf("no ephemeral range to check against: %v", err)
+	}
+	low, err := strconv.Atoi(strings.Fields(string(data))[0])
+	if err != nil || low < 11000 {
+		t.Skipf("ephemeral range %q leaves no room below it", strings.TrimSpace(string(data)))
+	}
+	for range 5 {
+		p, err := masterPort(Config{Address: "127.0.0.2"}, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p >= low || p+2 >= low {
+			t.Fatalf("master port block %d-%d reaches the ephemeral range from %d", p, p+2, low)
+		}
+		if busy := busyInBlock("", p, 3); busy != 0 {
+			t.Fatalf("master port block from %d: %d is taken on some address", p, busy)
+		}
+	}
+}

@@ -1,5 +1,6 @@
-// Package freeport picks loopback ports for tests to hand to the servers
-// they start.
+// Package freeport picks local ports, below the kernel's ephemeral range,
+// for tests to hand to the servers they start and for the agent's master
+// port (picked at start, bound by each generation's runtime).
 package freeport
 
 import (
